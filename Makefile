@@ -1,0 +1,40 @@
+# mcp-gateway — `make run` serves a real MCP server on 127.0.0.1:8080; `make test` checks everything.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.DEFAULT_GOAL := help
+.PHONY: help run test lint typecheck pytest bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP) ## Serve the mcp-server-time MCP server at http://$(HOST):$(PORT)/mcp
+	$(BIN)/mcp-gateway serve --host $(HOST) --port $(PORT) --log-format text -- $(BIN)/mcp-server-time
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict
+	$(BIN)/mypy
+
+pytest: $(STAMP) ## The test suite only
+	$(BIN)/pytest
+
+test: lint typecheck pytest ## Lint, type-check and run the test suite
+
+bench: $(STAMP) ## Benchmark the gateway against the raw stdio pipe
+	$(BIN)/python -m tests.bench
+
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .coverage *.egg-info

@@ -1,0 +1,76 @@
+"""The application factory: `create_app(settings)` builds everything, importing changes nothing.
+
+Middleware order (outermost first): error rendering. Resources are `cleanup_ctx` pairs, set up
+in order and torn down in reverse: the orphan guard first (so it outlives every child), then the
+session store. On shutdown the store stops taking sessions and ends open GET streams so that
+aiohttp's graceful drain can finish; the in-flight POSTs get the shutdown budget; then every
+child is stopped, in parallel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import health, keys
+from gateway.errors import error_middleware
+from gateway.sessions.child import ChildSpec
+from gateway.sessions.guard import OrphanGuard
+from gateway.sessions.store import SessionLimits, SessionStore
+from gateway.settings import Settings
+from gateway.transport import streamable
+from gateway.transport.guards import OriginPolicy
+
+# Bytes of slack over the message cap for the HTTP body (whitespace, a batch's brackets).
+BODY_SLACK = 64 * 1024
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        client_max_size=settings.max_message_bytes + BODY_SLACK,
+        middlewares=[error_middleware],
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
+    app[keys.STARTED_AT] = time.monotonic()
+    app.cleanup_ctx.append(_orphan_guard)
+    app.cleanup_ctx.append(_session_store)
+    app.on_shutdown.append(_end_streams)
+    streamable.add_routes(app, settings.mcp_path)
+    health.add_routes(app)
+    return app
+
+
+async def _orphan_guard(app: web.Application) -> AsyncIterator[None]:
+    guard = OrphanGuard()
+    app[keys.GUARD] = guard
+    yield
+    await guard.aclose()
+
+
+async def _session_store(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    spec = ChildSpec(
+        argv=tuple(settings.command),
+        env=settings.child_environment(),
+        cwd=settings.child_cwd,
+        max_line_bytes=settings.max_message_bytes,
+    )
+    limits = SessionLimits(
+        max_sessions=settings.max_sessions,
+        idle_ttl=settings.session_idle_ttl,
+        max_lifetime=settings.session_max_lifetime,
+        request_timeout=settings.request_timeout,
+        violation_limit=settings.stdout_violation_limit,
+    )
+    store = SessionStore(spec, limits, app[keys.GUARD])
+    app[keys.SESSIONS] = store
+    store.start()
+    yield
+    await store.aclose()
+
+
+async def _end_streams(app: web.Application) -> None:
+    app[keys.SESSIONS].end_streams()

@@ -1,0 +1,137 @@
+"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]` and `mcp-gateway check`.
+
+Every setting has a flag named after it (`--max-sessions`, `--child-env KEY=VALUE`, …); flags
+override `MCP_GATEWAY_*` variables, which override the `.env` file. The server command follows
+`--` and is executed directly, never through a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway import __version__, logs
+from gateway.app import create_app
+from gateway.settings import Settings, describe_errors
+
+log = logging.getLogger("gateway")
+
+EXIT_CONFIG = 2  # invalid configuration
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", help="Read settings from this file instead of ./.env.")
+    for name, field in Settings.model_fields.items():
+        if name == "command":
+            continue
+        annotation = typing.get_origin(field.annotation) or field.annotation
+        help_text = field.description
+        if field.annotation is bool:
+            parser.add_argument(_flag(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif annotation is list:
+            parser.add_argument(_flag(name), action="append", metavar="VALUE", help=f"{help_text} (repeatable)")
+        elif annotation is dict:
+            parser.add_argument(_flag(name), action="append", metavar="KEY=VALUE", help=f"{help_text} (repeatable)")
+        else:
+            parser.add_argument(_flag(name), metavar="VALUE", help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcp-gateway",
+        description="Serve a stdio MCP server over Streamable HTTP, one process per client session.",
+    )
+    parser.add_argument("--version", action="version", version=f"mcp-gateway {__version__}")
+    commands = parser.add_subparsers(dest="action", required=True)
+    serve = commands.add_parser("serve", help="Run the gateway: mcp-gateway serve [options] -- CMD [ARGS...]")
+    check = commands.add_parser("check", help="Validate the configuration and print it, secrets redacted.")
+    for sub in (serve, check):
+        _add_setting_flags(sub)
+    return parser
+
+
+def _overrides(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if (typing.get_origin(field.annotation) or field.annotation) is dict:
+            pairs = [item.partition("=") for item in value]
+            values[name] = {key: val for key, _, val in pairs}
+        else:
+            values[name] = value
+    if command:
+        values["command"] = command
+    return values
+
+
+def load_settings(args: argparse.Namespace, command: list[str]) -> Settings:
+    overrides = _overrides(args, command)
+    if args.env_file is not None:
+        return Settings(_env_file=args.env_file, **overrides)
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1 :]
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args, command)
+    except ValidationError as error:
+        print("mcp-gateway: invalid configuration:", file=sys.stderr)
+        for line in describe_errors(error):
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.action == "check":
+        print(json.dumps(settings.redacted(), indent=2))
+        return 0
+    logs.configure(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+    return 0
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    runner = web.AppRunner(create_app(settings), shutdown_timeout=settings.shutdown_timeout, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        for host, port in (address[:2] for address in runner.addresses):
+            log.info(
+                "serving %s",
+                settings.command[0],
+                extra={"url": f"http://{_url_host(host)}:{port}{settings.mcp_path}", "version": __version__},
+            )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

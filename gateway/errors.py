@@ -1,0 +1,105 @@
+"""Every error the gateway answers with: a code, rendered to HTTP in exactly one place.
+
+Layers below HTTP raise `GatewayError` with a `Literal` code; they never choose a status. The
+table below is the only mapping from code to HTTP status and JSON-RPC error code, and `render`
+the only function that turns an error into a response. Bodies are JSON-RPC error objects so
+every MCP client can show them; none uses the 2026-07-28 error codes, so a dual-era client
+probing this legacy-era endpoint falls back to `initialize` as intended.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Final, Literal
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import jsonrpc
+from gateway.jsonrpc import RequestId
+
+ErrorCode = Literal[
+    "forbidden_origin",
+    "unsupported_media_type",
+    "not_acceptable",
+    "payload_too_large",
+    "parse_error",
+    "invalid_message",
+    "batch_not_allowed",
+    "session_required",
+    "session_not_found",
+    "unsupported_protocol_version",
+    "protocol_version_mismatch",
+    "already_initialized",
+    "stateless_request",
+    "too_many_sessions",
+    "upstream_failed",
+    "upstream_stalled",
+    "shutting_down",
+    "internal_error",
+]
+
+_STATUS: Final[dict[ErrorCode, tuple[int, int]]] = {
+    "forbidden_origin": (403, jsonrpc.INVALID_REQUEST),
+    "unsupported_media_type": (415, jsonrpc.INVALID_REQUEST),
+    "not_acceptable": (406, jsonrpc.INVALID_REQUEST),
+    "payload_too_large": (413, jsonrpc.INVALID_REQUEST),
+    "parse_error": (400, jsonrpc.PARSE_ERROR),
+    "invalid_message": (400, jsonrpc.INVALID_REQUEST),
+    "batch_not_allowed": (400, jsonrpc.INVALID_REQUEST),
+    "session_required": (400, jsonrpc.INVALID_REQUEST),
+    "session_not_found": (404, jsonrpc.INVALID_REQUEST),
+    "unsupported_protocol_version": (400, jsonrpc.INVALID_REQUEST),
+    "protocol_version_mismatch": (400, jsonrpc.INVALID_REQUEST),
+    "already_initialized": (400, jsonrpc.INVALID_REQUEST),
+    "stateless_request": (400, jsonrpc.INVALID_REQUEST),
+    "too_many_sessions": (503, jsonrpc.INTERNAL_ERROR),
+    "upstream_failed": (502, jsonrpc.INTERNAL_ERROR),
+    "upstream_stalled": (504, jsonrpc.REQUEST_TIMEOUT),
+    "shutting_down": (503, jsonrpc.INTERNAL_ERROR),
+    "internal_error": (500, jsonrpc.INTERNAL_ERROR),
+}
+
+
+class GatewayError(Exception):
+    """A refusal with a stable code; the message is fixed text, never a peer's input."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        request_id: RequestId | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self.code][0]
+
+
+def render(error: GatewayError) -> web.Response:
+    status, rpc_code = _STATUS[error.code]
+    body = jsonrpc.error_response(error.request_id, rpc_code, error.message)
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render `GatewayError`s; turn anything unexpected into a logged 500 with no internals."""
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        return render(error)
+    except web.HTTPException:
+        raise
+    except Exception:
+        logging.getLogger("gateway.errors").exception("unhandled error on %s %s", request.method, request.path)
+        return render(GatewayError("internal_error", "Internal error"))

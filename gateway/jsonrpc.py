@@ -1,0 +1,126 @@
+"""JSON-RPC 2.0 as MCP uses it: classifying decoded messages, error shapes, compact encoding.
+
+This module owns the question "what kind of message is this?" for both directions and the
+error codes the gateway itself emits. It does no I/O. Invariant: a `Message` only exists for a
+value that has a valid JSON-RPC 2.0 shape (a request, a notification or a response), so the
+layers above never re-check shapes.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any, Final
+
+JsonObject = dict[str, Any]
+RequestId = str | int
+
+# Standard JSON-RPC codes.
+PARSE_ERROR: Final = -32700
+INVALID_REQUEST: Final = -32600
+METHOD_NOT_FOUND: Final = -32601
+INVALID_PARAMS: Final = -32602
+INTERNAL_ERROR: Final = -32603
+# Implementation-defined codes, the same numbers the MCP SDKs use for these conditions.
+CONNECTION_CLOSED: Final = -32000
+REQUEST_TIMEOUT: Final = -32001
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def encode(message: JsonObject | list[JsonObject]) -> bytes:
+    """Serialise compactly as UTF-8: no embedded newlines, as the stdio framing requires."""
+    return _encoder.encode(message).encode()
+
+
+def decode(data: bytes | bytearray) -> Any:
+    """Parse JSON text; raises `ValueError` (including `JSONDecodeError`) when it is not JSON."""
+    return json.loads(data)
+
+
+class Kind(enum.Enum):
+    REQUEST = "request"
+    NOTIFICATION = "notification"
+    RESPONSE = "response"
+
+
+class InvalidMessage(ValueError):
+    """A decoded JSON value that is not a JSON-RPC 2.0 message."""
+
+
+class Message:
+    """One classified JSON-RPC message; `body` is the decoded object itself, not a copy."""
+
+    __slots__ = ("body", "id", "kind", "method")
+
+    def __init__(self, kind: Kind, body: JsonObject, method: str | None, msg_id: RequestId | None) -> None:
+        self.kind = kind
+        self.body = body
+        self.method = method
+        self.id = msg_id
+
+    @property
+    def params(self) -> JsonObject:
+        params = self.body.get("params")
+        return params if isinstance(params, dict) else {}
+
+    def __repr__(self) -> str:
+        return f"Message({self.kind.value}, method={self.method!r}, id={self.id!r})"
+
+
+def _valid_id(value: object) -> bool:
+    # MCP request ids are strings or integers; JSON booleans are not numbers here.
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def classify(value: object) -> Message:
+    """Classify one decoded JSON value; raise `InvalidMessage` when its shape is wrong."""
+    if not isinstance(value, dict):
+        raise InvalidMessage("a JSON-RPC message must be a JSON object")
+    if value.get("jsonrpc") != "2.0":
+        raise InvalidMessage('"jsonrpc" must be "2.0"')
+    method = value.get("method")
+    if method is not None:
+        if not isinstance(method, str) or not method:
+            raise InvalidMessage('"method" must be a non-empty string')
+        params = value.get("params")
+        if params is not None and not isinstance(params, dict | list):
+            raise InvalidMessage('"params" must be an object or an array')
+        if "id" not in value:
+            return Message(Kind.NOTIFICATION, value, method, None)
+        msg_id = value["id"]
+        if not _valid_id(msg_id):
+            raise InvalidMessage('a request "id" must be a string or an integer')
+        return Message(Kind.REQUEST, value, method, msg_id)
+    if "result" in value or "error" in value:
+        if ("result" in value) == ("error" in value):
+            raise InvalidMessage('a response carries exactly one of "result" and "error"')
+        msg_id = value.get("id")
+        # An error answering a message whose id could not be read carries a null id.
+        if not (_valid_id(msg_id) or (msg_id is None and "error" in value)):
+            raise InvalidMessage('a response "id" must be a string or an integer')
+        if "error" in value and not _valid_error(value["error"]):
+            raise InvalidMessage('"error" must be an object with an integer "code" and a "message"')
+        return Message(Kind.RESPONSE, value, None, msg_id)
+    raise InvalidMessage('a JSON-RPC message needs "method", "result" or "error"')
+
+
+def _valid_error(error: object) -> bool:
+    return (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), int)
+        and not isinstance(error.get("code"), bool)
+        and isinstance(error.get("message"), str)
+    )
+
+
+def error_response(msg_id: RequestId | None, code: int, message: str, data: Any = None) -> JsonObject:
+    """A JSON-RPC error response; `msg_id` None when the request's id could not be read."""
+    error: JsonObject = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": msg_id, "error": error}
+
+
+def notification(method: str, params: JsonObject) -> JsonObject:
+    return {"jsonrpc": "2.0", "method": method, "params": params}

@@ -1,0 +1,16 @@
+"""Every piece of application state, as typed `web.AppKey`s declared in one place."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.sessions.guard import OrphanGuard
+from gateway.sessions.store import SessionStore
+from gateway.settings import Settings
+from gateway.transport.guards import OriginPolicy
+
+SETTINGS = web.AppKey("settings", Settings)
+ORIGINS = web.AppKey("origins", OriginPolicy)
+GUARD = web.AppKey("orphan_guard", OrphanGuard)
+SESSIONS = web.AppKey("sessions", SessionStore)
+STARTED_AT = web.AppKey("started_at", float)

@@ -1,0 +1,143 @@
+"""Orphan guard: a watchdog process that kills the gateway's child process groups if it dies.
+
+The gateway starts one guard and keeps the write end of a pipe to its stdin; it announces every
+child process group it creates (`+PGID`) and every group it has finished stopping (`-PGID`).
+When the pipe reaches end of file — the gateway exited, however it exited, `kill -9` included —
+the guard sends SIGTERM to every group still announced, waits briefly, then SIGKILLs whatever
+remains. Killing the group, not just the child, also takes grandchildren.
+
+This file runs as a script with the interpreter's isolated flags (`-I -S`) so it starts fast and
+imports nothing but the standard library. On Linux each child additionally carries a parent-death
+signal (see child.py), which covers the instant between spawn and announcement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("gateway.guard")
+
+# Seconds between SIGTERM and SIGKILL, matching the gateway's own stop sequence.
+TERM_GRACE_SECONDS = 2.0
+POLL_SECONDS = 0.05
+
+
+def _alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # EPERM never proves a group is gone
+    return True
+
+
+def _signal_groups(groups: set[int], signum: int) -> None:
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signum)
+
+
+def terminate_groups(groups: set[int]) -> None:
+    """SIGTERM every group, wait up to the grace period, SIGKILL the survivors."""
+    living = {pgid for pgid in groups if _alive(pgid)}
+    if not living:
+        return
+    _signal_groups(living, signal.SIGTERM)
+    deadline = time.monotonic() + TERM_GRACE_SECONDS
+    while living and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        living = {pgid for pgid in living if _alive(pgid)}
+    _signal_groups(living, signal.SIGKILL)
+
+
+def main() -> int:
+    # Interrupts aimed at the gateway's terminal are the gateway's to handle; the guard's
+    # only exit is end of file on its stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    groups: set[int] = set()
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(0, 4096)
+        except InterruptedError:  # pragma: no cover - retried by the runtime since PEP 475
+            continue
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if len(line) < 2 or not line[1:].isdigit():
+                continue
+            pgid = int(line[1:])
+            if line.startswith(b"+"):
+                groups.add(pgid)
+            elif line.startswith(b"-"):
+                groups.discard(pgid)
+    terminate_groups(groups)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+class OrphanGuard:
+    """The gateway's side of the guard: starts it and announces process groups to it."""
+
+    def __init__(self) -> None:
+        read_fd, self._write_fd = os.pipe()  # both ends non-inheritable by default
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter and this file
+                [sys.executable, "-I", "-S", os.path.abspath(__file__)],
+                stdin=read_fd,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_fd)
+        os.set_blocking(self._write_fd, False)
+        self._closed = False
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return not self._closed and self._process.poll() is None
+
+    def _send(self, line: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            os.write(self._write_fd, line)
+        except (BlockingIOError, BrokenPipeError) as exc:
+            log.error("orphan guard unreachable: %s", exc)
+
+    def register(self, pgid: int) -> None:
+        self._send(b"+%d\n" % pgid)
+
+    def unregister(self, pgid: int) -> None:
+        self._send(b"-%d\n" % pgid)
+
+    async def aclose(self) -> None:
+        """Close the pipe: the guard kills any group still announced, then exits."""
+        if self._closed:
+            return
+        self._closed = True
+        os.close(self._write_fd)
+        deadline = time.monotonic() + TERM_GRACE_SECONDS + 1.0
+        while self._process.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110 - a Popen has no awaitable exit
+            await asyncio.sleep(POLL_SECONDS)
+        if self._process.poll() is None:
+            log.error("orphan guard did not exit; killing it")
+            self._process.kill()
+            self._process.wait(timeout=1.0)

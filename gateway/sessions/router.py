@@ -1,0 +1,347 @@
+"""Per-session routing between HTTP exchanges and the session's one child.
+
+Owns the id mapping, the destination of every child message, and per-request deadlines.
+
+Invariants:
+- Every request written to the child carries a gateway id unique within the session (a plain
+  counter); the client's own id is restored on the response. Two POSTs may therefore use the
+  same id at the same time, and the child never sees an id it did not get from us.
+- Each child message goes to exactly one stream: a response to the exchange that sent its
+  request; progress to the exchange that owns its `progressToken`; a server→client request or a
+  log message to the only exchange in flight when there is exactly one that can stream, else to
+  the standalone GET stream (which holds a bounded backlog until a GET drains it). Never broadcast.
+- A request whose deadline passes (no answer and no progress for `request_timeout` seconds) is
+  answered with an error and cancelled at the child; a child that exits fails everything in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+from collections.abc import Callable
+from typing import Final
+
+from gateway import jsonrpc
+from gateway.jsonrpc import Kind, Message, RequestId
+from gateway.sessions.child import Child, ChildGone
+from gateway.sessions.streams import Stream
+
+log = logging.getLogger("gateway.router")
+
+GET_STREAM_ID: Final = 0
+# Exchanges whose client went away before reading everything, kept for a resuming GET.
+MAX_DETACHED_EXCHANGES: Final = 16
+# The head of an oversized response names its request when the server writes "id" early.
+_LEADING_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d+)\s*[,}]')
+
+CloseCallback = Callable[[str], None]
+
+
+class Exchange(Stream):
+    """The requests of one POST, as the stream that carries their answers."""
+
+    __slots__ = ("deadline", "gateway_ids", "initialize", "is_batch", "streamable", "timer", "tokens", "waiting")
+
+    def __init__(self, stream_id: int, router: Router, *, is_batch: bool, streamable: bool, initialize: bool) -> None:
+        super().__init__(stream_id, router._congestion)
+        self.is_batch = is_batch
+        self.streamable = streamable  # the client accepts text/event-stream
+        self.initialize = initialize
+        self.waiting = 0
+        self.gateway_ids: list[int] = []
+        self.tokens: list[object] = []
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Router:
+    """Routes one session's messages. It is the child's `ChildSink`."""
+
+    def __init__(self, *, label: str, request_timeout: float, violation_limit: int, on_close: CloseCallback) -> None:
+        self.label = label
+        self.child: Child | None = None
+        self.protocol_version: str | None = None
+        self.get_stream = Stream(GET_STREAM_ID, self._congestion)
+        self._request_timeout = request_timeout
+        self._violation_limit = violation_limit
+        self._on_close = on_close
+        self._pending: dict[int, tuple[Exchange, RequestId]] = {}
+        self._progress: dict[object, Exchange] = {}
+        self._exchanges: dict[int, Exchange] = {}
+        self._open = 0  # exchanges still waiting for a response
+        self._next_id = 1
+        self._next_stream = GET_STREAM_ID + 1
+        self._congested = 0
+        self.violations = 0
+        self.closed = False
+
+    @property
+    def in_flight(self) -> bool:
+        return bool(self._pending)
+
+    # --- client → child ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        messages: list[Message],
+        *,
+        raw: bytes | None = None,
+        is_batch: bool = False,
+        streamable: bool = True,
+    ) -> Exchange | None:
+        """Send a POST's messages to the child; returns the exchange when it holds requests.
+
+        `raw` is the POST body when it is exactly one message: forwarded unchanged when no id
+        needs rewriting and it is already one line.
+        """
+        child = self.child
+        if child is None or self.closed:
+            raise ChildGone("the session has ended")
+        exchange: Exchange | None = None
+        lines: list[bytes] = []
+        for message in messages:
+            body = message.body
+            if message.kind is Kind.REQUEST:
+                if exchange is None:
+                    exchange = Exchange(
+                        self._next_stream,
+                        self,
+                        is_batch=is_batch,
+                        streamable=streamable,
+                        initialize=message.method == "initialize",
+                    )
+                    self._next_stream += 1
+                gateway_id = self._next_id
+                self._next_id += 1
+                self._pending[gateway_id] = (exchange, message.id)  # type: ignore[assignment]
+                exchange.gateway_ids.append(gateway_id)
+                exchange.waiting += 1
+                token = _progress_token(message)
+                if token is not None:
+                    self._progress[token] = exchange
+                    exchange.tokens.append(token)
+                body["id"] = gateway_id
+                lines.append(jsonrpc.encode(body))
+            elif message.kind is Kind.NOTIFICATION and message.method == "notifications/cancelled":
+                lines.extend(self._rewrite_cancellation(message))
+            elif raw is not None and b"\n" not in raw and b"\r" not in raw:
+                lines.append(raw)
+            else:
+                lines.append(jsonrpc.encode(body))
+        for line in lines:
+            child.send(line)
+        if exchange is not None:
+            self._exchanges[exchange.id] = exchange
+            self._open += 1
+            loop = asyncio.get_running_loop()
+            exchange.deadline = loop.time() + self._request_timeout
+            exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
+        return exchange
+
+    def _rewrite_cancellation(self, message: Message) -> list[bytes]:
+        target = message.params.get("requestId")
+        lines = []
+        for gateway_id, (_, client_id) in list(self._pending.items()):
+            if client_id == target and type(client_id) is type(target):
+                params = dict(message.params, requestId=gateway_id)
+                lines.append(jsonrpc.encode(jsonrpc.notification("notifications/cancelled", params)))
+        return lines  # nothing in flight under that id: the request already finished
+
+    async def drain(self) -> None:
+        if self.child is not None:
+            await self.child.drain()
+
+    def release(self, exchange: Exchange) -> None:
+        """The HTTP response that consumed `exchange` has ended."""
+        if exchange.finished and not exchange.has_pending:
+            self._exchanges.pop(exchange.id, None)
+            return
+        exchange.detach()
+        detached = [ex for ex in self._exchanges.values() if not ex.attached and ex.finished]
+        for stale in detached[: max(0, len(detached) - MAX_DETACHED_EXCHANGES)]:
+            self._exchanges.pop(stale.id, None)
+
+    def stream_for(self, stream_id: int) -> Stream | None:
+        """The stream a `Last-Event-ID` names, if it can still be resumed."""
+        if stream_id == GET_STREAM_ID:
+            return self.get_stream
+        return self._exchanges.get(stream_id)
+
+    # --- child → client (the ChildSink protocol) ---------------------------------------------
+
+    def child_line(self, line: bytearray | bytes) -> None:
+        try:
+            value = jsonrpc.decode(line)
+        except ValueError:
+            self._violation("stdout line is not JSON", bytes(line[:120]))
+            return
+        if isinstance(value, list):  # a 2025-03-26 server may answer with a batch
+            for item in value:
+                self._route(item, None)
+        else:
+            self._route(value, line)
+
+    def child_oversize(self, size: int, head: bytes) -> None:
+        self._violation(f"stdout line of {size} bytes exceeds the message limit", head[:120])
+        match = _LEADING_ID.match(head)
+        if match is None:
+            return
+        entry = self._pending.pop(int(match.group(1)), None)
+        if entry is not None:
+            exchange, client_id = entry
+            error = jsonrpc.error_response(
+                client_id,
+                jsonrpc.INTERNAL_ERROR,
+                f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit",
+            )
+            self._deliver_response(exchange, error)
+
+    def child_exited(self, returncode: int | None) -> None:
+        if returncode is None:
+            reason = "the MCP server stopped"
+        elif returncode < 0:
+            try:
+                reason = f"the MCP server was killed by {signal.Signals(-returncode).name}"
+            except ValueError:
+                reason = f"the MCP server was killed by signal {-returncode}"
+        else:
+            reason = f"the MCP server exited with code {returncode}"
+        self._fail_all(reason)
+        if not self.closed:
+            self.closed = True
+            self._on_close("child_exit")
+
+    def _route(self, value: object, line: bytearray | bytes | None) -> None:
+        try:
+            message = jsonrpc.classify(value)
+        except jsonrpc.InvalidMessage as exc:
+            self._violation(f"stdout message is not JSON-RPC: {exc}", None)
+            return
+        if message.kind is Kind.RESPONSE:
+            entry = self._pending.pop(message.id, None) if type(message.id) is int else None
+            if entry is None:
+                log.debug("response to no request in flight (id %r)", message.id, extra={"session": self.label})
+                return
+            exchange, client_id = entry
+            message.body["id"] = client_id
+            if exchange.initialize:
+                self._record_version(message)
+            self._deliver_response(exchange, message.body)
+            return
+        payload = _forwardable(line) or jsonrpc.encode(message.body)
+        if message.method == "notifications/progress":
+            owner = self._progress.get(message.params.get("progressToken"))
+            if owner is not None and owner.streamable and not owner.finished:
+                owner.deadline = asyncio.get_running_loop().time() + self._request_timeout
+                owner.push(payload)
+                return
+        elif message.kind is Kind.REQUEST or message.method == "notifications/message":
+            related = self._sole_open_exchange()
+            if related is not None:
+                related.push(payload)
+                return
+        self.get_stream.push(payload)
+
+    def _deliver_response(self, exchange: Exchange, body: jsonrpc.JsonObject) -> None:
+        exchange.waiting -= 1
+        final = exchange.waiting == 0
+        exchange.push(jsonrpc.encode(body), response=True, final=final)
+        if final:
+            self._complete(exchange)
+
+    def _complete(self, exchange: Exchange) -> None:
+        self._open -= 1
+        if exchange.timer is not None:
+            exchange.timer.cancel()
+            exchange.timer = None
+        for token in exchange.tokens:
+            if self._progress.get(token) is exchange:
+                del self._progress[token]
+
+    def _sole_open_exchange(self) -> Exchange | None:
+        if self._open != 1:
+            return None
+        for exchange in self._exchanges.values():
+            if not exchange.finished:
+                return exchange if exchange.streamable and not exchange.initialize else None
+        return None
+
+    def _record_version(self, message: Message) -> None:
+        result = message.body.get("result")
+        if isinstance(result, dict) and isinstance(result.get("protocolVersion"), str):
+            self.protocol_version = result["protocolVersion"]
+
+    # --- deadlines, violations, shutdown -----------------------------------------------------
+
+    def _check_deadline(self, exchange: Exchange) -> None:
+        loop = asyncio.get_running_loop()
+        if exchange.finished:
+            return
+        if loop.time() < exchange.deadline:  # progress moved the deadline
+            exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
+            return
+        exchange.timer = None
+        message = f"Request timed out: no answer from the MCP server in {self._request_timeout:g} s"
+        for gateway_id in exchange.gateway_ids:
+            entry = self._pending.pop(gateway_id, None)
+            if entry is None:
+                continue
+            cancel = jsonrpc.notification("notifications/cancelled", {"requestId": gateway_id, "reason": message})
+            if self.child is not None and self.child.running:
+                self.child.send(jsonrpc.encode(cancel))
+            self._deliver_response(exchange, jsonrpc.error_response(entry[1], jsonrpc.REQUEST_TIMEOUT, message))
+
+    def _violation(self, what: str, sample: bytes | None) -> None:
+        self.violations += 1
+        log.warning(
+            "protocol violation by the MCP server: %s (%d of %d allowed)%s",
+            what,
+            self.violations,
+            self._violation_limit,
+            f"; starts {sample!r}" if sample else "",
+            extra={"session": self.label},
+        )
+        if self.violations >= self._violation_limit and not self.closed:
+            self.close("violation")
+            self._on_close("violation")
+
+    def _fail_all(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        for exchange, client_id in pending.values():
+            error = jsonrpc.error_response(client_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}")
+            self._deliver_response(exchange, error)
+        self.get_stream.finish()
+
+    def close(self, reason: str) -> None:
+        """End routing: everything in flight is answered with an error naming `reason`."""
+        if not self.closed:
+            self.closed = True
+            self._fail_all(f"the session was closed ({reason})")
+
+    def _congestion(self, stream: Stream, congested: bool) -> None:
+        child = self.child
+        self._congested += 1 if congested else -1
+        if child is None:
+            return
+        if congested and self._congested == 1:
+            child.pause_output()
+        elif not congested and self._congested == 0:
+            child.resume_output()
+
+
+def _progress_token(message: Message) -> object:
+    meta = message.params.get("_meta")
+    if isinstance(meta, dict):
+        token = meta.get("progressToken")
+        if isinstance(token, str | int) and not isinstance(token, bool):
+            return token
+    return None
+
+
+def _forwardable(line: bytearray | bytes | None) -> bytes | None:
+    """The child's own bytes, when they can be forwarded as one SSE data line unchanged."""
+    if line is None or b"\r" in line:
+        return None
+    return bytes(line) if isinstance(line, bytearray) else line

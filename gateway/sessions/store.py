@@ -1,0 +1,213 @@
+"""The session store: creation under caps, lookup by id, closing, and the idle reaper.
+
+Invariants:
+- A session id is 256 bits from the OS CSPRNG in URL-safe base64: visible ASCII only.
+- A session is findable by id only after its child answered `initialize` successfully, and stops
+  being findable before its child is stopped, so no request ever reaches a stopping child.
+- The idle clock of a session runs only while nothing is in flight and none of its HTTP
+  responses is open. One reaper task ends sessions past their idle TTL or absolute lifetime.
+- Sessions never exceed `max_sessions`, counting the ones still starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from gateway.errors import GatewayError
+from gateway.sessions.child import Child, ChildSpec
+from gateway.sessions.guard import OrphanGuard
+from gateway.sessions.router import Router
+
+log = logging.getLogger("gateway.sessions")
+
+SESSION_ID_BYTES = 32
+# The reaper wakes this often relative to the idle TTL, within these bounds (seconds).
+REAP_FRACTION = 0.25
+REAP_INTERVAL_MIN = 0.05
+REAP_INTERVAL_MAX = 5.0
+# Retry-After for a refusal at the global cap: a session slot frees when any client leaves.
+CAPACITY_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    max_sessions: int
+    idle_ttl: float
+    max_lifetime: float | None
+    request_timeout: float
+    violation_limit: int
+
+
+class Session:
+    """One client session: its child process, its router, its clocks."""
+
+    __slots__ = ("_store", "active", "child", "closing", "created", "id", "idle_since", "router")
+
+    def __init__(self, store: SessionStore, session_id: str, router: Router) -> None:
+        self._store = store
+        self.id = session_id
+        self.router = router
+        self.child: Child | None = None
+        self.created = time.monotonic()
+        self.idle_since: float | None = None
+        self.active = 0  # open HTTP responses
+        self.closing = False
+
+    @property
+    def protocol_version(self) -> str | None:
+        return self.router.protocol_version
+
+    @property
+    def busy(self) -> bool:
+        return self.active > 0 or self.router.in_flight
+
+    def enter(self) -> None:
+        self.active += 1
+        self.idle_since = None
+
+    def leave(self) -> None:
+        self.active -= 1
+        if not self.busy:
+            self.idle_since = time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"Session({self.id[:8]}…, pid={self.child.pid if self.child else None})"
+
+
+class SessionStore:
+    """All live sessions of this gateway process."""
+
+    def __init__(self, spec: ChildSpec, limits: SessionLimits, guard: OrphanGuard | None) -> None:
+        self._spec = spec
+        self._limits = limits
+        self._guard = guard
+        self._sessions: dict[str, Session] = {}
+        self._starting = 0
+        self._closing: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions.values()))
+
+    def get(self, session_id: str) -> Session | None:
+        session = self._sessions.get(session_id)
+        return None if session is None or session.closing else session
+
+    async def open(self) -> Session:
+        """Spawn the child of a new, not yet published session."""
+        if not self.accepting:
+            raise GatewayError("shutting_down", "The gateway is shutting down", retry_after=CAPACITY_RETRY_AFTER)
+        if len(self._sessions) + self._starting >= self._limits.max_sessions:
+            raise GatewayError(
+                "too_many_sessions",
+                "The gateway is at its session limit; try again later",
+                retry_after=CAPACITY_RETRY_AFTER,
+            )
+        session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
+        label = session_id[:8]
+        session: Session | None = None
+
+        def on_close(reason: str) -> None:
+            if session is not None:
+                self.close_soon(session, reason)
+
+        router = Router(
+            label=label,
+            request_timeout=self._limits.request_timeout,
+            violation_limit=self._limits.violation_limit,
+            on_close=on_close,
+        )
+        session = Session(self, session_id, router)
+        self._starting += 1
+        try:
+            child = await Child.spawn(self._spec, router, self._guard, label)
+        except OSError as exc:
+            log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})
+            raise GatewayError("upstream_failed", "The MCP server could not be started") from None
+        finally:
+            self._starting -= 1
+        session.child = child
+        router.child = child
+        log.info("session starting", extra={"session": label, "pid": child.pid})
+        return session
+
+    def publish(self, session: Session) -> None:
+        self._sessions[session.id] = session
+        log.info(
+            "session open",
+            extra={
+                "session": session.id[:8],
+                "pid": session.child.pid if session.child else None,
+                "protocol_version": session.protocol_version,
+            },
+        )
+
+    async def close(self, session: Session, reason: str) -> None:
+        """End a session: unpublish it, fail what is in flight, stop its child."""
+        if session.closing:
+            return
+        session.closing = True
+        self._sessions.pop(session.id, None)
+        session.router.close(reason)
+        code = await session.child.stop() if session.child is not None else None
+        log.info("session closed", extra={"session": session.id[:8], "reason": reason, "exit_code": code})
+
+    def close_soon(self, session: Session, reason: str) -> None:
+        """Close from a synchronous context (the router's callbacks); the task is owned here."""
+        if session.closing:
+            return
+        task = asyncio.get_running_loop().create_task(self.close(session, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def reap(self, now: float | None = None) -> None:
+        """One reaper pass: end sessions past their lifetime or idle TTL."""
+        now = time.monotonic() if now is None else now
+        limits = self._limits
+        for session in list(self._sessions.values()):
+            if limits.max_lifetime is not None and now - session.created >= limits.max_lifetime:
+                self.close_soon(session, "lifetime")
+            elif session.busy:
+                session.idle_since = None
+            elif session.idle_since is None:
+                session.idle_since = now
+            elif now - session.idle_since >= limits.idle_ttl:
+                self.close_soon(session, "idle_ttl")
+
+    async def _reap_forever(self) -> None:
+        interval = min(max(self._limits.idle_ttl * REAP_FRACTION, REAP_INTERVAL_MIN), REAP_INTERVAL_MAX)
+        if self._limits.max_lifetime is not None:
+            interval = min(interval, max(self._limits.max_lifetime * REAP_FRACTION, REAP_INTERVAL_MIN))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.reap()
+            except Exception:  # the reaper must outlive any one bad session
+                log.exception("session reaper pass failed")
+
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    def end_streams(self) -> None:
+        """Shutdown, first step: refuse new sessions and end every standalone GET stream."""
+        self.accepting = False
+        for session in self._sessions.values():
+            session.router.get_stream.finish()
+
+    async def aclose(self) -> None:
+        """Shutdown, last step: stop the reaper and every child, in parallel."""
+        self.accepting = False
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        closing = [self.close(session, "shutdown") for session in list(self._sessions.values())]
+        await asyncio.gather(*closing, *self._closing, return_exceptions=True)

@@ -1,0 +1,188 @@
+"""Gateway configuration: one validated `Settings` object built from flags, environment and `.env`.
+
+Precedence, highest first: explicit keyword arguments (the CLI's flags), `MCP_GATEWAY_*`
+environment variables, the `.env` file, defaults. Every field is validated before anything
+serves, and cross-field rules are written as field validators so that one `ValidationError`
+reports every problem at once. Nothing here reads a request: the child's command and
+environment come from configuration only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+# What a child inherits from the gateway's environment by default: enough to find programs and
+# a home directory, nothing that could carry the gateway's own secrets.
+DEFAULT_CHILD_ENV_ALLOW = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TZ")
+DEFAULT_ALLOWED_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
+RESERVED_PATHS = frozenset({"/health", "/ready"})
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Everything the gateway needs to serve; immutable once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MCP_GATEWAY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    host: str = Field("127.0.0.1", description="Address to bind. Loopback unless the gateway is behind auth.")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port to bind (0 picks a free port).")
+    public_url: HttpUrl | None = Field(
+        None, description="Public base URL clients use (e.g. https://mcp.example.com); its origin is allowed."
+    )
+    mcp_path: str = Field("/mcp", description="Path of the MCP endpoint.")
+    child_env_allow: Annotated[list[str], NoDecode] = Field(
+        list(DEFAULT_CHILD_ENV_ALLOW), description="Names of gateway environment variables a child inherits."
+    )
+    child_env: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra environment for every child, as a JSON object (values are secret)."
+    )
+    child_cwd: Path | None = Field(None, description="Working directory of every child (default: the gateway's).")
+    command: Annotated[list[str], NoDecode] = Field(
+        description="The stdio MCP server to run per session: a JSON array or a shell-style string (no shell runs).",
+    )
+    max_message_bytes: int = Field(
+        16 * MiB, ge=1024, le=1024 * MiB, description="Largest JSON-RPC message accepted in either direction."
+    )
+    session_idle_ttl: float = Field(
+        1800.0, gt=0, description="Seconds a session may sit idle (nothing in flight, no open stream) before it ends."
+    )
+    session_max_lifetime: float | None = Field(None, gt=0, description="Optional absolute session lifetime, seconds.")
+    max_sessions: int = Field(256, ge=1, description="Most concurrent sessions (each is one child process).")
+    request_timeout: float = Field(
+        300.0, gt=0, description="Seconds a request may go without an answer or progress before it is cancelled."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        list(DEFAULT_ALLOWED_ORIGINS),
+        description="Origins browsers may call from ('scheme://host:port', ':*' for any port, '*' for all).",
+    )
+    stdout_violation_limit: int = Field(
+        20, ge=1, description="Non-JSON or oversized stdout lines tolerated before a session is closed."
+    )
+    sse_keepalive: float = Field(15.0, gt=0, le=300, description="Seconds between SSE keep-alive comments.")
+    shutdown_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field("json", description="Log format: one JSON object per line, or text.")
+    allow_remote_unauthenticated: bool = Field(
+        False, description="Permit a non-loopback bind without authentication. Never do this on a shared network."
+    )
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _parse_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else shlex.split(text)
+        return value
+
+    @field_validator("child_env_allow", "allowed_origins", mode="before")
+    @classmethod
+    def _parse_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("mcp_path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or value.endswith("/") or "//" in value or "?" in value or "#" in value:
+            raise ValueError("must start with '/', not end with '/', and hold no '//', '?' or '#'")
+        if value in RESERVED_PATHS or value.startswith("/.well-known/"):
+            raise ValueError(f"{value!r} is reserved by the gateway")
+        return value
+
+    @field_validator("child_env")
+    @classmethod
+    def _check_child_env(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        bad = [name for name in value if not name or "=" in name or "\0" in name]
+        if bad:
+            raise ValueError(f"invalid variable names: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("child_cwd")
+    @classmethod
+    def _check_cwd(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a directory")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value or not value[0]:
+            raise ValueError("no server command: pass it after '--' or set MCP_GATEWAY_COMMAND")
+        extra_env = info.data.get("child_env", {})
+        if "PATH" in extra_env:
+            path = extra_env["PATH"].get_secret_value()
+        else:
+            path = os.environ.get("PATH") if "PATH" in info.data.get("child_env_allow", ()) else None
+        if shutil.which(value[0], path=path) is None:
+            raise ValueError(f"{value[0]!r} is not an executable on the child's PATH")
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        bad = [o for o in value if o != "*" and ("://" not in o or o.endswith("/"))]
+        if bad:
+            raise ValueError(f"origins look like 'https://app.example.com', got {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("allow_remote_unauthenticated")
+    @classmethod
+    def _check_bind(cls, value: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("host")
+        if host is not None and not is_loopback_host(host) and not value:
+            raise ValueError(
+                f"host {host!r} is not loopback and no authentication is configured; bind 127.0.0.1, "
+                "or set allow_remote_unauthenticated=true to serve everyone who can reach this port"
+            )
+        return value
+
+    def child_environment(self) -> dict[str, str]:
+        """The exact environment of every child: the allow-listed inherited values plus extras."""
+        env = {name: os.environ[name] for name in self.child_env_allow if name in os.environ}
+        env.update({name: secret.get_secret_value() for name, secret in self.child_env.items()})
+        return env
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration as JSON-ready data, secrets masked."""
+        return self.model_dump(mode="json")
+
+
+def describe_errors(error: ValidationError) -> list[str]:
+    """One readable line per problem, naming the setting as the CLI and environment spell it."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{field}: {message}")
+    return lines

@@ -1,0 +1,1 @@
+"""HTTP transports: MCP's Streamable HTTP (legacy era) and the SSE writer it uses."""

@@ -1,0 +1,66 @@
+"""Server-sent events: the headers every SSE response carries, event framing, and the pump that
+moves a `Stream`'s messages onto one HTTP response with keep-alives.
+
+Every SSE response carries `Cache-Control: no-cache` and `X-Accel-Buffering: no` (so nginx
+passes events through unbuffered) and a comment line whenever the stream has been quiet for the
+keep-alive interval (so no proxy read timeout fires on a healthy idle stream). A client that
+stops reading is dropped after `WRITE_TIMEOUT` rather than holding its session open forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Final
+
+from aiohttp import web
+
+from gateway.sessions.streams import Stream
+
+SSE_HEADERS: Final[Mapping[str, str]] = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+KEEPALIVE: Final = b": keep-alive\n\n"
+# A write (one event, or a keep-alive) that makes no progress for this long means the client
+# has stopped reading; the response is abandoned and the stream keeps its backlog.
+WRITE_TIMEOUT: Final = 30.0
+
+
+def frame(event_id: str, payload: bytes) -> bytes:
+    return b"id: " + event_id.encode() + b"\ndata: " + payload + b"\n\n"
+
+
+async def open_response(request: web.Request, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    if headers:
+        response.headers.update(headers)
+    await response.prepare(request)
+    return response
+
+
+async def pump(stream: Stream, response: web.StreamResponse, keepalive: float) -> bool:
+    """Write `stream` to `response` until it finishes; False when the client went away first.
+
+    The caller has attached to the stream; a newer consumer attaching ends this pump.
+    """
+    token = stream.attach()
+    try:
+        while stream.consumer == token:
+            entries = stream.take()
+            for seq, payload, _ in entries:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await response.write(frame(stream.event_id(seq), payload))
+            if stream.finished and not stream.has_pending:
+                return True
+            if not entries:
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await response.write(KEEPALIVE)
+            await stream.wait(keepalive)
+        return False
+    except (ConnectionError, TimeoutError):
+        return False
+    finally:
+        if stream.consumer == token:
+            stream.detach()

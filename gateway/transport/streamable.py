@@ -1,0 +1,263 @@
+"""MCP Streamable HTTP, legacy era (protocol versions 2025-03-26 through 2025-11-25).
+
+POST carries client messages: `initialize` opens a session, requests are answered with JSON or
+an SSE stream, notifications and responses get 202. GET opens (or resumes) a session's stream;
+DELETE ends a session. The transport validates and shapes HTTP; it never touches a process —
+sessions and routers do that.
+
+Response shape for a POST with requests: `application/json` when only responses come; SSE as
+soon as anything else comes first, or when the answer takes longer than one keep-alive interval
+(so proxies see traffic on slow calls). A 2026-07-28 request without a session gets a 400 whose
+body is an ordinary JSON-RPC error, so dual-era clients fall back to `initialize`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Final
+
+from aiohttp import web
+
+from gateway import jsonrpc, keys
+from gateway.errors import GatewayError
+from gateway.jsonrpc import Message
+from gateway.sessions.child import ChildGone, StdinStalled
+from gateway.sessions.router import Exchange
+from gateway.sessions.store import Session
+from gateway.transport import sse
+from gateway.transport.guards import JSON, accepted, check_origin, check_post_headers, read_body
+
+log = logging.getLogger("gateway.transport")
+
+SESSION_HEADER: Final = "Mcp-Session-Id"
+VERSION_HEADER: Final = "MCP-Protocol-Version"
+LAST_EVENT_HEADER: Final = "Last-Event-ID"
+# Protocol versions whose clients use sessions over this transport.
+LEGACY_VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+BATCH_VERSION: Final = "2025-03-26"  # the only version whose clients may POST batches
+MODERN_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+
+
+def add_routes(app: web.Application, path: str) -> None:
+    app.router.add_post(path, handle_post)
+    app.router.add_get(path, handle_get)
+    app.router.add_delete(path, handle_delete)
+
+
+# --- POST ------------------------------------------------------------------------------------
+
+
+async def handle_post(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[keys.SETTINGS]
+    check_origin(request, app[keys.ORIGINS])
+    json_ok, sse_ok = check_post_headers(request)
+    body = await read_body(request, settings.max_message_bytes)
+    messages, is_batch = _parse(body)
+    first = messages[0]
+    request_id = first.id if not is_batch else None
+    if any(m.method == "initialize" for m in messages):
+        if is_batch:
+            raise GatewayError("invalid_message", "initialize must not be part of a batch")
+        if SESSION_HEADER in request.headers:
+            raise GatewayError("already_initialized", "This session is already initialized", request_id=request_id)
+        return await _initialize(request, first, json_ok, sse_ok)
+    session = _session_for(request, request_id, stateless=_is_modern(first))
+    if is_batch and session.protocol_version != BATCH_VERSION:
+        raise GatewayError("batch_not_allowed", "JSON-RPC batches require protocol version 2025-03-26")
+    session.enter()
+    try:
+        exchange = _submit(session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok)
+        await _drain(session, request_id)
+        if exchange is None:
+            return web.Response(status=202)
+        return await _answer(
+            request,
+            session=session,
+            exchange=exchange,
+            json_ok=json_ok,
+            sse_ok=sse_ok,
+            keepalive=settings.sse_keepalive,
+        )
+    finally:
+        session.leave()
+
+
+def _parse(body: bytes) -> tuple[list[Message], bool]:
+    try:
+        value = jsonrpc.decode(body)
+    except ValueError:
+        raise GatewayError("parse_error", "Parse error: the body is not valid JSON") from None
+    is_batch = isinstance(value, list)
+    items = value if is_batch else [value]
+    if not items:
+        raise GatewayError("invalid_message", "Invalid Request: empty batch")
+    try:
+        return [jsonrpc.classify(item) for item in items], is_batch
+    except jsonrpc.InvalidMessage as exc:
+        request_id = value.get("id") if isinstance(value, dict) else None
+        rid = request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
+        raise GatewayError("invalid_message", f"Invalid Request: {exc}", request_id=rid) from None
+
+
+def _is_modern(message: Message) -> bool:
+    meta = message.params.get("_meta")
+    return isinstance(meta, dict) and MODERN_META_KEY in meta
+
+
+def _session_for(request: web.Request, request_id: jsonrpc.RequestId | None, *, stateless: bool = False) -> Session:
+    """The session named by the request, checked against its negotiated protocol version."""
+    session_id = request.headers.get(SESSION_HEADER)
+    if session_id is None:
+        if stateless:
+            raise GatewayError(
+                "stateless_request",
+                "Bad Request: this endpoint serves MCP sessions; send initialize first",
+                request_id=request_id,
+            )
+        raise GatewayError("session_required", "Bad Request: Mcp-Session-Id header is required", request_id=request_id)
+    session = request.app[keys.SESSIONS].get(session_id)
+    if session is None:
+        raise GatewayError("session_not_found", "Session not found", request_id=request_id)
+    version = request.headers.get(VERSION_HEADER)
+    if version is not None and version != session.protocol_version:
+        if version in LEGACY_VERSIONS:
+            raise GatewayError(
+                "protocol_version_mismatch",
+                f"Bad Request: MCP-Protocol-Version {version} does not match the session's version",
+                request_id=request_id,
+            )
+        raise GatewayError(
+            "unsupported_protocol_version", "Bad Request: unsupported MCP-Protocol-Version", request_id=request_id
+        )
+    return session
+
+
+def _submit(
+    session: Session, messages: list[Message], *, raw: bytes | None, is_batch: bool, sse_ok: bool
+) -> Exchange | None:
+    try:
+        return session.router.submit(messages, raw=raw, is_batch=is_batch, streamable=sse_ok)
+    except ChildGone:
+        raise GatewayError("session_not_found", "Session not found: its MCP server has exited") from None
+
+
+async def _drain(session: Session, request_id: jsonrpc.RequestId | None) -> None:
+    try:
+        await session.router.drain()
+    except StdinStalled:
+        raise GatewayError(
+            "upstream_stalled", "The MCP server is not reading its input", request_id=request_id
+        ) from None
+    except ChildGone:
+        pass  # the exchange is failed by the router with the exit reason
+
+
+async def _answer(
+    request: web.Request,
+    *,
+    session: Session,
+    exchange: Exchange,
+    json_ok: bool,
+    sse_ok: bool,
+    keepalive: float,
+    headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Answer with JSON while only responses come, else stream; release the exchange at the end."""
+    router = session.router
+    try:
+        if json_ok:
+            # The router sends a JSON-only client nothing but responses; it waits for the answer
+            # or the request's deadline, whichever comes first.
+            while exchange.only_responses and not exchange.finished:
+                seen = exchange.next_seq - 1
+                await exchange.wait(keepalive, after=seen)
+                if sse_ok and exchange.next_seq - 1 == seen and not exchange.finished:
+                    break  # quiet for a whole keep-alive period: stream, so keep-alives can flow
+            if exchange.finished and exchange.only_responses:
+                payloads = [payload for _, payload, _ in exchange.take()]
+                body = b"[" + b",".join(payloads) + b"]" if exchange.is_batch else payloads[0]
+                return web.Response(body=body, content_type=JSON, headers=headers)
+        response = await sse.open_response(request, headers)
+        await sse.pump(exchange, response, keepalive)
+        return response
+    finally:
+        router.release(exchange)
+
+
+async def _initialize(request: web.Request, message: Message, json_ok: bool, sse_ok: bool) -> web.StreamResponse:
+    """Spawn a child for a new session and answer its `initialize` (the session exists only on success)."""
+    app = request.app
+    store = app[keys.SESSIONS]
+    session = await store.open()
+    exchange: Exchange | None = None
+    published = False
+    try:
+        exchange = _submit(session, [message], raw=None, is_batch=False, sse_ok=sse_ok)
+        if exchange is None:  # pragma: no cover - an initialize request always opens an exchange
+            raise GatewayError("internal_error", "Internal error")
+        await _drain(session, message.id)
+        # Wait for the whole answer before choosing: the session id is issued only on success.
+        while not exchange.finished:
+            await exchange.wait(app[keys.SETTINGS].request_timeout, after=exchange.next_seq - 1)
+        entries = exchange.take()
+        answer = entries[-1][1]
+        error = jsonrpc.decode(answer).get("error")
+        if error is not None:
+            # The server refused (200, like any JSON-RPC error), or the gateway gave up on it (502).
+            gave_up = session.router.closed or error.get("code") == jsonrpc.REQUEST_TIMEOUT
+            return web.Response(status=502 if gave_up else 200, body=answer, content_type=JSON)
+        store.publish(session)
+        published = True
+        headers = {SESSION_HEADER: session.id}
+        if exchange.only_responses and json_ok:
+            return web.Response(body=answer, content_type=JSON, headers=headers)
+        response = await sse.open_response(request, headers)
+        for seq, payload, _ in entries:
+            await response.write(sse.frame(exchange.event_id(seq), payload))
+        return response
+    finally:
+        if exchange is not None:
+            session.router.release(exchange)
+        if not published:
+            await store.close(session, "initialize_failed")
+
+
+# --- GET and DELETE --------------------------------------------------------------------------
+
+
+async def handle_get(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    check_origin(request, app[keys.ORIGINS])
+    _, sse_ok = accepted(request.headers.get("Accept"))
+    if not sse_ok:
+        raise GatewayError("not_acceptable", "Accept must include text/event-stream")
+    session = _session_for(request, None)
+    router = session.router
+    stream = router.get_stream
+    last_event = request.headers.get(LAST_EVENT_HEADER)
+    if last_event is not None:
+        stream_id, _, seq = last_event.partition(".")
+        if stream_id.isdigit() and seq.isdigit():
+            resumed = router.stream_for(int(stream_id))
+            if resumed is not None:
+                stream = resumed
+                stream.rewind(int(seq))
+    session.enter()
+    try:
+        response = await sse.open_response(request)
+        await sse.pump(stream, response, app[keys.SETTINGS].sse_keepalive)
+        return response
+    finally:
+        if isinstance(stream, Exchange):
+            router.release(stream)
+        session.leave()
+
+
+async def handle_delete(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    check_origin(request, app[keys.ORIGINS])
+    session = _session_for(request, None)
+    await app[keys.SESSIONS].close(session, "client")
+    return web.Response(status=204)

@@ -1,0 +1,372 @@
+"""Scriptable stdio MCP server used by the benchmark and the integration tests.
+
+It speaks newline-delimited JSON-RPC 2.0 on stdin/stdout (one compact JSON
+object per line) and depends on the standard library only, so it starts fast
+and keeps the echo hot path lean: no per-message logging, no extra copies.
+
+Every request runs in its own asyncio task, so slow tools (``sleep``, ``hang``,
+``sample``...) never block fast ones, and ``notifications/cancelled`` cancels
+the matching task without any response being sent.
+
+Besides the well-behaved tools (``echo``, ``big``, ``progress``...), some tools
+misbehave on purpose (``crash``, ``garbage``, ``huge``, ``hang``...) and some
+command-line flags make the whole process misbehave (ignore SIGTERM or stdin
+EOF, leak a grandchild holding stdout open, flood stderr at startup), so the
+gateway's supervision logic can be tested against a real child process.
+
+Run ``python echo_server.py --help`` for the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+JsonObj = dict[str, Any]
+
+SUPPORTED_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LATEST_VERSION = "2025-11-25"
+STDIN_LIMIT = 64 * 1024 * 1024
+_ANSWERED = object()  # returned by a tool that already wrote its own response
+
+
+def _schema(**props: str) -> JsonObj:
+    """Build an object ``inputSchema`` whose properties have the given JSON types."""
+    return {"type": "object", "properties": {k: {"type": t} for k, t in props.items()}}
+
+
+# name -> (description, inputSchema)
+TOOLS: dict[str, tuple[str, JsonObj]] = {
+    "echo": ("Echo `text` back.", _schema(text="string")),
+    "big": ("Answer with `size` 'x' characters.", _schema(size="integer")),
+    "progress": (
+        "Send `steps` progress notifications (optionally `delay` seconds apart), then answer.",
+        _schema(steps="integer", delay="number"),
+    ),
+    "sleep": ("Sleep `seconds`, then answer.", _schema(seconds="number")),
+    "hang": ("Never answer (until cancelled).", _schema()),
+    "crash": ("Exit the process immediately with `code` (default 3).", _schema(code="integer")),
+    "garbage": ("Write `lines` non-JSON lines to stdout, then answer.", _schema(lines="integer")),
+    "huge": ("Answer with one response line of about `size` bytes.", _schema(size="integer")),
+    "notify": (
+        "Send notification `method` with `params`, then answer.",
+        _schema(method="string", params="object"),
+    ),
+    "log": ("Send a notifications/message log entry, then answer.", _schema(message="string")),
+    "sample": ("Ask the client for sampling/createMessage.", _schema(prompt="string")),
+    "elicit": ("Ask the client for elicitation/create.", _schema(message="string")),
+    "roots": ("Ask the client for roots/list.", _schema()),
+    "ping_client": ("Ping the client.", _schema()),
+    "stderr": ("Write `lines` lines to stderr, then answer.", _schema(lines="integer")),
+    "env": ("Answer with the process environment as JSON.", _schema()),
+    "cwd": ("Answer with the working directory.", _schema()),
+    "pid": ("Answer with the process id.", _schema()),
+    "exit_after_answer": ("Answer, then exit with `code` (default 0).", _schema(code="integer")),
+}
+TOOLS_LIST: JsonObj = {
+    "tools": [{"name": n, "description": d, "inputSchema": s} for n, (d, s) in TOOLS.items()]
+}
+
+
+class RpcError(Exception):
+    """A JSON-RPC error to send back as the response to the current request."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _arg(args: JsonObj, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    """Fetch a tool argument, checking its type (bool is never accepted as a number)."""
+    value = args.get(name, default)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise RpcError(-32602, f"Invalid argument {name!r}: {value!r}")
+    return value
+
+
+def _text(text: str) -> JsonObj:
+    return {"content": [{"type": "text", "text": text}], "isError": False}
+
+
+def _stderr_lines(count: int, prefix: str) -> None:
+    err = sys.stderr
+    for i in range(count):
+        err.write(f"{prefix} {i} {'x' * 200}\n")
+    err.flush()
+
+
+class EchoServer:
+    """State of one server process: running request tasks and outstanding client calls."""
+
+    def __init__(self, forced_version: str | None) -> None:
+        self.forced_version = forced_version
+        self.out = sys.stdout.buffer
+        self.tasks: set[asyncio.Task[None]] = set()  # strong references
+        self.by_id: dict[int | str, asyncio.Task[None]] = {}  # for cancellation
+        self.pending: dict[str, asyncio.Future[JsonObj]] = {}  # server->client requests
+        self.next_srv_id = itertools.count(1)
+
+    # -- output -------------------------------------------------------------
+
+    def write_raw(self, line: bytes) -> None:
+        try:
+            self.out.write(line + b"\n")
+            self.out.flush()
+        except BrokenPipeError:  # nobody reads our stdout any more: nothing left to do
+            os._exit(0)
+
+    def send(self, obj: JsonObj) -> None:
+        self.write_raw(json.dumps(obj, separators=(",", ":")).encode())
+
+    def notify(self, method: str, params: Any) -> None:
+        self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def invalid_request(self, message: str) -> None:
+        self.send({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}})
+
+    # -- input --------------------------------------------------------------
+
+    def handle_line(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError as exc:
+            if line.strip():
+                sys.stderr.write(f"echo-server: non-JSON line ({exc}): {line[:200]!r}\n")
+                sys.stderr.flush()
+            return
+        if isinstance(msg, list):  # batch: every element is answered on its own line
+            if not msg:
+                self.invalid_request("Empty batch")
+            for item in msg:
+                self.handle_message(item)
+        else:
+            self.handle_message(msg)
+
+    def handle_message(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            self.invalid_request("Invalid Request")
+            return
+        method = msg.get("method")
+        if method is None:  # a response to one of our server->client requests
+            rid = msg.get("id")
+            fut = self.pending.get(rid) if isinstance(rid, str) else None
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            return
+        params = msg.get("params")
+        if not isinstance(params, dict):
+            params = {}
+        if "id" not in msg:  # notification
+            if method == "notifications/cancelled":
+                rid = params.get("requestId")
+                task = self.by_id.get(rid) if isinstance(rid, (int, str)) else None
+                if task is not None:
+                    task.cancel()
+            return
+        msg_id = msg["id"]
+        task = asyncio.get_running_loop().create_task(self.run_request(msg_id, method, params))
+        self.tasks.add(task)
+        if isinstance(msg_id, (int, str)):
+            self.by_id[msg_id] = task
+        task.add_done_callback(lambda t: self.forget(t, msg_id))
+
+    def forget(self, task: asyncio.Task[None], msg_id: Any) -> None:
+        self.tasks.discard(task)
+        if isinstance(msg_id, (int, str)) and self.by_id.get(msg_id) is task:
+            del self.by_id[msg_id]
+
+    # -- requests -----------------------------------------------------------
+
+    async def run_request(self, msg_id: Any, method: str, params: JsonObj) -> None:
+        try:
+            result = await self.dispatch(msg_id, method, params)
+        except RpcError as exc:
+            error = {"code": exc.code, "message": exc.message}
+            self.send({"jsonrpc": "2.0", "id": msg_id, "error": error})
+            return
+        except Exception as exc:  # noqa: BLE001 - a test fixture must keep serving
+            error = {"code": -32603, "message": f"Internal error: {exc!r}"}
+            self.send({"jsonrpc": "2.0", "id": msg_id, "error": error})
+            return
+        # CancelledError propagates: a cancelled request gets no response at all.
+        if result is not _ANSWERED:
+            self.send({"jsonrpc": "2.0", "id": msg_id, "result": result})
+
+    async def dispatch(self, msg_id: Any, method: str, params: JsonObj) -> Any:
+        if method == "tools/call":
+            name = params.get("name")
+            args = params.get("arguments")
+            if args is None:
+                args = {}
+            if not isinstance(args, dict):
+                raise RpcError(-32602, "Invalid params: arguments must be an object")
+            if name == "echo":  # hot path first
+                return _text(_arg(args, "text", str, ""))
+            return await self.call_tool(msg_id, name, args, params)
+        if method == "ping":
+            return {}
+        if method == "initialize":
+            requested = params.get("protocolVersion")
+            version = self.forced_version or (
+                requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
+            )
+            return {
+                "protocolVersion": version,
+                "capabilities": {
+                    "tools": {"listChanged": True},
+                    "resources": {"subscribe": True},
+                    "logging": {},
+                },
+                "serverInfo": {"name": "echo-server", "version": "1.0.0"},
+            }
+        if method == "tools/list":
+            return TOOLS_LIST
+        raise RpcError(-32601, "Method not found")
+
+    async def call_tool(self, msg_id: Any, name: Any, args: JsonObj, params: JsonObj) -> Any:
+        if name == "big":
+            return _text("x" * _arg(args, "size", int, 0))
+        if name == "progress":
+            steps = _arg(args, "steps", int, 0)
+            delay = _arg(args, "delay", (int, float), 0)
+            meta = params.get("_meta")
+            token = meta.get("progressToken") if isinstance(meta, dict) else None
+            for i in range(1, steps + 1):
+                if token is not None:
+                    progress = {"progressToken": token, "progress": i, "total": steps}
+                    self.notify("notifications/progress", progress)
+                await asyncio.sleep(delay)
+            return _text("done")
+        if name == "sleep":
+            await asyncio.sleep(_arg(args, "seconds", (int, float), 0))
+            return _text("slept")
+        if name == "hang":
+            await asyncio.get_running_loop().create_future()  # never resolved
+        if name == "crash":
+            sys.stderr.flush()
+            os._exit(_arg(args, "code", int, 3))
+        if name == "garbage":
+            for _ in range(_arg(args, "lines", int, 1)):
+                self.write_raw(b"this is not json")
+            return _text("ok")
+        if name == "huge":  # built as bytes directly: no 20 MiB json.dumps round trip
+            size = _arg(args, "size", int, 0)
+            head = b'{"jsonrpc":"2.0","id":' + json.dumps(msg_id).encode()
+            self.write_raw(
+                head + b',"result":{"content":[{"type":"text","text":"'
+                + b"x" * size + b'"}],"isError":false}}'
+            )
+            return _ANSWERED
+        if name == "notify":
+            self.notify(_arg(args, "method", str, "notifications/test"), args.get("params", {}))
+            return _text("notified")
+        if name == "log":
+            entry = {"level": "info", "logger": "echo", "data": args.get("message")}
+            self.notify("notifications/message", entry)
+            return _text("logged")
+        if name == "sample":
+            content = {"type": "text", "text": _arg(args, "prompt", str, "")}
+            messages = [{"role": "user", "content": content}]
+            return await self.ask_client(
+                "sampling/createMessage", {"messages": messages, "maxTokens": 16}
+            )
+        if name == "elicit":
+            message = _arg(args, "message", str, "")
+            return await self.ask_client(
+                "elicitation/create",
+                {"message": message, "requestedSchema": _schema(name="string")},
+            )
+        if name == "roots":
+            return await self.ask_client("roots/list", {})
+        if name == "ping_client":
+            return await self.ask_client("ping", {}, pong=True)
+        if name == "stderr":
+            _stderr_lines(_arg(args, "lines", int, 1), "stderr line")
+            return _text("ok")
+        if name == "env":
+            return _text(json.dumps(dict(os.environ), separators=(",", ":")))
+        if name == "cwd":
+            return _text(os.getcwd())
+        if name == "pid":
+            return _text(str(os.getpid()))
+        if name == "exit_after_answer":
+            code = _arg(args, "code", int, 0)
+            self.send({"jsonrpc": "2.0", "id": msg_id, "result": _text("bye")})
+            sys.stderr.flush()
+            os._exit(code)
+        raise RpcError(-32602, f"Unknown tool: {name}")
+
+    async def ask_client(self, method: str, params: JsonObj, pong: bool = False) -> JsonObj:
+        """Send a server->client request and turn the client's answer into a tool result."""
+        srv_id = f"srv-{next(self.next_srv_id)}"
+        fut: asyncio.Future[JsonObj] = asyncio.get_running_loop().create_future()
+        self.pending[srv_id] = fut
+        try:
+            self.send({"jsonrpc": "2.0", "id": srv_id, "method": method, "params": params})
+            reply = await fut
+        finally:
+            self.pending.pop(srv_id, None)
+        if "error" in reply:
+            error = reply["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            return _text(f"error: {message}")
+        if pong:
+            return _text("pong")
+        return _text(json.dumps(reply.get("result"), separators=(",", ":")))
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STDIN_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    server = EchoServer(args.protocol_version)
+    while True:
+        try:
+            line = await reader.readline()
+        except ValueError as exc:  # line longer than the limit: it was discarded
+            sys.stderr.write(f"echo-server: dropping oversized input line: {exc}\n")
+            sys.stderr.flush()
+            continue
+        if not line:
+            break
+        server.handle_line(line)
+    if args.ignore_stdin_eof:
+        await loop.create_future()  # run forever; only a signal stops us
+    sys.stderr.flush()
+    os._exit(0)  # promptly, even with requests still pending
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    add = parser.add_argument
+    add("--ignore-sigterm", action="store_true", help="ignore SIGTERM")
+    add("--ignore-stdin-eof", action="store_true", help="keep running after stdin EOF")
+    add("--grandchild", action="store_true", help="spawn a grandchild that inherits stdout")
+    add("--stderr-lines", type=int, default=0, metavar="N", help="write N stderr lines at start")
+    add("--protocol-version", metavar="V", help="always answer initialize with this version")
+    args = parser.parse_args(argv)
+
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if args.grandchild:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"],
+            stdout=sys.stdout,
+            stdin=subprocess.DEVNULL,
+        )
+        sys.stderr.write(f"grandchild pid {child.pid}\n")
+        sys.stderr.flush()
+    _stderr_lines(args.stderr_lines, "noise line")
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()
