@@ -16,12 +16,10 @@ import mcp
 import pytest
 from mcp import StdioServerParameters
 
-# pytest's default ("prepend") import mode puts this directory on sys.path.
-from sdk_scenarios import ALL_SCENARIOS, Scenario
+
+from tests.e2e.sdk_scenarios import ALL_SCENARIOS, Scenario
 
 SDK_SERVER = Path(__file__).resolve().parents[1] / "servers" / "sdk_server.py"
-
-pytestmark = pytest.mark.asyncio
 
 
 def make_stdio_client(**client_kwargs: Any) -> mcp.Client:

@@ -70,9 +70,7 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
     "pid": ("Answer with the process id.", _schema()),
     "exit_after_answer": ("Answer, then exit with `code` (default 0).", _schema(code="integer")),
 }
-TOOLS_LIST: JsonObj = {
-    "tools": [{"name": n, "description": d, "inputSchema": s} for n, (d, s) in TOOLS.items()]
-}
+TOOLS_LIST: JsonObj = {"tools": [{"name": n, "description": d, "inputSchema": s} for n, (d, s) in TOOLS.items()]}
 
 
 class RpcError(Exception):
@@ -215,9 +213,7 @@ class EchoServer:
             return {}
         if method == "initialize":
             requested = params.get("protocolVersion")
-            version = self.forced_version or (
-                requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION
-            )
+            version = self.forced_version or (requested if requested in SUPPORTED_VERSIONS else LATEST_VERSION)
             return {
                 "protocolVersion": version,
                 "capabilities": {
@@ -261,8 +257,7 @@ class EchoServer:
             size = _arg(args, "size", int, 0)
             head = b'{"jsonrpc":"2.0","id":' + json.dumps(msg_id).encode()
             self.write_raw(
-                head + b',"result":{"content":[{"type":"text","text":"'
-                + b"x" * size + b'"}],"isError":false}}'
+                head + b',"result":{"content":[{"type":"text","text":"' + b"x" * size + b'"}],"isError":false}}'
             )
             return _ANSWERED
         if name == "notify":
@@ -275,9 +270,7 @@ class EchoServer:
         if name == "sample":
             content = {"type": "text", "text": _arg(args, "prompt", str, "")}
             messages = [{"role": "user", "content": content}]
-            return await self.ask_client(
-                "sampling/createMessage", {"messages": messages, "maxTokens": 16}
-            )
+            return await self.ask_client("sampling/createMessage", {"messages": messages, "maxTokens": 16})
         if name == "elicit":
             message = _arg(args, "message", str, "")
             return await self.ask_client(

@@ -1,0 +1,56 @@
+"""The official MCP SDK client, through the gateway, against real stdio servers.
+
+The same scenarios run directly over stdio in test_sdk_stdio_direct.py; passing both shows the
+gateway is transparent for everything a legacy-era client does.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import mcp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from gateway import create_app
+from gateway.settings import Settings
+from tests.conftest import SDK_SERVER
+from tests.e2e.sdk_scenarios import ALL_SCENARIOS, Scenario, scenario_tools
+
+ServerFactory = Any  # pytest-aiohttp's aiohttp_server fixture
+
+
+async def _serve(aiohttp_server: ServerFactory, command: list[str]) -> str:
+    server: TestServer = await aiohttp_server(create_app(Settings(command=command, port=0)))
+    return str(server.make_url("/mcp"))
+
+
+@pytest.fixture
+async def sdk_gateway_url(aiohttp_server: ServerFactory) -> str:
+    return await _serve(aiohttp_server, [sys.executable, str(SDK_SERVER)])
+
+
+@pytest.mark.parametrize("scenario", ALL_SCENARIOS, ids=lambda s: s.__name__.removeprefix("scenario_"))
+async def test_scenario_through_gateway(scenario: Scenario, sdk_gateway_url: str) -> None:
+    await scenario(lambda **kwargs: mcp.Client(sdk_gateway_url, mode="legacy", **kwargs))
+
+
+async def test_dual_era_client_falls_back_to_initialize(sdk_gateway_url: str) -> None:
+    """`mode="auto"` probes with a 2026-07-28 request first; the gateway's 400 sends it to initialize."""
+    await scenario_tools(lambda **kwargs: mcp.Client(sdk_gateway_url, mode="auto", **kwargs))
+
+
+async def test_default_server_of_make_run(aiohttp_server: ServerFactory) -> None:
+    """The published server `make run` wraps answers a tool call through the gateway."""
+    time_server = Path(sys.executable).parent / "mcp-server-time"
+    url = await _serve(aiohttp_server, [str(time_server), "--local-timezone", "UTC"])
+    with anyio.fail_after(60):
+        async with mcp.Client(url, mode="legacy") as client:
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            assert "get_current_time" in tools
+            result = await client.call_tool("get_current_time", {"timezone": "UTC"})
+            assert not result.is_error
+            assert "UTC" in str(result.content[0])
