@@ -65,7 +65,8 @@ class LineFramer:
         if start < size:
             held = len(self._buf) + size - start
             if held > limit:
-                self._head = bytes((self._buf or data[start:])[:OVERSIZE_HEAD_BYTES])
+                head = bytes(self._buf[:OVERSIZE_HEAD_BYTES])
+                self._head = head + data[start : start + OVERSIZE_HEAD_BYTES - len(head)]
                 self._discarding = True
                 self._discarded = held
                 self._buf = bytearray()

@@ -31,8 +31,9 @@ from gateway.sessions.streams import Stream
 log = logging.getLogger("gateway.router")
 
 GET_STREAM_ID: Final = 0
-# Exchanges whose client went away before reading everything, kept for a resuming GET.
-MAX_DETACHED_EXCHANGES: Final = 16
+# Finished SSE exchanges kept (with their bounded replay window) for a GET that resumes one:
+# the server cannot know whether a client read the end of a stream before it disconnected.
+MAX_RESUMABLE_EXCHANGES: Final = 4
 # The head of an oversized response names its request when the server writes "id" early.
 _LEADING_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d+)\s*[,}]')
 
@@ -153,18 +154,19 @@ class Router:
         if self.child is not None:
             await self.child.drain()
 
-    def release(self, exchange: Exchange) -> None:
-        """The HTTP response that consumed `exchange` has ended."""
-        if exchange.finished and not exchange.has_pending:
-            self._exchanges.pop(exchange.id, None)
+    def release(self, exchange: Exchange, *, streamed: bool) -> None:
+        """The HTTP response that consumed `exchange` has ended (`streamed`: it was SSE)."""
+        if exchange.finished and not exchange.has_pending and not streamed:
+            self._exchanges.pop(exchange.id, None)  # a JSON answer is never resumed
             return
-        exchange.detach()
-        detached = [ex for ex in self._exchanges.values() if not ex.attached and ex.finished]
-        for stale in detached[: max(0, len(detached) - MAX_DETACHED_EXCHANGES)]:
+        if exchange.attached:
+            exchange.detach()
+        resumable = [ex for ex in self._exchanges.values() if ex.finished and not ex.attached]
+        for stale in resumable[: max(0, len(resumable) - MAX_RESUMABLE_EXCHANGES)]:
             self._exchanges.pop(stale.id, None)
 
     def stream_for(self, stream_id: int) -> Stream | None:
-        """The stream a `Last-Event-ID` names, if it can still be resumed."""
+        """The stream a `Last-Event-ID` names, if it is still held."""
         if stream_id == GET_STREAM_ID:
             return self.get_stream
         return self._exchanges.get(stream_id)

@@ -48,6 +48,7 @@ class Stream:
         "congested",
         "consumer",
         "dropped",
+        "evicted_upto",
         "finished",
         "id",
         "next_seq",
@@ -69,6 +70,7 @@ class Stream:
         self.finished = False  # no more messages will be pushed
         self.only_responses = True  # every message so far is a response (JSON body possible)
         self.dropped = 0
+        self.evicted_upto = 0  # highest sequence number no longer held anywhere
 
     def event_id(self, seq: int) -> str:
         return f"{self.id}.{seq}"
@@ -108,22 +110,30 @@ class Stream:
             self._delivered.append(entry)
             self._delivered_bytes += len(entry[1])
         while self._delivered and (len(self._delivered) > REPLAY_MESSAGES or self._delivered_bytes > REPLAY_BYTES):
-            self._delivered_bytes -= len(self._delivered.popleft()[1])
+            seq, payload, _ = self._delivered.popleft()
+            self._delivered_bytes -= len(payload)
+            self.evicted_upto = seq
         if self.congested:
             self.congested = False
             self._congestion(self, False)
         return entries
 
-    def rewind(self, after_seq: int) -> None:
-        """Queue again the delivered messages after `after_seq` (a consumer's Last-Event-ID)."""
+    def rewind(self, after_seq: int) -> bool:
+        """Queue again the delivered messages after `after_seq` (a consumer's Last-Event-ID).
+
+        Returns False when some message after `after_seq` is no longer held: the replay would
+        have a gap.
+        """
+        complete = self.evicted_upto <= after_seq
         replay = [entry for entry in self._delivered if entry[0] > after_seq]
         if not replay:
-            return
+            return complete
         keep = [entry for entry in self._delivered if entry[0] <= after_seq]
         self._delivered = deque(keep)
         self._delivered_bytes = sum(len(entry[1]) for entry in keep)
         self._queue.extendleft(reversed(replay))
         self._queued_bytes += sum(len(entry[1]) for entry in replay)
+        return complete
 
     def attach(self) -> int:
         """Become this stream's consumer, displacing any earlier one; returns the consumer token."""
@@ -155,7 +165,8 @@ class Stream:
             await waiter
         finally:
             handle.cancel()
-            self._waiter = None
+            if self._waiter is waiter:  # a newer consumer may be waiting by now
+                self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -172,6 +183,7 @@ class Stream:
                 count -= 1
                 self._queued_bytes -= len(entry[1])
                 self.dropped += 1
+                self.evicted_upto = max(self.evicted_upto, entry[0])
             else:
                 kept.append(entry)
         self._queue = kept

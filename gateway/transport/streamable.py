@@ -23,8 +23,9 @@ from gateway import jsonrpc, keys
 from gateway.errors import GatewayError
 from gateway.jsonrpc import Message
 from gateway.sessions.child import ChildGone, StdinStalled
-from gateway.sessions.router import Exchange
+from gateway.sessions.router import Exchange, Router
 from gateway.sessions.store import Session
+from gateway.sessions.streams import Stream
 from gateway.transport import sse
 from gateway.transport.guards import JSON, accepted, check_origin, check_post_headers, read_body
 
@@ -166,6 +167,7 @@ async def _answer(
 ) -> web.StreamResponse:
     """Answer with JSON while only responses come, else stream; release the exchange at the end."""
     router = session.router
+    streamed = False
     try:
         if json_ok:
             # The router sends a JSON-only client nothing but responses; it waits for the answer
@@ -179,11 +181,12 @@ async def _answer(
                 payloads = [payload for _, payload, _ in exchange.take()]
                 body = b"[" + b",".join(payloads) + b"]" if exchange.is_batch else payloads[0]
                 return web.Response(body=body, content_type=JSON, headers=headers)
+        streamed = True
         response = await sse.open_response(request, headers)
         await sse.pump(exchange, response, keepalive)
         return response
     finally:
-        router.release(exchange)
+        router.release(exchange, streamed=streamed)
 
 
 async def _initialize(request: web.Request, message: Message, json_ok: bool, sse_ok: bool) -> web.StreamResponse:
@@ -219,7 +222,7 @@ async def _initialize(request: web.Request, message: Message, json_ok: bool, sse
         return response
     finally:
         if exchange is not None:
-            session.router.release(exchange)
+            session.router.release(exchange, streamed=False)
         if not published:
             await store.close(session, "initialize_failed")
 
@@ -235,15 +238,8 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
         raise GatewayError("not_acceptable", "Accept must include text/event-stream")
     session = _session_for(request, None)
     router = session.router
-    stream = router.get_stream
     last_event = request.headers.get(LAST_EVENT_HEADER)
-    if last_event is not None:
-        stream_id, _, seq = last_event.partition(".")
-        if stream_id.isdigit() and seq.isdigit():
-            resumed = router.stream_for(int(stream_id))
-            if resumed is not None:
-                stream = resumed
-                stream.rewind(int(seq))
+    stream = router.get_stream if last_event is None else _resume(router, last_event)
     session.enter()
     try:
         response = await sse.open_response(request)
@@ -251,8 +247,24 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         if isinstance(stream, Exchange):
-            router.release(stream)
+            router.release(stream, streamed=True)
         session.leave()
+
+
+def _resume(router: Router, last_event: str) -> Stream:
+    """The stream a `Last-Event-ID` names, rewound to just after that event.
+
+    The standalone stream always resumes, with whatever it still holds. A POST's stream resumes
+    only when every message after the event is still held; otherwise 410, so that the client
+    gives up on that request instead of waiting for a response that cannot come.
+    """
+    stream_id, _, seq = last_event.partition(".")
+    if not (stream_id.isdigit() and seq.isdigit()):
+        return router.get_stream
+    stream = router.stream_for(int(stream_id))
+    if stream is None or not (stream.rewind(int(seq)) or stream is router.get_stream):
+        raise GatewayError("stream_gone", "That event stream can no longer be resumed")
+    return stream
 
 
 async def handle_delete(request: web.Request) -> web.StreamResponse:

@@ -272,7 +272,8 @@ async def scenario_resource_subscription(make_client: ClientFactory) -> None:
 
     async with make_client(message_handler=on_message) as client:
         resources_caps = client.server_capabilities.resources
-        assert resources_caps is not None and resources_caps.subscribe is True
+        assert resources_caps is not None
+        assert resources_caps.subscribe is True
 
         # Not subscribed yet: the server has nothing to notify.
         before = await client.call_tool("touch_resource", {"uri": GREETING_URI})

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import Mcp, text_of
 
 

@@ -69,6 +69,11 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
     "cwd": ("Answer with the working directory.", _schema()),
     "pid": ("Answer with the process id.", _schema()),
     "exit_after_answer": ("Answer, then exit with `code` (default 0).", _schema(code="integer")),
+    "cancelled": (
+        "Answer with every notifications/cancelled received so far, as a JSON list of "
+        "{requestId, reason, running} (running: it matched a request still in progress).",
+        _schema(),
+    ),
 }
 TOOLS_LIST: JsonObj = {"tools": [{"name": n, "description": d, "inputSchema": s} for n, (d, s) in TOOLS.items()]}
 
@@ -111,6 +116,7 @@ class EchoServer:
         self.by_id: dict[int | str, asyncio.Task[None]] = {}  # for cancellation
         self.pending: dict[str, asyncio.Future[JsonObj]] = {}  # server->client requests
         self.next_srv_id = itertools.count(1)
+        self.cancellations: list[JsonObj] = []  # every notifications/cancelled, in arrival order
 
     # -- output -------------------------------------------------------------
 
@@ -166,6 +172,8 @@ class EchoServer:
             if method == "notifications/cancelled":
                 rid = params.get("requestId")
                 task = self.by_id.get(rid) if isinstance(rid, (int, str)) else None
+                entry = {"requestId": rid, "reason": params.get("reason"), "running": task is not None}
+                self.cancellations.append(entry)
                 if task is not None:
                     task.cancel()
             return
@@ -190,7 +198,7 @@ class EchoServer:
             error = {"code": exc.code, "message": exc.message}
             self.send({"jsonrpc": "2.0", "id": msg_id, "error": error})
             return
-        except Exception as exc:  # noqa: BLE001 - a test fixture must keep serving
+        except Exception as exc:  # a test fixture must keep serving
             error = {"code": -32603, "message": f"Internal error: {exc!r}"}
             self.send({"jsonrpc": "2.0", "id": msg_id, "error": error})
             return
@@ -295,6 +303,8 @@ class EchoServer:
             self.send({"jsonrpc": "2.0", "id": msg_id, "result": _text("bye")})
             sys.stderr.flush()
             os._exit(code)
+        if name == "cancelled":
+            return _text(json.dumps(self.cancellations, separators=(",", ":")))
         raise RpcError(-32602, f"Unknown tool: {name}")
 
     async def ask_client(self, method: str, params: JsonObj, pong: bool = False) -> JsonObj:

@@ -38,7 +38,6 @@ from mcp.server.mcpserver import (
 )
 from mcp.types import (
     EmptyResult,
-    LoggingLevel,
     SamplingMessage,
     SetLevelRequestParams,
     SubscribeRequestParams,
@@ -55,7 +54,6 @@ mcp = MCPServer("sdk-test-server", version="1.0.0")
 # One process serves exactly one client session (one stdio connection), so
 # process-wide state is per-session state.
 subscriptions: set[str] = set()
-log_level: LoggingLevel = "debug"
 
 
 # --------------------------------------------------------------------- tools
@@ -87,7 +85,7 @@ async def slow_progress(steps: int, ctx: Context) -> str:
 @mcp.tool()
 async def log_then_answer(message: str, ctx: Context) -> str:
     """Send `message` as an info-level log notification, then answer."""
-    await ctx.info(message, logger_name="sdk-test-server")
+    await ctx.info(message, logger_name="sdk-test-server")  # type: ignore[deprecated]  # legacy logging is the point
     return f"logged: {message}"
 
 
@@ -176,9 +174,7 @@ async def on_unsubscribe(ctx: ServerRequestContext[Any], params: UnsubscribeRequ
 
 
 async def on_set_level(ctx: ServerRequestContext[Any], params: SetLevelRequestParams) -> EmptyResult:
-    # Recorded only: this test server always emits its (info-level) messages.
-    global log_level
-    log_level = params.level
+    # Accepted so the logging capability is complete; this server's messages are all info-level.
     return EmptyResult()
 
 

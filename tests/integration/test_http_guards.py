@@ -1,0 +1,209 @@
+"""Every refusal of the MCP endpoint, with its status code and JSON-RPC error body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import ACCEPT_BOTH, LATEST, Mcp
+
+Gateway = Callable[..., Awaitable[Mcp]]
+PING = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
+
+
+async def _error(mcp: Mcp, method: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    async with mcp.http.request(method, "/mcp", data=body, headers=headers) as response:
+        assert response.content_type == "application/json"
+        return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status", "code"),
+    [
+        ({"Origin": "http://evil.example"}, json.dumps(PING).encode(), 403, -32600),
+        ({"Content-Type": "text/plain"}, json.dumps(PING).encode(), 415, -32600),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"a=b", 415, -32600),
+        ({"Accept": "text/html"}, json.dumps(PING).encode(), 406, -32600),
+        ({}, b"{not json", 400, -32700),
+        ({}, b"", 400, -32700),
+        ({}, b'{"jsonrpc":"1.0","id":1,"method":"ping"}', 400, -32600),
+        ({}, b"[]", 400, -32600),
+        ({}, b"42", 400, -32600),
+    ],
+    ids=["origin", "content-type", "form", "accept", "parse", "empty", "jsonrpc-version", "empty-batch", "scalar"],
+)
+async def test_post_refusals(gateway: Gateway, headers: dict[str, str], body: bytes, status: int, code: int) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    got_status, error = await _error(mcp, "POST", body, mcp.headers(headers))
+    assert got_status == status
+    assert error["jsonrpc"] == "2.0"
+    assert error["error"]["code"] == code
+    assert isinstance(error["error"]["message"], str)
+
+
+async def test_invalid_request_keeps_its_id(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    status, error = await _error(mcp, "POST", b'{"jsonrpc":"2.0","id":9,"method":7}', mcp.headers())
+    assert (status, error["id"], error["error"]["code"]) == (400, 9, -32600)
+
+
+async def test_missing_accept_means_both(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    async with mcp.http.post("/mcp", json=PING, headers={**mcp.headers(), "Accept": ""}) as response:
+        assert response.status == 200
+        assert (await response.json())["id"] == 5
+
+
+@pytest.mark.parametrize("limit_kind", ["content-length", "chunked"])
+async def test_oversized_body(gateway: Gateway, limit_kind: str) -> None:
+    mcp = await gateway(max_message_bytes=4096)
+    await mcp.initialize()
+    big = json.dumps({**PING, "params": {"pad": "x" * 200_000}}).encode()
+
+    async def chunks() -> Any:
+        for start in range(0, len(big), 8192):
+            yield big[start : start + 8192]
+
+    data: Any = big if limit_kind == "content-length" else chunks()
+    status, error = await _error(mcp, "POST", data, mcp.headers())
+    assert (status, error["error"]["code"]) == (413, -32600)
+    assert (await mcp.call_tool("echo", text="still fine"))["result"]["content"][0]["text"] == "still fine"
+
+
+async def test_session_id_rules(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    session = mcp.session_id
+    assert session is not None
+    assert len(session) >= 32
+    assert all(0x21 <= ord(ch) <= 0x7E for ch in session)
+
+    status, error = await _error(mcp, "POST", json.dumps(PING).encode(), {**mcp.headers(), "Mcp-Session-Id": "nope"})
+    assert (status, error["id"], error["error"]["code"]) == (404, 5, -32600)
+
+    headers = mcp.headers()
+    del headers["Mcp-Session-Id"]
+    status, error = await _error(mcp, "POST", json.dumps(PING).encode(), headers)
+    assert (status, error["id"], error["error"]["code"]) == (400, 5, -32600)
+    assert "Mcp-Session-Id" in error["error"]["message"]
+
+
+async def test_modern_request_gets_a_legacy_error(gateway: Gateway) -> None:
+    """A 2026-07-28 probe gets 400 and an ordinary -32600, never a modern error code."""
+    mcp = await gateway()
+    probe = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "server/discover",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
+    }
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT_BOTH, "MCP-Protocol-Version": "2026-07-28"}
+    status, error = await _error(mcp, "POST", json.dumps(probe).encode(), headers)
+    assert status == 400
+    assert error["id"] == 1
+    assert error["error"]["code"] == -32600
+    assert error["error"]["code"] not in (-32020, -32021, -32022)
+    assert "initialize" in error["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("version", "status"),
+    [(None, 200), (LATEST, 200), ("2025-06-18", 400), ("1999-01-01", 400), ("2026-07-28", 400)],
+    ids=["absent", "negotiated", "other-known", "unknown", "modern"],
+)
+async def test_protocol_version_header(gateway: Gateway, version: str | None, status: int) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    headers = mcp.headers()
+    headers.pop("MCP-Protocol-Version")
+    if version is not None:
+        headers["MCP-Protocol-Version"] = version
+    async with mcp.http.post("/mcp", json=PING, headers=headers) as response:
+        assert response.status == status
+        body = await response.json()
+    assert ("result" in body) == (status == 200)
+
+
+async def test_initialize_refusals(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": LATEST}}
+    status, error = await _error(mcp, "POST", json.dumps(init).encode(), mcp.headers())
+    assert (status, error["error"]["code"]) == (400, -32600)  # this session is already initialized
+    status, error = await _error(mcp, "POST", json.dumps([init]).encode(), {"Content-Type": "application/json"})
+    assert (status, error["error"]["code"]) == (400, -32600)  # never inside a batch
+
+
+async def test_session_cap(gateway: Gateway) -> None:
+    first = await gateway(max_sessions=1)
+    await first.initialize()
+    second = Mcp(first.http)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": LATEST}}
+    async with first.http.post("/mcp", json=init, headers={"Accept": ACCEPT_BOTH}) as response:
+        assert response.status == 503
+        assert int(response.headers["Retry-After"]) > 0
+        assert "Mcp-Session-Id" not in response.headers
+        assert (await response.json())["error"]["code"] == -32603
+    assert await first.delete() == 204
+    await second.initialize()  # the slot is free again
+
+
+async def test_get_and_delete_refusals(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    status, error = await _error(mcp, "GET", None, {"Accept": "text/event-stream"})
+    assert (status, error["error"]["code"]) == (400, -32600)
+    status, _ = await _error(mcp, "GET", None, {**mcp.headers(), "Accept": "application/json"})
+    assert status == 406
+    status, _ = await _error(mcp, "GET", None, {**mcp.headers(), "Origin": "http://evil.example"})
+    assert status == 403
+    status, _ = await _error(mcp, "DELETE", None, {"Mcp-Session-Id": "unknown"})
+    assert status == 404
+    assert await mcp.delete() == 204
+    assert await mcp.delete() == 404
+
+
+async def test_batches_only_for_2025_03_26(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize(version=LATEST)
+    batch = [PING, {**PING, "id": 6}]
+    status, messages = await mcp.post(batch)
+    assert status == 400
+    assert messages[0]["error"]["code"] == -32600
+
+    old = await gateway()
+    await old.initialize(version="2025-03-26")
+    call = {"jsonrpc": "2.0", "id": "c", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "b"}}}
+    status, messages = await old.post([PING, call, {"jsonrpc": "2.0", "method": "notifications/x"}])
+    assert status == 200
+    assert sorted(str(m["id"]) for m in messages) == ["5", "c"]
+    status, messages = await old.post([{"jsonrpc": "2.0", "method": "notifications/x"}])
+    assert (status, messages) == (202, [])
+
+
+async def test_notifications_get_202_with_no_body(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    async with mcp.http.post(
+        "/mcp", json={"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}, headers=mcp.headers()
+    ) as response:
+        assert response.status == 202
+        assert await response.read() == b""
+
+
+async def test_health_and_ready(gateway: Gateway) -> None:
+    mcp = await gateway()
+    await mcp.initialize()
+    async with mcp.http.get("/health") as response:
+        health = await response.json()
+    assert health["status"] == "ok"
+    assert health["sessions"] == 1
+    async with mcp.http.get("/ready") as response:
+        assert response.status == 200
+        assert (await response.json())["ready"] is True

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway import cli
+from gateway.settings import Settings, describe_errors
+
+PY = sys.executable
+
+
+def test_defaults_bind_loopback() -> None:
+    settings = Settings(command=[PY])
+    assert (settings.host, settings.port, settings.mcp_path) == ("127.0.0.1", 8080, "/mcp")
+    assert settings.max_message_bytes == 16 * 1024 * 1024
+    assert settings.session_idle_ttl == 1800
+
+
+def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("MCP_GATEWAY_PORT=9000\nMCP_GATEWAY_MAX_SESSIONS=3\n")
+    monkeypatch.setenv("MCP_GATEWAY_COMMAND", f"{PY} -m some_server --flag 'two words'")
+    monkeypatch.setenv("MCP_GATEWAY_PORT", "9001")  # the environment beats .env
+    monkeypatch.setenv("MCP_GATEWAY_ALLOWED_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("MCP_GATEWAY_CHILD_ENV", '{"API_KEY": "s3cret"}')
+    settings = Settings()
+    assert settings.command == [PY, "-m", "some_server", "--flag", "two words"]
+    assert (settings.port, settings.max_sessions) == (9001, 3)
+    assert settings.allowed_origins == ["https://a.example", "https://b.example"]
+    assert settings.child_environment()["API_KEY"] == "s3cret"
+
+
+def test_command_as_json_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCP_GATEWAY_COMMAND", json.dumps([PY, "a b"]))
+    assert Settings().command == [PY, "a b"]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(
+            command=["no-such-program-anywhere"],
+            port=70000,
+            mcp_path="mcp/",
+            host="0.0.0.0",  # noqa: S104 - the point of the test
+            max_message_bytes=10,
+            allowed_origins=["example.com"],
+        )
+    problems = "\n".join(describe_errors(caught.value))
+    for field in (
+        "port",
+        "mcp_path",
+        "command",
+        "max_message_bytes",
+        "allowed_origins",
+        "allow_remote_unauthenticated",
+    ):
+        assert f"{field}:" in problems
+
+
+def test_non_loopback_bind_needs_explicit_consent() -> None:
+    with pytest.raises(ValidationError, match="not loopback"):
+        Settings(command=[PY], host="0.0.0.0")  # noqa: S104
+    assert Settings(command=[PY], host="::1").host == "::1"
+    Settings(command=[PY], host="0.0.0.0", allow_remote_unauthenticated=True)  # noqa: S104
+
+
+def test_child_environment_is_allow_list_plus_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "leak")
+    monkeypatch.setenv("HOME", "/home/x")
+    env = Settings(command=[PY], child_env={"EXTRA": "1"}).child_environment()
+    assert env["HOME"] == "/home/x"
+    assert env["EXTRA"] == "1"
+    assert "AWS_SECRET_ACCESS_KEY" not in env
+
+
+def test_cli_check_prints_effective_configuration_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(
+        ["check", "--port", "9100", "--child-env", "TOKEN=abc", "--allowed-origins", "https://x.example", "--", PY]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["port"] == 9100
+    assert printed["command"] == [PY]
+    assert printed["allowed_origins"] == ["https://x.example"]
+    assert printed["child_env"] == {"TOKEN": "**********"}
+
+
+def test_cli_check_reports_problems_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["check", "--port", "x", "--mcp-path", "/health"]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "port:" in err
+    assert "mcp_path:" in err
+    assert "command:" in err
