@@ -1,6 +1,7 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
-Middleware order (outermost first): error rendering. Resources are `cleanup_ctx` pairs, set up
+Middleware order (outermost first): error rendering. CORS headers are added as responses are
+prepared, so streamed responses carry them too. Resources are `cleanup_ctx` pairs, set up
 in order and torn down in reverse: the orphan guard first (so it outlives every child), then the
 session store. On shutdown the store stops taking sessions and ends open GET streams so that
 aiohttp's graceful drain can finish; the in-flight POSTs get the shutdown budget; then every
@@ -20,7 +21,7 @@ from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionLimits, SessionStore
 from gateway.settings import Settings
-from gateway.transport import streamable
+from gateway.transport import cors, streamable
 from gateway.transport.guards import OriginPolicy
 
 # Bytes of slack over the message cap for the HTTP body (whitespace, a batch's brackets).
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
     streamable.add_routes(app, settings.mcp_path)
+    cors.install(app, settings.mcp_path)
     health.add_routes(app)
     return app
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from gateway import __version__, logs
 from gateway.app import create_app
+from gateway.sessions.child import use_pidfd_child_watcher
 from gateway.settings import Settings, describe_errors
 
 log = logging.getLogger("gateway")
@@ -105,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(settings.redacted(), indent=2))
         return 0
     logs.configure(settings.log_level, settings.log_format)
+    use_pidfd_child_watcher()
     asyncio.run(serve(settings))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.jsonrpc import RequestId
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -14,3 +15,6 @@ ORIGINS = web.AppKey("origins", OriginPolicy)
 GUARD = web.AppKey("orphan_guard", OrphanGuard)
 SESSIONS = web.AppKey("sessions", SessionStore)
 STARTED_AT = web.AppKey("started_at", float)
+
+# Per request: the JSON-RPC id a POST's refusal should answer, once the body has been read.
+ANSWERING = web.RequestKey[RequestId | None]("answering")

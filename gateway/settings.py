@@ -50,7 +50,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    host: str = Field("127.0.0.1", description="Address to bind. Loopback unless the gateway is behind auth.")
+    host: str = Field(
+        "127.0.0.1", description="Address to bind. Anything but loopback needs authentication, or the override below."
+    )
     port: int = Field(8080, ge=0, le=65535, description="TCP port to bind (0 picks a free port).")
     public_url: HttpUrl | None = Field(
         None, description="Public base URL clients use (e.g. https://mcp.example.com); its origin is allowed."

@@ -131,8 +131,16 @@ class Router:
                 lines.append(raw)
             else:
                 lines.append(jsonrpc.encode(body))
-        for line in lines:
-            child.send(line)
+        try:
+            for line in lines:
+                child.send(line)
+        except ChildGone:
+            if exchange is not None:  # nothing will answer these: forget them
+                for gateway_id in exchange.gateway_ids:
+                    self._pending.pop(gateway_id, None)
+                for token in exchange.tokens:
+                    self._progress.pop(token, None)
+            raise
         if exchange is not None:
             self._exchanges[exchange.id] = exchange
             self._open += 1

@@ -50,6 +50,16 @@ def add_routes(app: web.Application, path: str) -> None:
 
 
 async def handle_post(request: web.Request) -> web.StreamResponse:
+    try:
+        return await _post(request)
+    except GatewayError as error:
+        # Refusals name the request they answer whenever its id could be read.
+        if error.request_id is None and (request_id := request.get(keys.ANSWERING)) is not None:
+            error.request_id = request_id
+        raise
+
+
+async def _post(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[keys.SETTINGS]
     check_origin(request, app[keys.ORIGINS])
@@ -58,6 +68,7 @@ async def handle_post(request: web.Request) -> web.StreamResponse:
     messages, is_batch = _parse(body)
     first = messages[0]
     request_id = first.id if not is_batch else None
+    request[keys.ANSWERING] = request_id
     if any(m.method == "initialize" for m in messages):
         if is_batch:
             raise GatewayError("invalid_message", "initialize must not be part of a batch")

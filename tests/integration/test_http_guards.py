@@ -207,3 +207,27 @@ async def test_health_and_ready(gateway: Gateway) -> None:
     async with mcp.http.get("/ready") as response:
         assert response.status == 200
         assert (await response.json())["ready"] is True
+
+
+async def test_cors_for_allowed_browser_origins(gateway: Gateway) -> None:
+    mcp = await gateway(allowed_origins=["https://app.example"])
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    async with mcp.http.options("/mcp", headers=preflight) as response:
+        assert response.status == 204
+        assert "Mcp-Session-Id" in response.headers["Access-Control-Allow-Headers"]
+        assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    async with mcp.http.options("/mcp", headers={**preflight, "Origin": "https://evil.example"}) as response:
+        assert response.status == 403
+        assert "Access-Control-Allow-Origin" not in response.headers
+
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-11-25"}}
+    headers = {"Accept": "application/json, text/event-stream", "Origin": "https://app.example"}
+    async with mcp.http.post("/mcp", json=init, headers=headers) as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+        assert "Mcp-Session-Id" in response.headers["Access-Control-Expose-Headers"]
+        session = response.headers["Mcp-Session-Id"]
+    stream_headers = {"Origin": "https://app.example", "Mcp-Session-Id": session}
+    async with mcp.http.get("/mcp", headers=stream_headers) as stream:
+        assert stream.content_type == "text/event-stream"
+        assert stream.headers["Access-Control-Allow-Origin"] == "https://app.example"

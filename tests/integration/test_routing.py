@@ -196,12 +196,26 @@ async def test_cancellation_is_forwarded_with_the_gateway_id(gateway: Gateway) -
     mcp = await gateway()
     await mcp.initialize()
     hung = asyncio.ensure_future(mcp.post(call("hang", "h")))
-    await eventually(lambda: _in_flight(mcp))
-    status = await mcp.notify("notifications/cancelled", {"requestId": "h", "reason": "user"})
-    assert status == 202
-    # The child cancelled its task and will never answer; the timeout is not reached in this test.
-    assert not hung.done()
+    assert await eventually(lambda: _in_flight(mcp))
+    assert await mcp.notify("notifications/cancelled", {"requestId": "h", "reason": "user"}) == 202
+    seen = json.loads(text_of(await mcp.call_tool("cancelled")))
+    # The child saw the cancellation under the integer id the gateway gave the request, and it
+    # matched the running task: the client's "h" never reached the child.
+    assert [(type(c["requestId"]), c["reason"], c["running"]) for c in seen] == [(int, "user", True)]
     hung.cancel()
+
+
+async def test_timeout_answers_and_cancels_at_the_child(gateway: Gateway) -> None:
+    mcp = await gateway(request_timeout=0.3)
+    await mcp.initialize()
+    status, messages = await mcp.post(call("hang", "slow"))
+    assert status == 200
+    assert messages[-1]["id"] == "slow"
+    assert messages[-1]["error"]["code"] == -32001
+    seen = json.loads(text_of(await mcp.call_tool("cancelled")))
+    assert len(seen) == 1
+    assert seen[0]["running"] is True
+    assert "timed out" in seen[0]["reason"]
 
 
 def _sessions(mcp: Mcp) -> int:

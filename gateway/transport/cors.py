@@ -1,0 +1,50 @@
+"""CORS for browser-based MCP clients calling from an allowed origin.
+
+Only origins that `OriginPolicy` allows ever get CORS headers; any other `Origin` is refused
+with 403 before work is done. Headers are added when a response is prepared, so streamed (SSE)
+responses get them as well as JSON ones. `Mcp-Session-Id` is exposed so a browser client can
+read the session it was given.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from aiohttp import web
+
+from gateway import keys
+from gateway.errors import GatewayError
+
+ALLOW_METHODS: Final = "GET, POST, DELETE"
+ALLOW_HEADERS: Final = "Accept, Authorization, Content-Type, Last-Event-ID, MCP-Protocol-Version, Mcp-Session-Id"
+EXPOSE_HEADERS: Final = "Mcp-Session-Id, WWW-Authenticate"
+PREFLIGHT_MAX_AGE: Final = "600"  # seconds a browser may cache a preflight answer
+
+
+def install(app: web.Application, path: str) -> None:
+    app.router.add_route("OPTIONS", path, handle_preflight)
+    app.on_response_prepare.append(_add_headers)
+
+
+async def handle_preflight(request: web.Request) -> web.Response:
+    origin = request.headers.get("Origin")
+    if origin is None or not request.app[keys.ORIGINS].allows(origin):
+        raise GatewayError("forbidden_origin", "Origin not allowed")
+    return web.Response(
+        status=204,
+        headers={
+            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": PREFLIGHT_MAX_AGE,
+        },
+    )
+
+
+async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    if origin is None or request.path != request.app[keys.SETTINGS].mcp_path:
+        return
+    if request.app[keys.ORIGINS].allows(origin):
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+    response.headers.add("Vary", "Origin")
