@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from typing import Any, Final
 
 JsonObject = dict[str, Any]
@@ -28,9 +29,9 @@ REQUEST_TIMEOUT: Final = -32001
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def encode(message: JsonObject | list[JsonObject]) -> bytes:
+def encode(value: object) -> bytes:
     """Serialise compactly as UTF-8: no embedded newlines, as the stdio framing requires."""
-    return _encoder.encode(message).encode()
+    return _encoder.encode(value).encode()
 
 
 def decode(data: bytes | bytearray) -> Any:
@@ -124,3 +125,36 @@ def error_response(msg_id: RequestId | None, code: int, message: str, data: Any 
 
 def notification(method: str, params: JsonObject) -> JsonObject:
     return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+# The top-level "id" of a message written first, or right after "jsonrpc" — as the MCP SDKs and
+# most serialisers write it. Only the head of the text is examined: the id is at depth one there.
+_LEADING_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-?\d+|"(?:[^"\\\r\n]|\\.)*")\s*[,}]')
+
+
+def leading_id(text: bytes | bytearray) -> RequestId | None:
+    """The id at the head of a serialised message, if it is written there."""
+    match = _LEADING_ID.match(text)
+    if match is None:
+        return None
+    value = json.loads(match.group(1))
+    return value if _valid_id(value) else None
+
+
+def replace_id(text: bytes | bytearray, expected: RequestId | None, replacement: RequestId | None) -> bytes | None:
+    """`text` with its top-level id `expected` replaced by `replacement`, without re-encoding it.
+
+    None when the id is not at the head of the text or the text is not one line; the caller then
+    encodes the parsed message instead. This keeps large messages from being serialised twice.
+    """
+    if b"\n" in text or b"\r" in text:
+        return None
+    match = _LEADING_ID.match(text)
+    if match is None:
+        return None
+    found = json.loads(match.group(1))
+    if found != expected or type(found) is not type(expected):
+        return None
+    start, end = match.span(1)
+    view = memoryview(text)
+    return b"".join((view[:start], encode(replacement), view[end:]))

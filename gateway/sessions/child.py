@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,9 +233,8 @@ class Child:
         child.pid = transport.get_pid()
         if guard is not None:
             guard.register(child.pid)
-        stdin = transport.get_pipe_transport(0)
-        if not isinstance(stdin, asyncio.WriteTransport):  # pragma: no cover - stdin=PIPE guarantees it
-            raise RuntimeError("child stdin is not a pipe")
+        # Typed loosely by asyncio; any event loop's pipe transport has these methods.
+        stdin = typing.cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
         stdin.set_write_buffer_limits(high=STDIN_HIGH_WATER)
         child._stdin = stdin
         if transport.get_returncode() is not None:  # exited before the pipes were connected
@@ -291,14 +291,18 @@ class Child:
 
     def pause_output(self) -> None:
         """Stop reading stdout (the pipe fills and the child blocks) until `resume_output`."""
-        pipe = self._transport.get_pipe_transport(1) if self._transport else None
-        if isinstance(pipe, asyncio.ReadTransport) and not pipe.is_closing():
+        pipe = self._stdout_pipe()
+        if pipe is not None:
             pipe.pause_reading()
 
     def resume_output(self) -> None:
-        pipe = self._transport.get_pipe_transport(1) if self._transport else None
-        if isinstance(pipe, asyncio.ReadTransport) and not pipe.is_closing():
+        pipe = self._stdout_pipe()
+        if pipe is not None:
             pipe.resume_reading()
+
+    def _stdout_pipe(self) -> asyncio.ReadTransport | None:
+        pipe = self._transport.get_pipe_transport(1) if self._transport else None
+        return None if pipe is None or pipe.is_closing() else typing.cast(asyncio.ReadTransport, pipe)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 from collections.abc import Callable
 from typing import Final
@@ -34,8 +33,6 @@ GET_STREAM_ID: Final = 0
 # Finished SSE exchanges kept (with their bounded replay window) for a GET that resumes one:
 # the server cannot know whether a client read the end of a stream before it disconnected.
 MAX_RESUMABLE_EXCHANGES: Final = 4
-# The head of an oversized response names its request when the server writes "id" early.
-_LEADING_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(\d+)\s*[,}]')
 
 CloseCallback = Callable[[str], None]
 
@@ -68,7 +65,7 @@ class Router:
         self._request_timeout = request_timeout
         self._violation_limit = violation_limit
         self._on_close = on_close
-        self._pending: dict[int, tuple[Exchange, RequestId]] = {}
+        self._pending: dict[int, tuple[Exchange, RequestId | None]] = {}
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}
         self._open = 0  # exchanges still waiting for a response
@@ -116,15 +113,18 @@ class Router:
                     self._next_stream += 1
                 gateway_id = self._next_id
                 self._next_id += 1
-                self._pending[gateway_id] = (exchange, message.id)  # type: ignore[assignment]
+                self._pending[gateway_id] = (exchange, message.id)
                 exchange.gateway_ids.append(gateway_id)
                 exchange.waiting += 1
                 token = _progress_token(message)
                 if token is not None:
                     self._progress[token] = exchange
                     exchange.tokens.append(token)
-                body["id"] = gateway_id
-                lines.append(jsonrpc.encode(body))
+                spliced = jsonrpc.replace_id(raw, message.id, gateway_id) if raw is not None else None
+                if spliced is None:
+                    body["id"] = gateway_id
+                    spliced = jsonrpc.encode(body)
+                lines.append(spliced)
             elif message.kind is Kind.NOTIFICATION and message.method == "notifications/cancelled":
                 lines.extend(self._rewrite_cancellation(message))
             elif raw is not None and b"\n" not in raw and b"\r" not in raw:
@@ -195,10 +195,8 @@ class Router:
 
     def child_oversize(self, size: int, head: bytes) -> None:
         self._violation(f"stdout line of {size} bytes exceeds the message limit", head[:120])
-        match = _LEADING_ID.match(head)
-        if match is None:
-            return
-        entry = self._pending.pop(int(match.group(1)), None)
+        gateway_id = jsonrpc.leading_id(head)
+        entry = self._pending.pop(gateway_id, None) if type(gateway_id) is int else None
         if entry is not None:
             exchange, client_id = entry
             error = jsonrpc.error_response(
@@ -206,7 +204,7 @@ class Router:
                 jsonrpc.INTERNAL_ERROR,
                 f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit",
             )
-            self._deliver_response(exchange, error)
+            self._deliver_response(exchange, jsonrpc.encode(error))
 
     def child_exited(self, returncode: int | None) -> None:
         if returncode is None:
@@ -235,10 +233,13 @@ class Router:
                 log.debug("response to no request in flight (id %r)", message.id, extra={"session": self.label})
                 return
             exchange, client_id = entry
-            message.body["id"] = client_id
             if exchange.initialize:
                 self._record_version(message)
-            self._deliver_response(exchange, message.body)
+            payload = jsonrpc.replace_id(line, message.id, client_id) if line is not None else None
+            if payload is None:
+                message.body["id"] = client_id
+                payload = jsonrpc.encode(message.body)
+            self._deliver_response(exchange, payload)
             return
         payload = _forwardable(line) or jsonrpc.encode(message.body)
         if message.method == "notifications/progress":
@@ -254,10 +255,10 @@ class Router:
                 return
         self.get_stream.push(payload)
 
-    def _deliver_response(self, exchange: Exchange, body: jsonrpc.JsonObject) -> None:
+    def _deliver_response(self, exchange: Exchange, payload: bytes) -> None:
         exchange.waiting -= 1
         final = exchange.waiting == 0
-        exchange.push(jsonrpc.encode(body), response=True, final=final)
+        exchange.push(payload, response=True, final=final)
         if final:
             self._complete(exchange)
 
@@ -301,7 +302,8 @@ class Router:
             cancel = jsonrpc.notification("notifications/cancelled", {"requestId": gateway_id, "reason": message})
             if self.child is not None and self.child.running:
                 self.child.send(jsonrpc.encode(cancel))
-            self._deliver_response(exchange, jsonrpc.error_response(entry[1], jsonrpc.REQUEST_TIMEOUT, message))
+            error = jsonrpc.error_response(entry[1], jsonrpc.REQUEST_TIMEOUT, message)
+            self._deliver_response(exchange, jsonrpc.encode(error))
 
     def _violation(self, what: str, sample: bytes | None) -> None:
         self.violations += 1
@@ -321,7 +323,7 @@ class Router:
         pending, self._pending = self._pending, {}
         for exchange, client_id in pending.values():
             error = jsonrpc.error_response(client_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}")
-            self._deliver_response(exchange, error)
+            self._deliver_response(exchange, jsonrpc.encode(error))
         self.get_stream.finish()
 
     def close(self, reason: str) -> None:

@@ -1,0 +1,12 @@
+"""`make bench`: the gateway measured against the floor it cannot beat, in one run.
+
+The floor is the same echo server driven directly over its stdin/stdout pipes by the benchmark
+process, doing the same client-side JSON work (encode one compact request, read one response,
+decode it). Every measurement is written once against `rpc.Session` and run on both sides, so
+the ratio in the report is the cost of the gateway and of HTTP, nothing else.
+
+Modules: `rpc` (the session interface and the JSON work both sides share), `http` (a lean
+HTTP/1.1 client), `gateway` (the gateway process and an MCP session through it), `floor` (the
+echo server over pipes), `workloads` (the measurements), `report` (the tables), `__main__` (the
+order of the run).
+"""

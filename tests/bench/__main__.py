@@ -1,0 +1,172 @@
+"""`python -m tests.bench`: run every measurement on the gateway and on the floor, print the report.
+
+Order matters: memory is measured early, on a gateway that has served only the setup samples,
+because RSS never shrinks back after the large results of phase 4; the large results come last.
+Each phase runs under one deadline, and the gateway and every echo process are stopped however
+the run ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import aclosing
+from importlib.metadata import version
+from typing import Final
+
+from tests.bench import workloads
+from tests.bench.floor import PipeSession
+from tests.bench.gateway import REPO_ROOT, GatewayProcess, GatewaySession, gateway_argv, running_gateway
+from tests.bench.report import MiB, Results, comparison_table, targets_table
+from tests.bench.rpc import Opener
+
+ECHO_ARGV: Final = (sys.executable, str(REPO_ROOT / "tests" / "servers" / "echo_server.py"))
+MAX_MESSAGE_BYTES: Final = 64 * MiB  # the 32 MiB result and its JSON envelope, with room to spare
+MAX_SESSIONS: Final = 200  # 100 idle sessions, 32 concurrent ones, and slack for slow closes
+SETUP_SAMPLES: Final = 30
+ECHO_WARMUP_CALLS: Final = 200
+ECHO_CALLS: Final = 2000
+ECHO_ROUNDS: Final = 4  # the measured calls alternate between the sides in this many rounds
+CONCURRENCY_LEVELS: Final = (1, 8, 32)
+THROUGHPUT_WARMUP: Final = 0.5  # seconds of calls before the measured window
+THROUGHPUT_DURATION: Final = 3.0
+BIG_SIZES: Final = (2 * MiB, 8 * MiB, 32 * MiB)
+BIG_RUNS: Final = 5
+IDLE_SESSIONS: Final = 100
+# Sessions opened at once: enough to keep both CPUs busy spawning, not a thundering herd.
+SPAWN_PARALLEL: Final = 8
+# Pause between the last idle session opening and reading VmRSS, so that nothing is mid-flight.
+MEMORY_SETTLE: Final = 1.0
+# The slowest phase needs about 25 s on the 2-core machine; one that takes this long has hung.
+PHASE_TIMEOUT: Final = 120.0
+EXIT_TERMINATED: Final = 128 + signal.SIGTERM
+
+
+async def measure_setup(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
+    """Samples alternate between the sides, so a slow spell on the machine hits both alike."""
+    for open_session in (open_gateway, open_floor):  # warm-up: first spawn, first imports
+        await workloads.setup_time(open_session)
+    for _ in range(SETUP_SAMPLES):
+        results.gateway.setup.append(await workloads.setup_time(open_gateway))
+        results.floor.setup.append(await workloads.setup_time(open_floor))
+
+
+async def measure_idle_memory(results: Results, gateway: GatewayProcess, open_gateway: Opener) -> None:
+    results.idle_sessions = IDLE_SESSIONS
+    results.rss_before_kib = gateway.rss_kib()
+    async with workloads.open_sessions(open_gateway, IDLE_SESSIONS, parallel=SPAWN_PARALLEL):
+        await asyncio.sleep(MEMORY_SETTLE)
+        results.rss_idle_kib = gateway.rss_kib()
+
+
+async def measure_echo(results: Results, gateway: GatewayProcess, open_gateway: Opener, open_floor: Opener) -> None:
+    """Sequential echo calls on one session per side, alternating in rounds; the gateway's CPU
+    time is read around each of its rounds."""
+    async with aclosing(await open_gateway()) as gateway_session, aclosing(await open_floor()) as floor_session:
+        await workloads.warm_up(gateway_session, ECHO_WARMUP_CALLS)
+        await workloads.warm_up(floor_session, ECHO_WARMUP_CALLS)
+        ticks = 0
+        for _ in range(ECHO_ROUNDS):
+            before = gateway.cpu_ticks()
+            results.gateway.echo += await workloads.echo_latencies(gateway_session, ECHO_CALLS // ECHO_ROUNDS)
+            ticks += gateway.cpu_ticks() - before
+            results.floor.echo += await workloads.echo_latencies(floor_session, ECHO_CALLS // ECHO_ROUNDS)
+        results.cpu_seconds = ticks / os.sysconf("SC_CLK_TCK")
+        results.cpu_calls = len(results.gateway.echo)
+
+
+async def measure_throughput(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
+    most = max(CONCURRENCY_LEVELS)
+    async with (
+        workloads.open_sessions(open_gateway, most, parallel=SPAWN_PARALLEL) as gateway_sessions,
+        workloads.open_sessions(open_floor, most, parallel=SPAWN_PARALLEL) as floor_sessions,
+    ):
+        for level in CONCURRENCY_LEVELS:
+            for side, sessions in ((results.gateway, gateway_sessions), (results.floor, floor_sessions)):
+                side.throughput[level] = await workloads.throughput(
+                    sessions[:level], warmup=THROUGHPUT_WARMUP, duration=THROUGHPUT_DURATION
+                )
+
+
+async def measure_big_results(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
+    async with aclosing(await open_gateway()) as gateway_session, aclosing(await open_floor()) as floor_session:
+        for size in BIG_SIZES:
+            results.gateway.big[size] = await workloads.big_result_times(gateway_session, size, BIG_RUNS)
+            results.floor.big[size] = await workloads.big_result_times(floor_session, size, BIG_RUNS)
+
+
+async def run() -> Results:
+    # SIGTERM cancels the run as Ctrl-C does, so the gateway and the echo processes still get stopped.
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    results = Results()
+    argv = gateway_argv(ECHO_ARGV, max_message_bytes=MAX_MESSAGE_BYTES, max_sessions=MAX_SESSIONS)
+    async with running_gateway(argv) as gateway:
+        open_gateway = functools.partial(GatewaySession.open, gateway.url)
+        open_floor = functools.partial(PipeSession.open, ECHO_ARGV)
+        phases: list[Callable[[], Awaitable[None]]] = [
+            functools.partial(measure_setup, results, open_gateway, open_floor),
+            functools.partial(measure_idle_memory, results, gateway, open_gateway),
+            functools.partial(measure_echo, results, gateway, open_gateway, open_floor),
+            functools.partial(measure_throughput, results, open_gateway, open_floor),
+            functools.partial(measure_big_results, results, open_gateway, open_floor),
+        ]
+        for phase in phases:
+            async with asyncio.timeout(PHASE_TIMEOUT):
+                await phase()
+    return results
+
+
+def header(nproc: int) -> list[str]:
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return [
+        "mcp-gateway benchmark: gateway vs the raw stdio pipe (floor), same echo server, same client JSON work",
+        f"nproc: {nproc}; the load generator, the gateway and every echo process compete for these CPUs",
+        f"load average before the run: {load} (anything else running skews every number below)",
+        f"python {platform.python_version()}, aiohttp {version('aiohttp')}; HTTP client: the lean HTTP/1.1 "
+        "keep-alive client of tests/bench/http.py, one connection per session",
+        f"gateway: --max-message-bytes {MAX_MESSAGE_BYTES} --max-sessions {MAX_SESSIONS}, around "
+        "tests/servers/echo_server.py",
+    ]
+
+
+def method_notes() -> list[str]:
+    levels = "/".join(str(level) for level in CONCURRENCY_LEVELS)
+    return [
+        f"1. {SETUP_SAMPLES} samples per side, alternating. gateway: TCP connect, POST initialize, POST "
+        "notifications/initialized (202); floor: spawn, initialize and initialized over the pipe.",
+        f"2. one session per side, {ECHO_CALLS} sequential tools/call echo after {ECHO_WARMUP_CALLS} warm-up "
+        f"calls, alternating between the sides in {ECHO_ROUNDS} rounds.",
+        f"3. {levels} sessions, one sequential caller each, {THROUGHPUT_DURATION:g} s measured after "
+        f"{THROUGHPUT_WARMUP:g} s warm-up; floor: as many echo processes driven from one asyncio loop.",
+        f"4. tools/call big, POST to parsed result; median of {BIG_RUNS} runs.",
+        f"5. VmRSS of the gateway process alone (children excluded), {IDLE_SESSIONS} sessions initialized "
+        "and idle, each still holding its keep-alive connection.",
+        "6. utime+stime of the gateway process alone across the measured calls of 2, divided by their number.",
+    ]
+
+
+def main() -> int:
+    nproc = len(os.sched_getaffinity(0))
+    print("\n".join(header(nproc)), flush=True)
+    started = time.monotonic()
+    try:
+        results = asyncio.run(run())
+    except asyncio.CancelledError:
+        print("terminated; the gateway and the echo processes were stopped", file=sys.stderr)
+        return EXIT_TERMINATED
+    elapsed = time.monotonic() - started
+    sections = [comparison_table(results), targets_table(results), method_notes(), [f"run time: {elapsed:.0f} s"]]
+    print("\n" + "\n\n".join("\n".join(lines) for lines in sections))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The results of one run and their rendering as plain aligned text, ready to paste.
+
+Ratios are always gateway / floor: above 1 for times means the gateway is slower, below 1 for
+throughput means it serves fewer calls per second. Percentiles are nearest-rank.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from tests.bench.workloads import Throughput
+
+MiB: Final = 1024 * 1024
+
+# The targets the gateway is held to.
+ECHO_P50_MAX_RATIO: Final = 5.0
+THROUGHPUT_MIN_RATIO: Final = 0.3
+THROUGHPUT_TARGET_SESSIONS: Final = 32
+BIG_RESULT_MAX_RATIO: Final = 2.0
+BIG_RESULT_TARGET_SIZE: Final = 32 * MiB
+IDLE_SESSION_MAX_KIB: Final = 64.0
+
+
+@dataclass(slots=True)
+class Side:
+    """Raw samples (nanoseconds) of one side of the comparison."""
+
+    setup: list[int] = field(default_factory=list)
+    echo: list[int] = field(default_factory=list)
+    throughput: dict[int, Throughput] = field(default_factory=dict)  # by concurrent sessions
+    big: dict[int, list[int]] = field(default_factory=dict)  # by result size in bytes
+
+
+@dataclass(slots=True)
+class Results:
+    gateway: Side = field(default_factory=Side)
+    floor: Side = field(default_factory=Side)
+    idle_sessions: int = 0
+    rss_before_kib: int = 0
+    rss_idle_kib: int = 0
+    cpu_seconds: float = 0.0  # gateway process, across the measured concurrency-1 echo calls
+    cpu_calls: int = 0
+
+    @property
+    def kib_per_idle_session(self) -> float:
+        return (self.rss_idle_kib - self.rss_before_kib) / self.idle_sessions
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        return self.cpu_seconds * 1e6 / self.cpu_calls
+
+
+def percentile(samples: Sequence[int], fraction: float) -> int:
+    ordered = sorted(samples)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def _ms(ns: float) -> str:
+    return f"{ns / 1e6:,.1f} ms"
+
+
+def _us(ns: float) -> str:
+    return f"{ns / 1e3:,.0f} µs"
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:,.0f} /s"
+
+
+def _compare(label: str, gateway: float, floor: float, unit: Callable[[float], str]) -> list[str]:
+    return [label, unit(gateway), unit(floor), f"{gateway / floor:.2f}x"]
+
+
+def _align(rows: Sequence[Sequence[str]]) -> list[str]:
+    """First column left-aligned, the others right-aligned, a rule under the header row."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+
+    def line(row: Sequence[str]) -> str:
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
+        return "   ".join(cells).rstrip()
+
+    rule = "   ".join("-" * width for width in widths)
+    return [line(rows[0]), rule, *(line(row) for row in rows[1:])]
+
+
+def comparison_table(results: Results) -> list[str]:
+    gw, fl = results.gateway, results.floor
+    rows: list[list[str]] = [["metric", "gateway", "floor", "gateway/floor"]]
+    for name, q in (("p50", 0.50), ("p95", 0.95)):
+        rows.append(_compare(f"1. session setup {name}", percentile(gw.setup, q), percentile(fl.setup, q), _ms))
+    for name, q in (("p50", 0.50), ("p99", 0.99)):
+        rows.append(_compare(f"2. echo, concurrency 1, {name}", percentile(gw.echo, q), percentile(fl.echo, q), _us))
+    for sessions, on_gateway in gw.throughput.items():
+        on_floor = fl.throughput[sessions]
+        rows.append(
+            _compare(
+                f"3. {sessions:>2} sessions: calls/s", on_gateway.calls_per_second, on_floor.calls_per_second, _rate
+            )
+        )
+        p99 = percentile(on_gateway.latencies, 0.99), percentile(on_floor.latencies, 0.99)
+        rows.append(_compare(f"   {sessions:>2} sessions: p99 latency", *p99, _us))
+    for size, samples in gw.big.items():
+        medians = statistics.median(samples), statistics.median(fl.big[size])
+        rows.append(_compare(f"4. {size // MiB:>2} MiB tool result, median", *medians, _ms))
+    growth = results.rss_idle_kib - results.rss_before_kib
+    rows += [
+        ["5. gateway RSS before sessions", f"{results.rss_before_kib:,} KiB", "-", "-"],
+        [f"   gateway RSS, {results.idle_sessions} idle sessions", f"{results.rss_idle_kib:,} KiB", "-", "-"],
+        ["   growth, total", f"{growth:,} KiB", "-", "-"],
+        ["   growth per idle session", f"{results.kib_per_idle_session:,.1f} KiB", "-", "-"],
+        ["6. gateway CPU per echo call, user+sys", f"{results.cpu_us_per_call:,.0f} µs", "-", "-"],
+    ]
+    return _align(rows)
+
+
+def targets_table(results: Results) -> list[str]:
+    gw, fl = results.gateway, results.floor
+    echo = percentile(gw.echo, 0.5) / percentile(fl.echo, 0.5)
+    sessions = THROUGHPUT_TARGET_SESSIONS
+    rate = gw.throughput[sessions].calls_per_second / fl.throughput[sessions].calls_per_second
+    size = BIG_RESULT_TARGET_SIZE
+    big = statistics.median(gw.big[size]) / statistics.median(fl.big[size])
+    memory = results.kib_per_idle_session
+    checks = [
+        ("echo p50, gateway/floor", f"{echo:.2f}x", f"<= {ECHO_P50_MAX_RATIO:.1f}x", echo <= ECHO_P50_MAX_RATIO),
+        (
+            f"{sessions}-session calls/s, gateway/floor",
+            f"{rate:.2f}x",
+            f">= {THROUGHPUT_MIN_RATIO:.1f}x",
+            rate >= THROUGHPUT_MIN_RATIO,
+        ),
+        (
+            f"{size // MiB} MiB result, gateway/floor",
+            f"{big:.2f}x",
+            f"<= {BIG_RESULT_MAX_RATIO:.1f}x",
+            big <= BIG_RESULT_MAX_RATIO,
+        ),
+        (
+            "gateway RSS per idle session",
+            f"{memory:.1f} KiB",
+            f"<= {IDLE_SESSION_MAX_KIB:.0f} KiB",
+            memory <= IDLE_SESSION_MAX_KIB,
+        ),
+    ]
+    rows = [["target", "result", "limit", "met"]]
+    rows += [[name, value, limit, "yes" if met else "NO"] for name, value, limit, met in checks]
+    return _align(rows)
