@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gateway.sessions.framing import LineFramer
-from gateway.sessions.guard import OrphanGuard
+from gateway.sessions.guard import OrphanGuard, group_alive, signal_group
 
 log = logging.getLogger("gateway.child")
 
@@ -386,16 +386,9 @@ class Child:
         return True
 
     def _group_alive(self) -> bool:
-        try:
-            os.killpg(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # EPERM never proves the group is gone
-        return True
-
-    def _signal_group(self, signum: int) -> None:
         # The leader's pid is the group id (start_new_session); never getpgid(), which fails
         # once the leader has been reaped.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signum)
+        return group_alive(self.pid)
+
+    def _signal_group(self, signum: int) -> None:
+        signal_group(self.pid, signum)

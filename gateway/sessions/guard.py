@@ -29,7 +29,8 @@ TERM_GRACE_SECONDS = 2.0
 POLL_SECONDS = 0.05
 
 
-def _alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Whether any process is left in group `pgid`."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -39,23 +40,23 @@ def _alive(pgid: int) -> bool:
     return True
 
 
-def _signal_groups(groups: set[int], signum: int) -> None:
-    for pgid in groups:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signum)
+def signal_group(pgid: int, signum: int) -> None:
+    """Signal every process of group `pgid`; a group already gone is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
 
 
 def terminate_groups(groups: set[int]) -> None:
     """SIGTERM every group, wait up to the grace period, SIGKILL the survivors."""
-    living = {pgid for pgid in groups if _alive(pgid)}
-    if not living:
-        return
-    _signal_groups(living, signal.SIGTERM)
+    living = {pgid for pgid in groups if group_alive(pgid)}
+    for pgid in living:
+        signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + TERM_GRACE_SECONDS
     while living and time.monotonic() < deadline:
         time.sleep(POLL_SECONDS)
-        living = {pgid for pgid in living if _alive(pgid)}
-    _signal_groups(living, signal.SIGKILL)
+        living = {pgid for pgid in living if group_alive(pgid)}
+    for pgid in living:
+        signal_group(pgid, signal.SIGKILL)
 
 
 def main() -> int:
