@@ -35,7 +35,10 @@ def encode(value: object) -> bytes:
 
 
 def decode(data: bytes | bytearray) -> Any:
-    """Parse JSON text; raises `ValueError` (including `JSONDecodeError`) when it is not JSON."""
+    """Parse UTF-8 JSON text; `ValueError` when it is not JSON, or not UTF-8 (MCP requires it;
+    `json.loads` alone would also take UTF-16, UTF-32 and a byte-order mark)."""
+    if json.detect_encoding(data) != "utf-8":
+        raise ValueError("JSON-RPC messages must be UTF-8 without a byte-order mark")
     return json.loads(data)
 
 

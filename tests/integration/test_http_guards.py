@@ -32,8 +32,24 @@ async def _error(mcp: Mcp, method: str, body: bytes | None, headers: dict[str, s
         ({}, b'{"jsonrpc":"1.0","id":1,"method":"ping"}', 400, -32600),
         ({}, b"[]", 400, -32600),
         ({}, b"42", 400, -32600),
+        ({}, json.dumps(PING).encode("utf-16"), 400, -32700),
+        ({}, b"\xef\xbb\xbf" + json.dumps(PING).encode(), 400, -32700),
+        ({}, b'{"jsonrpc":"2.0","id":1,"method":"\xff"}', 400, -32700),
     ],
-    ids=["origin", "content-type", "form", "accept", "parse", "empty", "jsonrpc-version", "empty-batch", "scalar"],
+    ids=[
+        "origin",
+        "content-type",
+        "form",
+        "accept",
+        "parse",
+        "empty",
+        "jsonrpc-version",
+        "empty-batch",
+        "scalar",
+        "utf-16",
+        "byte-order-mark",
+        "invalid-utf-8",
+    ],
 )
 async def test_post_refusals(gateway: Gateway, headers: dict[str, str], body: bytes, status: int, code: int) -> None:
     mcp = await gateway()
