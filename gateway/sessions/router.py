@@ -299,8 +299,9 @@ class Router:
             entry = self._pending.pop(gateway_id, None)
             if entry is None:
                 continue
-            cancel = jsonrpc.notification("notifications/cancelled", {"requestId": gateway_id, "reason": message})
-            if self.child is not None and self.child.running:
+            # MCP forbids cancelling initialize; that session is discarded instead.
+            if self.child is not None and self.child.running and not exchange.initialize:
+                cancel = jsonrpc.notification("notifications/cancelled", {"requestId": gateway_id, "reason": message})
                 self.child.send(jsonrpc.encode(cancel))
             error = jsonrpc.error_response(entry[1], jsonrpc.REQUEST_TIMEOUT, message)
             self._deliver_response(exchange, jsonrpc.encode(error))
