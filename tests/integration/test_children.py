@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -330,3 +331,17 @@ async def test_server_that_cannot_execute_fails_initialize_with_502(
     assert session_id is None
     assert body == rpc_error(0, INTERNAL_ERROR, "The MCP server could not be started")
     assert child_pids() == set()
+
+
+async def test_server_that_never_answers_initialize(gateway: Gateway) -> None:
+    """The deadline answers 502 with -32001, no session is created, and the child is stopped."""
+    silent = [sys.executable, "-c", "import time; time.sleep(60)"]
+    mcp = await gateway(command=silent, request_timeout=0.5)
+    init = {"jsonrpc": "2.0", "id": "i", "method": "initialize", "params": {"protocolVersion": LATEST}}
+    async with mcp.http.post("/mcp", json=init, headers={"Accept": ACCEPT_BOTH}) as response:
+        assert response.status == 502
+        assert "Mcp-Session-Id" not in response.headers
+        body = await response.json()
+    assert body["id"] == "i"
+    assert body["error"]["code"] == REQUEST_TIMED_OUT
+    assert await eventually(lambda: not child_pids())
