@@ -4,6 +4,7 @@ process inspection for leak checks. Every test talks HTTP to the real app and re
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ LATEST = "2025-11-25"
 ACCEPT_BOTH = "application/json, text/event-stream"
 # Upper bound for any single wait in a test; a real failure shows up as this timeout.
 WAIT = 15.0
+LARGE_BODY = 512 * 1024
 
 JsonObj = dict[str, Any]
 AiohttpClient = Callable[[Application], Awaitable[TestClient[Any, Application]]]
@@ -145,7 +147,9 @@ class Mcp:
 
     async def post(self, message: Any, headers: dict[str, str] | None = None) -> tuple[int, list[JsonObj]]:
         """POST one message (or a batch); (status, messages received: JSON or every SSE event)."""
-        async with self.http.post(self.path, data=json.dumps(message), headers=self.headers(headers)) as response:
+        body = json.dumps(message).encode()
+        data = io.BytesIO(body) if len(body) > LARGE_BODY else body  # aiohttp streams large bodies
+        async with self.http.post(self.path, data=data, headers=self.headers(headers)) as response:
             return response.status, await _messages(response)
 
     async def request(self, method: str, params: JsonObj | None = None, **extra: Any) -> JsonObj:

@@ -79,6 +79,11 @@ class Router:
     def in_flight(self) -> bool:
         return bool(self._pending)
 
+    @property
+    def output_paused(self) -> bool:
+        """Whether the child's stdout is paused because a consumer is not keeping up."""
+        return self._congested > 0
+
     # --- client → child ----------------------------------------------------------------------
 
     def submit(

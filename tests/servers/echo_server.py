@@ -65,6 +65,11 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
     "roots": ("Ask the client for roots/list.", _schema()),
     "ping_client": ("Ping the client.", _schema()),
     "stderr": ("Write `lines` lines to stderr, then answer.", _schema(lines="integer")),
+    "flood": (
+        "Send `count` notifications/flood of `size` characters each (blocking writes), then answer.",
+        _schema(count="integer", size="integer"),
+    ),
+    "stop_reading": ("Answer, then stop reading stdin for good (writes to us pile up).", _schema()),
     "env": ("Answer with the process environment as JSON.", _schema()),
     "cwd": ("Answer with the working directory.", _schema()),
     "pid": ("Answer with the process id.", _schema()),
@@ -117,6 +122,7 @@ class EchoServer:
         self.pending: dict[str, asyncio.Future[JsonObj]] = {}  # server->client requests
         self.next_srv_id = itertools.count(1)
         self.cancellations: list[JsonObj] = []  # every notifications/cancelled, in arrival order
+        self.stdin: asyncio.ReadTransport | None = None  # paused by stop_reading
 
     # -- output -------------------------------------------------------------
 
@@ -292,6 +298,15 @@ class EchoServer:
         if name == "stderr":
             _stderr_lines(_arg(args, "lines", int, 1), "stderr line")
             return _text("ok")
+        if name == "flood":
+            payload = "f" * _arg(args, "size", int, 1)
+            for seq in range(_arg(args, "count", int, 1)):
+                self.notify("notifications/flood", {"seq": seq, "data": payload})
+            return _text("flooded")
+        if name == "stop_reading":
+            if self.stdin is not None:
+                self.stdin.pause_reading()
+            return _text("stopped")
         if name == "env":
             return _text(json.dumps(dict(os.environ), separators=(",", ":")))
         if name == "cwd":
@@ -329,8 +344,9 @@ class EchoServer:
 async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STDIN_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    stdin, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     server = EchoServer(args.protocol_version)
+    server.stdin = stdin
     while True:
         try:
             line = await reader.readline()
