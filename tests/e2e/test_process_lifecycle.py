@@ -208,8 +208,13 @@ def _kill_leftovers(gateway: GatewayProcess) -> None:
             os.kill(gateway.guard, signal.SIGKILL)
 
 
-def logged(gateway: GatewayProcess, message: str) -> bool:
-    return any(entry.get("msg") == message for entry in gateway.log)
+def logged(gateway: GatewayProcess, message: str, **fields: object) -> int:
+    """How many of the gateway's log records carry `message` and every one of `fields`."""
+    return sum(
+        1
+        for entry in gateway.log
+        if entry.get("msg") == message and all(entry.get(key) == value for key, value in fields.items())
+    )
 
 
 # --- a session ends ------------------------------------------------------------------------------
@@ -251,7 +256,9 @@ async def test_sigterm_stops_every_child_and_exits_zero(flags: tuple[str, ...]) 
         assert await gateway.exited() == 0
         assert await eventually(lambda: not group_members(gateway.pgids)), group_members(gateway.pgids)
         assert await eventually(lambda: not alive(gateway.guard))
-        assert await eventually(lambda: logged(gateway, "stopped"))
+        # The gateway stopped them itself (the orphan guard would hide a shutdown that did not).
+        assert await eventually(lambda: logged(gateway, "stopped") == 1)
+        assert logged(gateway, "session closed", reason="shutdown") == SESSIONS
 
 
 async def test_sigkill_leaves_the_orphan_guard_to_kill_every_group() -> None:
