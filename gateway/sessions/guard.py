@@ -30,14 +30,36 @@ POLL_SECONDS = 0.05
 
 
 def group_alive(pgid: int) -> bool:
-    """Whether any process is left in group `pgid`."""
+    """Whether any process that is not a zombie is left in group `pgid`."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # EPERM never proves a group is gone
-    return True
+    # kill() also reaches zombies: orphans whose new parent has not reaped them yet (or never
+    # will, where PID 1 does not reap). They are dead; only a live member counts.
+    return _live_member(pgid)
+
+
+def _live_member(pgid: int) -> bool:
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True  # no procfs: trust kill()
+    wanted = str(pgid).encode()
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                raw = stat.read()
+        except OSError:
+            continue  # exited meanwhile
+        fields = raw[raw.rindex(b")") + 2 :].split()  # state, ppid, pgrp, ...
+        if fields[2] == wanted and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
 
 
 def signal_group(pgid: int, signum: int) -> None:
