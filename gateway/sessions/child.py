@@ -197,7 +197,6 @@ class Child:
     """A running stdio MCP server. Create with `await Child.spawn(...)`."""
 
     def __init__(self, spec: ChildSpec, sink: ChildSink, guard: OrphanGuard | None, label: str) -> None:
-        self._spec = spec
         self._sink = sink
         self._guard = guard
         self.label = label

@@ -46,10 +46,9 @@ class SessionLimits:
 class Session:
     """One client session: its child process, its router, its clocks."""
 
-    __slots__ = ("_store", "active", "child", "closing", "created", "id", "idle_since", "router")
+    __slots__ = ("active", "child", "closing", "created", "id", "idle_since", "router")
 
-    def __init__(self, store: SessionStore, session_id: str, router: Router) -> None:
-        self._store = store
+    def __init__(self, session_id: str, router: Router) -> None:
         self.id = session_id
         self.router = router
         self.child: Child | None = None
@@ -126,7 +125,7 @@ class SessionStore:
             violation_limit=self._limits.violation_limit,
             on_close=on_close,
         )
-        session = Session(self, session_id, router)
+        session = Session(session_id, router)
         self._starting += 1
         try:
             child = await Child.spawn(self._spec, router, self._guard, label)

@@ -16,9 +16,12 @@ Memory is bounded on both sides of the consumer:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import Final
+
+log = logging.getLogger("gateway.streams")
 
 # Undelivered bytes above which an attached consumer is "slow" and the child is paused, and
 # below which reading resumes.
@@ -187,6 +190,8 @@ class Stream:
             else:
                 kept.append(entry)
         self._queue = kept
+        if self.dropped and self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8…: never a flood
+            log.warning("stream %d: %d messages dropped (no reader kept up; backlog full)", self.id, self.dropped)
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

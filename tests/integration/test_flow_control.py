@@ -11,7 +11,7 @@ import pytest
 
 from gateway import keys
 from gateway.sessions import child as child_module
-from gateway.sessions.streams import CONGESTED_BYTES
+from gateway.sessions.streams import BACKLOG_MESSAGES, CONGESTED_BYTES
 from tests.conftest import WAIT, Mcp, eventually, read_comment, read_event, text_of
 
 Gateway = Callable[..., Awaitable[Mcp]]
@@ -61,3 +61,15 @@ async def test_child_that_stops_reading_fails_the_request(gateway: Gateway, monk
     assert messages[0]["id"] == 7
     assert messages[0]["error"]["code"] == -32001
     assert await mcp.delete() == 204  # and the stuck child is still stopped cleanly
+
+
+async def test_backlog_without_a_reader_keeps_the_newest(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """With no GET stream open, the backlog is bounded: the oldest notifications go, and it says so."""
+    mcp = await gateway()
+    await mcp.initialize()
+    count = BACKLOG_MESSAGES + 88
+    assert text_of(await mcp.call_tool("flood", count=count, size=100)) == "flooded"
+    async with mcp.http.get("/mcp", headers=mcp.headers()) as stream:
+        seqs = [(await read_event(stream))[1]["params"]["seq"] for _ in range(BACKLOG_MESSAGES)]
+    assert seqs == list(range(88, count))
+    assert any("messages dropped" in record.getMessage() for record in caplog.records)
