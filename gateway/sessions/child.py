@@ -241,10 +241,6 @@ class Child:
         return child
 
     @property
-    def returncode(self) -> int | None:
-        return None if self._transport is None else self._transport.get_returncode()
-
-    @property
     def running(self) -> bool:
         return self._shutdown is None
 
