@@ -1,6 +1,7 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
-Middleware order (outermost first): error rendering. CORS headers are added as responses are
+Middleware order (outermost first): error rendering, then authentication of the MCP endpoint
+(so every refusal, 401s included, is rendered the same way). CORS headers are added as responses are
 prepared, so streamed responses carry them too. Resources are `cleanup_ctx` pairs, set up
 in order and torn down in reverse: the orphan guard first (so it outlives every child), then the
 session store. On shutdown the store stops taking sessions and ends open GET streams so that
@@ -16,6 +17,10 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import health, keys
+from gateway.auth import discovery
+from gateway.auth.bearer import Authenticator, auth_middleware
+from gateway.auth.discovery import protected_resource_metadata
+from gateway.auth.verifiers import build_verifier
 from gateway.errors import error_middleware
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
@@ -29,19 +34,27 @@ BODY_SLACK = 64 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:
+    authenticator = Authenticator(
+        verifier=build_verifier(settings),
+        protected_path=settings.mcp_path,
+        resource_metadata=settings.resource_metadata_url,
+        required_scopes=frozenset(settings.required_scopes),
+    )
     app = web.Application(
         client_max_size=settings.max_message_bytes + BODY_SLACK,
-        middlewares=[error_middleware],
+        middlewares=[error_middleware, auth_middleware(authenticator)],
     )
     app[keys.SETTINGS] = settings
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
     app[keys.STARTED_AT] = time.monotonic()
+    app[keys.RESOURCE_METADATA] = protected_resource_metadata(settings)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
     streamable.add_routes(app, settings.mcp_path)
     cors.install(app, settings.mcp_path)
     health.add_routes(app)
+    discovery.add_routes(app, settings.mcp_path)
     return app
 
 
@@ -62,6 +75,7 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
     )
     limits = SessionLimits(
         max_sessions=settings.max_sessions,
+        max_per_principal=settings.max_sessions_per_principal,
         idle_ttl=settings.session_idle_ttl,
         max_lifetime=settings.session_max_lifetime,
         request_timeout=settings.request_timeout,

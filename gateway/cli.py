@@ -1,4 +1,4 @@
-"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]` and `mcp-gateway check`.
+"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, and `hash-token`.
 
 Every setting has a flag named after it (`--max-sessions`, `--child-env KEY=VALUE`, …); flags
 override `MCP_GATEWAY_*` variables, which override the `.env` file. The server command follows
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import signal
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from gateway import __version__, logs
 from gateway.app import create_app
+from gateway.auth.static import digest_of
 from gateway.sessions.child import use_pidfd_child_watcher
 from gateway.settings import Settings, describe_errors
 
@@ -62,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="Validate the configuration and print it, secrets redacted.")
     for sub in (serve, check):
         _add_setting_flags(sub)
+    commands.add_parser(
+        "hash-token",
+        help="Print the SHA-256 digest of a token read from stdin, for static_tokens (the token never goes in argv).",
+    )
     return parser
 
 
@@ -95,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = argv.index("--")
         argv, command = argv[:split], argv[split + 1 :]
     args = build_parser().parse_args(argv)
+    if args.action == "hash-token":
+        return _hash_token()
     try:
         settings = load_settings(args, command)
     except ValidationError as error:
@@ -108,6 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     use_pidfd_child_watcher()
     asyncio.run(serve(settings))
+    return 0
+
+
+def _hash_token() -> int:
+    token = getpass.getpass("token: ") if sys.stdin.isatty() else sys.stdin.readline()
+    token = token.strip()
+    if not token:
+        print("mcp-gateway: no token on stdin", file=sys.stderr)
+        return EXIT_CONFIG
+    print(digest_of(token))
     return 0
 
 

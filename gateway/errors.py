@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Final, Literal
 
 from aiohttp import web
@@ -35,6 +36,12 @@ ErrorCode = Literal[
     "already_initialized",
     "stateless_request",
     "too_many_sessions",
+    "too_many_sessions_for_principal",
+    "unauthorized",
+    "bad_authorization",
+    "insufficient_scope",
+    "auth_unavailable",
+    "not_found",
     "upstream_failed",
     "upstream_stalled",
     "shutting_down",
@@ -57,6 +64,12 @@ _STATUS: Final[dict[ErrorCode, tuple[int, int]]] = {
     "already_initialized": (400, jsonrpc.INVALID_REQUEST),
     "stateless_request": (400, jsonrpc.INVALID_REQUEST),
     "too_many_sessions": (503, jsonrpc.INTERNAL_ERROR),
+    "too_many_sessions_for_principal": (429, jsonrpc.INVALID_REQUEST),
+    "unauthorized": (401, jsonrpc.INVALID_REQUEST),
+    "bad_authorization": (400, jsonrpc.INVALID_REQUEST),
+    "insufficient_scope": (403, jsonrpc.INVALID_REQUEST),
+    "auth_unavailable": (503, jsonrpc.INTERNAL_ERROR),
+    "not_found": (404, jsonrpc.INVALID_REQUEST),
     "upstream_failed": (502, jsonrpc.INTERNAL_ERROR),
     "upstream_stalled": (504, jsonrpc.REQUEST_TIMEOUT),
     "shutting_down": (503, jsonrpc.INTERNAL_ERROR),
@@ -74,12 +87,14 @@ class GatewayError(Exception):
         *,
         request_id: RequestId | None = None,
         retry_after: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
         self.request_id = request_id
         self.retry_after = retry_after
+        self.headers = headers
 
     @property
     def status(self) -> int:
@@ -89,7 +104,9 @@ class GatewayError(Exception):
 def render(error: GatewayError) -> web.Response:
     status, rpc_code = _STATUS[error.code]
     body = jsonrpc.error_response(error.request_id, rpc_code, error.message)
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after is not None else None
+    headers = dict(error.headers or {})
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json", headers=headers)
 
 

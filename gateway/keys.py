@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.auth import Principal
 from gateway.jsonrpc import RequestId
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionStore
@@ -14,7 +15,10 @@ SETTINGS = web.AppKey("settings", Settings)
 ORIGINS = web.AppKey("origins", OriginPolicy)
 GUARD = web.AppKey("orphan_guard", OrphanGuard)
 SESSIONS = web.AppKey("sessions", SessionStore)
+RESOURCE_METADATA = web.AppKey[bytes | None]("resource_metadata")
 STARTED_AT = web.AppKey("started_at", float)
 
+# Per request: who is calling (set by the auth middleware on the MCP endpoint).
+PRINCIPAL = web.RequestKey("principal", Principal)
 # Per request: the JSON-RPC id a POST's refusal should answer, once the body has been read.
 ANSWERING = web.RequestKey[RequestId | None]("answering")

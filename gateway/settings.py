@@ -17,10 +17,42 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MiB = 1024 * 1024
+PRM_PATH = "/.well-known/oauth-protected-resource"
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names, not a bind
+
+
+class StaticToken(BaseModel):
+    """One accepted token, held as its SHA-256 digest (see `mcp-gateway hash-token`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    principal: str = Field(min_length=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: list[str] = Field(default_factory=list)
+
+
+def _read_tokens_file(path: Path) -> list[StaticToken]:
+    try:
+        return TypeAdapter(list[StaticToken]).validate_json(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
+    except ValidationError as exc:
+        raise ValueError(f"{str(path)!r} is not a JSON list of static tokens: {exc.errors()[0]['msg']}") from None
+
 
 # What a child inherits from the gateway's environment by default: enough to find programs and
 # a home directory, nothing that could carry the gateway's own secrets.
@@ -90,6 +122,25 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log format: one JSON object per line, or text.")
+    auth: Literal["none", "static"] = Field(
+        "none", description="Token verifier: none (loopback binds only) or static (tokens listed in configuration)."
+    )
+    static_tokens: list[StaticToken] = Field(
+        default_factory=list,
+        description='Static tokens, as JSON: [{"principal": "alice", "sha256": "<hash-token output>", "scopes": []}].',
+    )
+    static_tokens_file: Path | None = Field(None, description="A JSON file holding more static tokens, same shape.")
+    required_scopes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Scopes every token must carry (otherwise 403 insufficient_scope)."
+    )
+    authorization_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Issuer URLs of the OAuth authorization servers, for resource metadata."
+    )
+    scopes_supported: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Scopes advertised in the protected-resource metadata."
+    )
+    resource_documentation: HttpUrl | None = Field(None, description="A page about this server, for resource metadata.")
+    max_sessions_per_principal: int = Field(32, ge=1, description="Most concurrent sessions one principal may hold.")
     allow_remote_unauthenticated: bool = Field(
         False, description="Permit a non-loopback bind without authentication. Never do this on a shared network."
     )
@@ -102,7 +153,14 @@ class Settings(BaseSettings):
             return json.loads(text) if text.startswith("[") else shlex.split(text)
         return value
 
-    @field_validator("child_env_allow", "allowed_origins", mode="before")
+    @field_validator(
+        "child_env_allow",
+        "allowed_origins",
+        "required_scopes",
+        "authorization_servers",
+        "scopes_supported",
+        mode="before",
+    )
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -158,16 +216,74 @@ class Settings(BaseSettings):
             raise ValueError(f"origins look like 'https://app.example.com', got {', '.join(map(repr, bad))}")
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: HttpUrl | None) -> HttpUrl | None:
+        if value is not None and (value.path not in (None, "", "/") or value.query or value.fragment):
+            raise ValueError("give the origin only (scheme://host[:port]); the MCP path is mcp_path")
+        return value
+
+    @field_validator("static_tokens_file")
+    @classmethod
+    def _check_static_tokens(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # Every problem in the file is reported now, not at the first request.
+        from_file = _read_tokens_file(value) if value is not None else []
+        if info.data.get("auth") == "static" and not (from_file or info.data.get("static_tokens")):
+            raise ValueError("auth is static but no static_tokens (or static_tokens_file) are configured")
+        return value
+
+    @field_validator("authorization_servers")
+    @classmethod
+    def _check_authorization_servers(cls, value: list[str]) -> list[str]:
+        bad = [url for url in value if not url.startswith(("https://", "http://"))]
+        if bad:
+            raise ValueError(f"issuer URLs look like 'https://auth.example.com', got {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _check_auth(cls, value: str, info: ValidationInfo) -> str:
+        host = info.data.get("host")
+        if value != "none" and host in WILDCARD_HOSTS and info.data.get("public_url") is None:
+            raise ValueError(
+                f"binding {host!r} with authentication needs public_url: challenges and metadata must name a "
+                "URL clients can reach, and are never built from request headers"
+            )
+        return value
+
     @field_validator("allow_remote_unauthenticated")
     @classmethod
     def _check_bind(cls, value: bool, info: ValidationInfo) -> bool:
         host = info.data.get("host")
-        if host is not None and not is_loopback_host(host) and not value:
+        auth = info.data.get("auth", "none")
+        if host is not None and not is_loopback_host(host) and auth == "none" and not value:
             raise ValueError(
-                f"host {host!r} is not loopback and no authentication is configured; bind 127.0.0.1, "
-                "or set allow_remote_unauthenticated=true to serve everyone who can reach this port"
+                f"host {host!r} is not loopback and no authentication is configured; configure a verifier "
+                "(auth), bind 127.0.0.1, or set allow_remote_unauthenticated=true to serve everyone"
             )
         return value
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this gateway: `public_url`, else the bind address."""
+        if self.public_url is not None:
+            return str(self.public_url).rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def resource_url(self) -> str:
+        """The MCP endpoint's canonical URL: the OAuth resource this gateway protects."""
+        return self.base_url + self.mcp_path
+
+    @property
+    def resource_metadata_url(self) -> str:
+        """RFC 9728 metadata URL, in its path-inserted form."""
+        return f"{self.base_url}{PRM_PATH}{self.mcp_path}"
+
+    def all_static_tokens(self) -> list[StaticToken]:
+        from_file = _read_tokens_file(self.static_tokens_file) if self.static_tokens_file is not None else []
+        return [*self.static_tokens, *from_file]
 
     def child_environment(self) -> dict[str, str]:
         """The exact environment of every child: the allow-listed inherited values plus extras."""

@@ -6,15 +6,20 @@ Invariants:
   being findable before its child is stopped, so no request ever reaches a stopping child.
 - The idle clock of a session runs only while nothing is in flight and none of its HTTP
   responses is open. One reaper task ends sessions past their idle TTL or absolute lifetime.
-- Sessions never exceed `max_sessions`, counting the ones still starting.
+- Sessions never exceed `max_sessions`, nor `max_per_principal` for one principal, counting the
+  ones still starting.
+- A session belongs to the principal that created it: presented by anyone else, its id is
+  answered as unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,6 +42,7 @@ CAPACITY_RETRY_AFTER = 5
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
     max_sessions: int
+    max_per_principal: int
     idle_ttl: float
     max_lifetime: float | None
     request_timeout: float
@@ -46,10 +52,11 @@ class SessionLimits:
 class Session:
     """One client session: its child process, its router, its clocks."""
 
-    __slots__ = ("active", "child", "closing", "created", "id", "idle_since", "router")
+    __slots__ = ("active", "child", "closing", "created", "id", "idle_since", "owner", "router")
 
-    def __init__(self, session_id: str, router: Router) -> None:
+    def __init__(self, session_id: str, owner: str, router: Router) -> None:
         self.id = session_id
+        self.owner = owner  # the principal's key: sessions are never credentials
         self.router = router
         self.child: Child | None = None
         self.created = time.monotonic()
@@ -86,6 +93,7 @@ class SessionStore:
         self._limits = limits
         self._guard = guard
         self._sessions: dict[str, Session] = {}
+        self._per_owner: Counter[str] = Counter()  # live and starting sessions of each principal
         self._starting = 0
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -97,18 +105,27 @@ class SessionStore:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    def get(self, session_id: str) -> Session | None:
+    def get(self, session_id: str, owner: str) -> Session | None:
+        """The session, if it is live and belongs to `owner` (anyone else is told it does not exist)."""
         session = self._sessions.get(session_id)
-        return None if session is None or session.closing else session
+        if session is None or session.closing or not hmac.compare_digest(session.owner, owner):
+            return None
+        return session
 
-    async def open(self) -> Session:
-        """Spawn the child of a new, not yet published session."""
+    async def open(self, owner: str) -> Session:
+        """Spawn the child of a new, not yet published session for principal `owner`."""
         if not self.accepting:
             raise GatewayError("shutting_down", "The gateway is shutting down", retry_after=CAPACITY_RETRY_AFTER)
         if len(self._sessions) + self._starting >= self._limits.max_sessions:
             raise GatewayError(
                 "too_many_sessions",
                 "The gateway is at its session limit; try again later",
+                retry_after=CAPACITY_RETRY_AFTER,
+            )
+        if self._per_owner[owner] >= self._limits.max_per_principal:
+            raise GatewayError(
+                "too_many_sessions_for_principal",
+                "Too many open sessions for this principal; end one (DELETE) or try again later",
                 retry_after=CAPACITY_RETRY_AFTER,
             )
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
@@ -125,11 +142,13 @@ class SessionStore:
             violation_limit=self._limits.violation_limit,
             on_close=on_close,
         )
-        session = Session(session_id, router)
+        session = Session(session_id, owner, router)
         self._starting += 1
+        self._per_owner[owner] += 1
         try:
             child = await Child.spawn(self._spec, router, self._guard, label)
         except OSError as exc:
+            self._release(owner)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})
             raise GatewayError("upstream_failed", "The MCP server could not be started") from None
         finally:
@@ -156,9 +175,15 @@ class SessionStore:
             return
         session.closing = True
         self._sessions.pop(session.id, None)
+        self._release(session.owner)
         session.router.close(reason)
         code = await session.child.stop() if session.child is not None else None
         log.info("session closed", extra={"session": session.id[:8], "reason": reason, "exit_code": code})
+
+    def _release(self, owner: str) -> None:
+        self._per_owner[owner] -= 1
+        if self._per_owner[owner] <= 0:
+            del self._per_owner[owner]
 
     def close_soon(self, session: Session, reason: str) -> None:
         """Close from a synchronous context (the router's callbacks); the task is owned here."""

@@ -129,7 +129,7 @@ def _session_for(request: web.Request, request_id: jsonrpc.RequestId | None, *, 
                 request_id=request_id,
             )
         raise GatewayError("session_required", "Bad Request: Mcp-Session-Id header is required", request_id=request_id)
-    session = request.app[keys.SESSIONS].get(session_id)
+    session = request.app[keys.SESSIONS].get(session_id, request[keys.PRINCIPAL].key)
     if session is None:
         raise GatewayError("session_not_found", "Session not found", request_id=request_id)
     version = request.headers.get(VERSION_HEADER)
@@ -204,7 +204,7 @@ async def _initialize(request: web.Request, message: Message, json_ok: bool, sse
     """Spawn a child for a new session and answer its `initialize` (the session exists only on success)."""
     app = request.app
     store = app[keys.SESSIONS]
-    session = await store.open()
+    session = await store.open(request[keys.PRINCIPAL].key)
     exchange: Exchange | None = None
     published = False
     try:

@@ -14,8 +14,12 @@ import anyio
 import mcp
 import pytest
 from aiohttp.test_utils import TestServer
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 from gateway import create_app
+from gateway.auth.static import digest_of
 from gateway.settings import Settings
 from tests.conftest import SDK_SERVER
 from tests.e2e.sdk_scenarios import ALL_SCENARIOS, Scenario, scenario_tools
@@ -54,3 +58,34 @@ async def test_default_server_of_make_run(aiohttp_server: ServerFactory) -> None
             result = await client.call_tool("get_current_time", {"timezone": "UTC"})
             assert not result.is_error
             assert "UTC" in str(result.content[0])
+
+
+async def test_sdk_client_with_a_bearer_header(aiohttp_server: ServerFactory) -> None:
+    token = "sdk-client-token-42"  # noqa: S105 - a test credential
+    settings = Settings(
+        command=[sys.executable, str(SDK_SERVER)],
+        port=0,
+        auth="static",
+        static_tokens=[{"principal": "sdk", "sha256": digest_of(token)}],
+        public_url="https://mcp.example.com",
+    )
+    server: TestServer = await aiohttp_server(create_app(settings))
+    url = str(server.make_url("/mcp"))
+    authorized = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    await scenario_tools(
+        lambda **kwargs: mcp.Client(streamable_http_client(url, http_client=authorized), mode="legacy", **kwargs)
+    )
+    await authorized.aclose()
+    anonymous = create_mcp_http_client()
+    with pytest.raises(ExceptionGroup) as refused:
+        async with mcp.Client(streamable_http_client(url, http_client=anonymous), mode="legacy"):
+            pass
+    await anonymous.aclose()
+    errors = _leaves(refused.value)
+    assert [(type(e), str(e)) for e in errors] == [(MCPError, "Authentication required")]
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

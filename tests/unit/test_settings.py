@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -94,3 +97,57 @@ def test_cli_check_reports_problems_and_fails(capsys: pytest.CaptureFixture[str]
     assert "port:" in err
     assert "mcp_path:" in err
     assert "command:" in err
+
+
+DIGEST = "a" * 64
+
+
+def test_static_auth_needs_tokens(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="no static_tokens"):
+        Settings(command=[PY], auth="static")
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps([{"principal": "ci", "sha256": DIGEST, "scopes": ["tools"]}]))
+    settings = Settings(command=[PY], auth="static", static_tokens_file=tokens)
+    assert [(t.principal, t.scopes) for t in settings.all_static_tokens()] == [("ci", ["tools"])]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"static_tokens": [{"principal": "x", "sha256": "nothex"}]}, "static_tokens"),
+        ({"static_tokens": [{"principal": "", "sha256": DIGEST}]}, "static_tokens"),
+        ({"static_tokens_file": "/nonexistent/tokens.json"}, "static_tokens_file"),
+        ({"public_url": "https://mcp.example.com/prefix"}, "public_url"),
+        ({"host": "0.0.0.0"}, "auth"),  # noqa: S104 - a wildcard bind needs a public URL
+        ({"authorization_servers": ["auth.example.com"]}, "authorization_servers"),
+    ],
+    ids=["digest", "principal", "file", "url-path", "wildcard-no-url", "issuer"],
+)
+def test_auth_configuration_problems(overrides: dict[str, Any], problem: str) -> None:
+    values: dict[str, object] = {
+        "command": [PY],
+        "auth": "static",
+        "static_tokens": [{"principal": "a", "sha256": DIGEST}],
+    }
+    with pytest.raises(ValidationError) as caught:
+        Settings(**{**values, **overrides})
+    assert any(line.startswith(f"{problem}") for line in describe_errors(caught.value))
+
+
+def test_authentication_allows_a_remote_bind() -> None:
+    tokens = [{"principal": "a", "sha256": DIGEST}]
+    settings = Settings(
+        command=[PY],
+        host="0.0.0.0",  # noqa: S104 - the point of the test
+        auth="static",
+        static_tokens=tokens,
+        public_url="https://x.example",
+    )
+    assert settings.resource_url == "https://x.example/mcp"
+    assert settings.resource_metadata_url == "https://x.example/.well-known/oauth-protected-resource/mcp"
+
+
+def test_hash_token_reads_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert cli.main(["hash-token"]) == 0
+    assert capsys.readouterr().out.strip() == hashlib.sha256(b"s3cret").hexdigest()

@@ -1,0 +1,54 @@
+"""Authentication: turning a bearer token into a `Principal`, through a pluggable verifier.
+
+A verifier is one-method `TokenVerifier`: `verify(token)` returns the principal or raises
+`AuthError` with a `Literal` code. Verifiers never see HTTP and never log tokens; the bearer
+middleware (bearer.py) turns their outcome into responses, in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+AuthErrorCode = Literal["invalid_token", "unavailable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: an issuer and a subject, with the scopes their token grants."""
+
+    issuer: str
+    subject: str
+    scopes: frozenset[str] = frozenset()
+    claims: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Identity for ownership checks: the same subject from two issuers is two principals."""
+        return f"{self.issuer}\x1f{self.subject}"
+
+
+# The principal of every request when authentication is off (loopback only).
+ANONYMOUS = Principal(issuer="", subject="anonymous")
+
+
+class AuthError(Exception):
+    """A token was not accepted. `reason` is for the log only, never for the response."""
+
+    def __init__(self, code: AuthErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code: AuthErrorCode = code
+        self.reason = reason
+
+
+class TokenVerifier(Protocol):
+    """Checks one bearer token."""
+
+    async def verify(self, token: str) -> Principal: ...
+
+
+def fingerprint(token: str) -> str:
+    """A short, non-reversible name for a token, safe to log."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]

@@ -1,0 +1,146 @@
+"""Bearer authentication of the MCP endpoint: parsing `Authorization`, checking the token and
+scopes, and the `WWW-Authenticate` challenge, which is rendered here and nowhere else.
+
+Only the MCP endpoint is protected, by exact path (preflight OPTIONS excepted: browsers send no
+credentials on it); discovery and health are public because of their paths, never because of a
+header or a user agent. Outcomes follow RFC 6750: no bearer credentials → 401 without an error
+code; malformed credentials → 400 `invalid_request`; a rejected token → 401 `invalid_token`; a
+missing scope → 403 `insufficient_scope`; a verifier that cannot answer → 503 (fail closed,
+never 401). Error descriptions are fixed text; tokens are logged only as fingerprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from multidict import CIMultiDictProxy
+
+from gateway import keys
+from gateway.auth import ANONYMOUS, AuthError, Principal, TokenVerifier, fingerprint
+from gateway.errors import ErrorCode, GatewayError
+
+log = logging.getLogger("gateway.auth")
+
+REALM: Final = "mcp-gateway"
+# RFC 6750 b64token: the only characters a bearer token may contain.
+_TOKEN68: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# Retry-After when the verifier's backend cannot answer.
+UNAVAILABLE_RETRY_AFTER: Final = 5
+
+ChallengeError = Literal["invalid_request", "invalid_token", "insufficient_scope"]
+_DESCRIPTIONS: Final[dict[ChallengeError, str]] = {
+    "invalid_request": "The Authorization header is malformed",
+    "invalid_token": "The access token is invalid or expired",
+    "insufficient_scope": "The access token lacks a required scope",
+}
+
+
+def challenge(resource_metadata: str, *, error: ChallengeError | None = None, scope: str | None = None) -> str:
+    """The one `WWW-Authenticate` value of every refusal."""
+    parts = [f'realm="{REALM}"', f'resource_metadata="{resource_metadata}"']
+    if scope:
+        parts.append(f'scope="{scope}"')
+    if error is not None:
+        parts.append(f'error="{error}"')
+        parts.append(f'error_description="{_DESCRIPTIONS[error]}"')
+    return "Bearer " + ", ".join(parts)
+
+
+def bearer_token(headers: CIMultiDictProxy[str]) -> str | None:
+    """The bearer token of a request; None when it carries no bearer credentials.
+
+    Raises `ValueError` when the credentials are malformed (empty, several tokens, characters a
+    token cannot hold, several Authorization headers).
+    """
+    values = headers.getall("Authorization", [])
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ValueError("several Authorization headers")
+    scheme, _, credentials = values[0].strip().partition(" ")
+    if scheme.lower() != "bearer":  # RFC 7235: schemes are case-insensitive
+        return None
+    credentials = credentials.strip()
+    if not _TOKEN68.fullmatch(credentials):
+        raise ValueError("not a single bearer token")
+    return credentials
+
+
+_REFUSALS: Final[dict[ChallengeError, ErrorCode]] = {
+    "invalid_request": "bad_authorization",
+    "invalid_token": "unauthorized",
+    "insufficient_scope": "insufficient_scope",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticator:
+    """Everything the middleware needs, built once from settings."""
+
+    verifier: TokenVerifier | None  # None: authentication is off (a loopback bind)
+    protected_path: str
+    resource_metadata: str
+    required_scopes: frozenset[str]
+
+    @property
+    def _scope(self) -> str | None:
+        return " ".join(sorted(self.required_scopes)) or None
+
+    def _refusal(self, error: ChallengeError | None) -> GatewayError:
+        header = {"WWW-Authenticate": challenge(self.resource_metadata, error=error, scope=self._scope)}
+        if error is None:
+            return GatewayError("unauthorized", "Authentication required", headers=header)
+        return GatewayError(_REFUSALS[error], _DESCRIPTIONS[error], headers=header)
+
+    async def authenticate(self, request: web.Request) -> Principal:
+        if self.verifier is None:
+            return ANONYMOUS
+        try:
+            token = bearer_token(request.headers)
+        except ValueError:
+            raise self._refusal("invalid_request") from None
+        if token is None:
+            raise self._refusal(None)
+        try:
+            principal = await self.verifier.verify(token)
+        except AuthError as error:
+            log.info(
+                "authentication failed", extra={"code": error.code, "reason": error.reason, "token": fingerprint(token)}
+            )
+            if error.code == "unavailable":
+                raise GatewayError(
+                    "auth_unavailable",
+                    "Authentication is unavailable; try again later",
+                    retry_after=UNAVAILABLE_RETRY_AFTER,
+                ) from None
+            raise self._refusal("invalid_token") from None
+        except Exception:
+            # A verifier bug must not become a 401 (the client would discard a good token).
+            log.exception("token verifier failed", extra={"token": fingerprint(token)})
+            raise GatewayError(
+                "auth_unavailable",
+                "Authentication is unavailable; try again later",
+                retry_after=UNAVAILABLE_RETRY_AFTER,
+            ) from None
+        if not self.required_scopes <= principal.scopes:
+            log.info("insufficient scope", extra={"subject": principal.subject, "token": fingerprint(token)})
+            raise self._refusal("insufficient_scope")
+        log.debug("authenticated", extra={"subject": principal.subject, "token": fingerprint(token)})
+        return principal
+
+
+def auth_middleware(authenticator: Authenticator) -> Middleware:
+    """Authenticate every request to the protected path; record its principal on the request."""
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == authenticator.protected_path and request.method != "OPTIONS":
+            request[keys.PRINCIPAL] = await authenticator.authenticate(request)
+        return await handler(request)
+
+    return authenticate
