@@ -3,7 +3,8 @@
 Middleware order (outermost first): error rendering, then authentication of the MCP endpoint
 (so every refusal, 401s included, is rendered the same way). CORS headers are added as responses are
 prepared, so streamed responses carry them too. Resources are `cleanup_ctx` pairs, set up
-in order and torn down in reverse: the orphan guard first (so it outlives every child), then the
+in order and torn down in reverse: the token verifier first (a backend that does not answer stops
+startup before anything is spawned), then the orphan guard (so it outlives every child), then the
 session store. On shutdown the store stops taking sessions and ends open GET streams so that
 aiohttp's graceful drain can finish; the in-flight POSTs get the shutdown budget; then every
 child is stopped, in parallel.
@@ -14,9 +15,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
-from gateway import health, keys
+from gateway import __version__, health, keys
 from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
@@ -35,7 +37,6 @@ BODY_SLACK = 64 * 1024
 
 def create_app(settings: Settings) -> web.Application:
     authenticator = Authenticator(
-        verifier=build_verifier(settings),
         protected_path=settings.mcp_path,
         resource_metadata=settings.resource_metadata_url,
         required_scopes=frozenset(settings.required_scopes),
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
     app[keys.STARTED_AT] = time.monotonic()
     app[keys.RESOURCE_METADATA] = protected_resource_metadata(settings)
+    app.cleanup_ctx.append(_token_verifier)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
@@ -56,6 +58,14 @@ def create_app(settings: Settings) -> web.Application:
     health.add_routes(app)
     discovery.add_routes(app, settings.mcp_path)
     return app
+
+
+async def _token_verifier(app: web.Application) -> AsyncIterator[None]:
+    # One outbound HTTP client for identity-provider calls, owned by this resource.
+    headers = {"User-Agent": f"mcp-gateway/{__version__}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        app[keys.VERIFIER] = await build_verifier(app[keys.SETTINGS], http)
+        yield
 
 
 async def _orphan_guard(app: web.Application) -> AsyncIterator[None]:

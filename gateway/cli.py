@@ -24,11 +24,13 @@ from pydantic import ValidationError
 from gateway import __version__, logs
 from gateway.app import create_app
 from gateway.auth.static import digest_of
+from gateway.auth.verifiers import VerifierStartupError
 from gateway.sessions.child import use_pidfd_child_watcher
 from gateway.settings import Settings, describe_errors
 
 log = logging.getLogger("gateway")
 
+EXIT_STARTUP = 1  # configuration valid, but a dependency (an identity provider) did not answer
 EXIT_CONFIG = 2  # invalid configuration
 
 
@@ -115,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     logs.configure(settings.log_level, settings.log_format)
     use_pidfd_child_watcher()
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except VerifierStartupError as error:
+        log.error("cannot start: %s", error)
+        return EXIT_STARTUP
     return 0
 
 

@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS
+
 MiB = 1024 * 1024
 PRM_PATH = "/.well-known/oauth-protected-resource"
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names, not a bind
@@ -122,14 +124,23 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log format: one JSON object per line, or text.")
-    auth: Literal["none", "static"] = Field(
-        "none", description="Token verifier: none (loopback binds only) or static (tokens listed in configuration)."
+    auth: Literal["none", "static", "jwt"] = Field(
+        "none", description="Token verifier: none (loopback binds only), static (listed tokens), jwt (signed tokens)."
     )
     static_tokens: list[StaticToken] = Field(
         default_factory=list,
         description='Static tokens, as JSON: [{"principal": "alice", "sha256": "<hash-token output>", "scopes": []}].',
     )
     static_tokens_file: Path | None = Field(None, description="A JSON file holding more static tokens, same shape.")
+    jwt_issuer: str | None = Field(None, description="jwt: the required `iss` of every token.")
+    jwt_audience: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="jwt: accepted `aud` values (usually this server's resource URL)."
+    )
+    jwt_jwks_url: HttpUrl | None = Field(None, description="jwt: the issuer's JWKS URL (its signing keys).")
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        ["RS256", "ES256"], description="jwt: accepted signature algorithms (asymmetric only)."
+    )
+    jwt_jwks_ttl: float = Field(600.0, ge=0.1, description="jwt: seconds a fetched key set is used before a refresh.")
     required_scopes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Scopes every token must carry (otherwise 403 insufficient_scope)."
     )
@@ -159,6 +170,8 @@ class Settings(BaseSettings):
         "required_scopes",
         "authorization_servers",
         "scopes_supported",
+        "jwt_audience",
+        "jwt_algorithms",
         mode="before",
     )
     @classmethod
@@ -230,6 +243,27 @@ class Settings(BaseSettings):
         from_file = _read_tokens_file(value) if value is not None else []
         if info.data.get("auth") == "static" and not (from_file or info.data.get("static_tokens")):
             raise ValueError("auth is static but no static_tokens (or static_tokens_file) are configured")
+        return value
+
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwt(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
+        if info.data.get("auth") == "jwt":
+            missing = [name for name in ("jwt_issuer", "jwt_audience") if not info.data.get(name)]
+            missing += ["jwt_jwks_url"] if value is None else []
+            if missing:
+                raise ValueError(f"auth is jwt, which requires {', '.join(missing)}")
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str]) -> list[str]:
+        refused = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
+        if refused or not value:
+            raise ValueError(
+                f"allowed: {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}; 'none' and HMAC algorithms never are"
+                + (f" (got {', '.join(map(repr, refused))})" if refused else "")
+            )
         return value
 
     @field_validator("authorization_servers")

@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
 from gateway import keys
-from gateway.auth import ANONYMOUS, AuthError, Principal, TokenVerifier, fingerprint
+from gateway.auth import ANONYMOUS, AuthError, Principal, fingerprint
 from gateway.errors import ErrorCode, GatewayError
 
 log = logging.getLogger("gateway.auth")
@@ -82,7 +82,6 @@ _REFUSALS: Final[dict[ChallengeError, ErrorCode]] = {
 class Authenticator:
     """Everything the middleware needs, built once from settings."""
 
-    verifier: TokenVerifier | None  # None: authentication is off (a loopback bind)
     protected_path: str
     resource_metadata: str
     required_scopes: frozenset[str]
@@ -98,7 +97,8 @@ class Authenticator:
         return GatewayError(_REFUSALS[error], _DESCRIPTIONS[error], headers=header)
 
     async def authenticate(self, request: web.Request) -> Principal:
-        if self.verifier is None:
+        verifier = request.app[keys.VERIFIER]
+        if verifier is None:  # authentication is off (a loopback bind)
             return ANONYMOUS
         try:
             token = bearer_token(request.headers)
@@ -107,7 +107,7 @@ class Authenticator:
         if token is None:
             raise self._refusal(None)
         try:
-            principal = await self.verifier.verify(token)
+            principal = await verifier.verify(token)
         except AuthError as error:
             log.info(
                 "authentication failed", extra={"code": error.code, "reason": error.reason, "token": fingerprint(token)}

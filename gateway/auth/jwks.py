@@ -1,0 +1,111 @@
+"""A JSON Web Key Set fetched with aiohttp and cached: never pyjwt's blocking `PyJWKClient`.
+
+Behaviour (the shape Envoy's `jwt_authn` and go-oidc converge on):
+- prefetched at startup, so the first request never waits on the identity provider;
+- refreshed when older than `ttl`, single-flight: concurrent callers share one fetch;
+- an unknown `kid` forces a refresh at most once per `cooldown`, so a burst of forged kids
+  costs the provider one request, not one per token;
+- a failed refresh keeps the last good key set; only a cache that never held keys is
+  "unavailable" (503 upstream, never 401).
+Only signing keys of asymmetric types are kept: a `kty: oct` key (which pyjwt would treat as
+an HMAC secret) never enters the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Final
+
+import aiohttp
+import jwt
+
+from gateway.auth import AuthError
+
+log = logging.getLogger("gateway.auth.jwks")
+
+FETCH_TIMEOUT: Final = 5.0  # seconds for one JWKS request
+MAX_JWKS_BYTES: Final = 1024 * 1024
+ASYMMETRIC_KEY_TYPES: Final = frozenset({"RSA", "EC", "OKP"})
+
+
+class JwksCache:
+    def __init__(self, http: aiohttp.ClientSession, url: str, *, ttl: float, cooldown: float) -> None:
+        self._http = http
+        self._url = url
+        self._ttl = ttl
+        self._cooldown = cooldown
+        self._keys: dict[str | None, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+        self._forced_at = float("-inf")
+        self._lock = asyncio.Lock()
+        self.fetches = 0  # requests made to the endpoint, for operators and tests
+
+    async def prefetch(self) -> None:
+        """Fetch once; raises `AuthError("unavailable")` when the endpoint gives no usable keys."""
+        await self._refresh(kid_miss=False)
+        if not self._keys:
+            raise AuthError("unavailable", f"no usable signing keys at {self._url}")
+
+    async def key(self, kid: str | None) -> jwt.PyJWK:
+        """The signing key for `kid`; `AuthError("invalid_token")` if the set does not hold it."""
+        if time.monotonic() - self._fetched_at > self._ttl:
+            await self._refresh(kid_miss=False)
+        found = self._lookup(kid)
+        if found is None and time.monotonic() - self._forced_at >= self._cooldown:
+            await self._refresh(kid_miss=True)
+            found = self._lookup(kid)
+        if found is None:
+            if not self._keys:
+                raise AuthError("unavailable", "no signing keys could be fetched")
+            raise AuthError("invalid_token", f"unknown key id {kid!r}")
+        return found
+
+    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None and len(self._keys) == 1:  # a lone key may be used without a kid
+            return next(iter(self._keys.values()))
+        return self._keys.get(kid)
+
+    async def _refresh(self, *, kid_miss: bool) -> None:
+        started = time.monotonic()
+        async with self._lock:
+            # Someone else refreshed while this caller waited: their result is as fresh as ours.
+            if self._fetched_at >= started:
+                return
+            if kid_miss:  # only refreshes forced by unknown key ids are rate-limited
+                self._forced_at = time.monotonic()
+            self.fetches += 1
+            try:
+                keys = await self._fetch()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.warning("JWKS fetch failed; keeping %d cached keys: %s", len(self._keys), exc)
+                self._fetched_at = time.monotonic() - self._ttl + self._cooldown  # retry after the cooldown
+                return
+            self._keys = keys
+            self._fetched_at = time.monotonic()
+
+    async def _fetch(self) -> dict[str | None, jwt.PyJWK]:
+        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
+        async with self._http.get(self._url, timeout=timeout, allow_redirects=False) as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            body = await response.content.read(MAX_JWKS_BYTES + 1)
+        if len(body) > MAX_JWKS_BYTES:
+            raise ValueError("JWKS document too large")
+        document: Any = json.loads(body)
+        entries = document.get("keys") if isinstance(document, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError('JWKS document has no "keys" list')
+        keys: dict[str | None, jwt.PyJWK] = {}
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("kty") not in ASYMMETRIC_KEY_TYPES:
+                continue
+            if entry.get("use", "sig") != "sig":
+                continue
+            try:
+                keys[entry.get("kid")] = jwt.PyJWK(entry)
+            except jwt.PyJWKError as exc:
+                log.warning("skipping unusable JWK %r: %s", entry.get("kid"), exc)
+        return keys
