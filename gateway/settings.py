@@ -124,23 +124,36 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log format: one JSON object per line, or text.")
-    auth: Literal["none", "static", "jwt"] = Field(
-        "none", description="Token verifier: none (loopback binds only), static (listed tokens), jwt (signed tokens)."
+    auth: Literal["none", "static", "jwt", "introspection", "whoami"] = Field(
+        "none", description="Token verifier: none (loopback only), static, jwt, introspection or whoami."
     )
     static_tokens: list[StaticToken] = Field(
         default_factory=list,
         description='Static tokens, as JSON: [{"principal": "alice", "sha256": "<hash-token output>", "scopes": []}].',
     )
     static_tokens_file: Path | None = Field(None, description="A JSON file holding more static tokens, same shape.")
-    jwt_issuer: str | None = Field(None, description="jwt: the required `iss` of every token.")
-    jwt_audience: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="jwt: accepted `aud` values (usually this server's resource URL)."
+    token_issuer: str | None = Field(None, description="jwt, introspection: the required issuer of every token.")
+    token_audience: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="jwt, introspection: accepted audiences (usually this server's resource URL)."
     )
     jwt_jwks_url: HttpUrl | None = Field(None, description="jwt: the issuer's JWKS URL (its signing keys).")
     jwt_algorithms: Annotated[list[str], NoDecode] = Field(
         ["RS256", "ES256"], description="jwt: accepted signature algorithms (asymmetric only)."
     )
     jwt_jwks_ttl: float = Field(600.0, ge=0.1, description="jwt: seconds a fetched key set is used before a refresh.")
+    introspection_url: HttpUrl | None = Field(None, description="introspection: the RFC 7662 endpoint.")
+    introspection_client_id: str | None = Field(None, description="introspection: this gateway's client id there.")
+    introspection_client_secret: SecretStr | None = Field(
+        None, description="introspection: this gateway's client secret there."
+    )
+    whoami_url: HttpUrl | None = Field(
+        None,
+        description="whoami: an upstream URL that answers 2xx for a valid token (e.g. https://api.github.com/user).",
+    )
+    whoami_principal_field: str = Field(
+        "login", description="whoami: the field of its JSON answer naming the user (a dotted path)."
+    )
+    whoami_cache_ttl: float = Field(60.0, gt=0, description="whoami: seconds an accepted token is remembered.")
     required_scopes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Scopes every token must carry (otherwise 403 insufficient_scope)."
     )
@@ -170,7 +183,7 @@ class Settings(BaseSettings):
         "required_scopes",
         "authorization_servers",
         "scopes_supported",
-        "jwt_audience",
+        "token_audience",
         "jwt_algorithms",
         mode="before",
     )
@@ -249,10 +262,28 @@ class Settings(BaseSettings):
     @classmethod
     def _check_jwt(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
         if info.data.get("auth") == "jwt":
-            missing = [name for name in ("jwt_issuer", "jwt_audience") if not info.data.get(name)]
+            missing = [name for name in ("token_issuer", "token_audience") if not info.data.get(name)]
             missing += ["jwt_jwks_url"] if value is None else []
             if missing:
                 raise ValueError(f"auth is jwt, which requires {', '.join(missing)}")
+        return value
+
+    @field_validator("introspection_client_secret")
+    @classmethod
+    def _check_introspection(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if info.data.get("auth") == "introspection":
+            names = ("introspection_url", "introspection_client_id")
+            missing = [name for name in names if not info.data.get(name)]
+            missing += ["introspection_client_secret"] if value is None else []
+            if missing:
+                raise ValueError(f"auth is introspection, which requires {', '.join(missing)}")
+        return value
+
+    @field_validator("whoami_url")
+    @classmethod
+    def _check_whoami(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
+        if info.data.get("auth") == "whoami" and value is None:
+            raise ValueError("auth is whoami, which requires whoami_url")
         return value
 
     @field_validator("jwt_algorithms")

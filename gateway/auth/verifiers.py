@@ -3,14 +3,17 @@ checks, before anything is served, that its backend answers."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import aiohttp
 
 from gateway.auth import AuthError, TokenVerifier
+from gateway.auth.introspection import IntrospectionVerifier
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.static import StaticVerifier
+from gateway.auth.whoami import WhoamiVerifier
 from gateway.settings import Settings
 
 # An unknown key id forces at most one JWKS refresh per this many seconds.
@@ -26,15 +29,48 @@ async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> Tok
     if settings.auth == "static":
         tokens = settings.all_static_tokens()
         return StaticVerifier((token.sha256, token.principal, token.scopes) for token in tokens)
+    if settings.auth == "introspection":
+        url, client_id, secret = (
+            settings.introspection_url,
+            settings.introspection_client_id,
+            settings.introspection_client_secret,
+        )
+        if url is None or client_id is None or secret is None:  # pragma: no cover - Settings ensures it
+            raise VerifierStartupError("introspection needs its URL and client credentials")
+        introspection = IntrospectionVerifier(
+            http,
+            str(url),
+            client_id=client_id,
+            client_secret=secret.get_secret_value(),
+            issuer=settings.token_issuer,
+            audiences=settings.token_audience,
+        )
+        await _probe(introspection.probe, "the introspection endpoint")
+        return introspection
+    if settings.auth == "whoami":
+        if settings.whoami_url is None:  # pragma: no cover - Settings ensures it
+            raise VerifierStartupError("whoami needs whoami_url")
+        whoami = WhoamiVerifier(
+            http,
+            str(settings.whoami_url),
+            principal_field=settings.whoami_principal_field,
+            ttl=settings.whoami_cache_ttl,
+        )
+        await _probe(whoami.probe, "the whoami URL")
+        return whoami
     if settings.auth == "jwt":
-        if settings.jwt_issuer is None or settings.jwt_jwks_url is None:  # pragma: no cover - Settings ensures it
-            raise VerifierStartupError("jwt needs jwt_issuer and jwt_jwks_url")
+        if settings.token_issuer is None or settings.jwt_jwks_url is None:  # pragma: no cover - Settings ensures it
+            raise VerifierStartupError("jwt needs token_issuer and jwt_jwks_url")
         keys = JwksCache(http, str(settings.jwt_jwks_url), ttl=settings.jwt_jwks_ttl, cooldown=JWKS_KID_MISS_COOLDOWN)
-        try:
-            await keys.prefetch()
-        except AuthError as exc:
-            raise VerifierStartupError(f"the JWKS endpoint did not answer: {exc.reason}") from None
+        await _probe(keys.prefetch, "the JWKS endpoint")
         return JwtVerifier(
-            keys, issuer=settings.jwt_issuer, audiences=settings.jwt_audience, algorithms=settings.jwt_algorithms
+            keys, issuer=settings.token_issuer, audiences=settings.token_audience, algorithms=settings.jwt_algorithms
         )
     return None
+
+
+async def _probe(check: Callable[[], Awaitable[None]], what: str) -> None:
+    try:
+        await check()
+    except AuthError as exc:
+        raise VerifierStartupError(f"{what} did not answer: {exc.reason}") from None

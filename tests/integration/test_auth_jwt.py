@@ -91,8 +91,8 @@ async def idp(aiohttp_server: ServerFactory) -> FakeIdentityProvider:
 def jwt_settings(idp: FakeIdentityProvider, **extra: Any) -> dict[str, Any]:
     return {
         "auth": "jwt",
-        "jwt_issuer": ISSUER,
-        "jwt_audience": [RESOURCE],
+        "token_issuer": ISSUER,
+        "token_audience": [RESOURCE],
         "jwt_jwks_url": idp.url,
         "public_url": "https://mcp.example.com",
         **extra,
