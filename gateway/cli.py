@@ -26,7 +26,7 @@ from gateway.app import create_app
 from gateway.auth.static import digest_of
 from gateway.auth.verifiers import VerifierStartupError
 from gateway.sessions.child import use_pidfd_child_watcher
-from gateway.settings import Settings, describe_errors
+from gateway.settings import Settings, describe_errors, is_loopback_host
 
 log = logging.getLogger("gateway")
 
@@ -137,6 +137,12 @@ def _hash_token() -> int:
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    if settings.auth == "none" and not is_loopback_host(settings.host):
+        log.warning(
+            "SERVING WITHOUT AUTHENTICATION on %s: anyone who can reach it can run the MCP server "
+            "(allow_remote_unauthenticated is set)",
+            settings.host,
+        )
     runner = web.AppRunner(create_app(settings), shutdown_timeout=settings.shutdown_timeout, handle_signals=False)
     await runner.setup()
     try:

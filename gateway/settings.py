@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -61,6 +62,15 @@ def _read_tokens_file(path: Path) -> list[StaticToken]:
 DEFAULT_CHILD_ENV_ALLOW = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TZ")
 DEFAULT_ALLOWED_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 RESERVED_PATHS = frozenset({"/health", "/ready"})
+
+
+VerifierName = Literal["static", "jwt", "introspection", "whoami", "plugin"]
+
+
+def _uses(info: ValidationInfo, verifier: str) -> bool:
+    """Whether the configured authentication uses `verifier`, alone or in the chain."""
+    auth = info.data.get("auth")
+    return auth == verifier or (auth == "chain" and verifier in info.data.get("auth_chain", ()))
 
 
 def is_loopback_host(host: str) -> bool:
@@ -124,8 +134,11 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log format: one JSON object per line, or text.")
-    auth: Literal["none", "static", "jwt", "introspection", "whoami"] = Field(
-        "none", description="Token verifier: none (loopback only), static, jwt, introspection or whoami."
+    auth: Literal["none", "static", "jwt", "introspection", "whoami", "plugin", "chain"] = Field(
+        "none", description="Token verifier: none (loopback only), static, jwt, introspection, whoami, plugin or chain."
+    )
+    auth_chain: Annotated[list[VerifierName], NoDecode] = Field(
+        default_factory=list, description="chain: the verifiers to try, in order (the first to accept wins)."
     )
     static_tokens: list[StaticToken] = Field(
         default_factory=list,
@@ -154,6 +167,10 @@ class Settings(BaseSettings):
         "login", description="whoami: the field of its JSON answer naming the user (a dotted path)."
     )
     whoami_cache_ttl: float = Field(60.0, gt=0, description="whoami: seconds an accepted token is remembered.")
+    plugin: str | None = Field(None, description="plugin: your verifier factory, as 'module:attribute'.")
+    plugin_options: dict[str, Any] = Field(
+        default_factory=dict, description="plugin: keyword arguments for the factory, as a JSON object."
+    )
     required_scopes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Scopes every token must carry (otherwise 403 insufficient_scope)."
     )
@@ -185,6 +202,7 @@ class Settings(BaseSettings):
         "scopes_supported",
         "token_audience",
         "jwt_algorithms",
+        "auth_chain",
         mode="before",
     )
     @classmethod
@@ -254,36 +272,36 @@ class Settings(BaseSettings):
     def _check_static_tokens(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         # Every problem in the file is reported now, not at the first request.
         from_file = _read_tokens_file(value) if value is not None else []
-        if info.data.get("auth") == "static" and not (from_file or info.data.get("static_tokens")):
-            raise ValueError("auth is static but no static_tokens (or static_tokens_file) are configured")
+        if _uses(info, "static") and not (from_file or info.data.get("static_tokens")):
+            raise ValueError("the static verifier needs static_tokens (or static_tokens_file)")
         return value
 
     @field_validator("jwt_jwks_url")
     @classmethod
     def _check_jwt(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
-        if info.data.get("auth") == "jwt":
+        if _uses(info, "jwt"):
             missing = [name for name in ("token_issuer", "token_audience") if not info.data.get(name)]
             missing += ["jwt_jwks_url"] if value is None else []
             if missing:
-                raise ValueError(f"auth is jwt, which requires {', '.join(missing)}")
+                raise ValueError(f"the jwt verifier requires {', '.join(missing)}")
         return value
 
     @field_validator("introspection_client_secret")
     @classmethod
     def _check_introspection(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if info.data.get("auth") == "introspection":
+        if _uses(info, "introspection"):
             names = ("introspection_url", "introspection_client_id")
             missing = [name for name in names if not info.data.get(name)]
             missing += ["introspection_client_secret"] if value is None else []
             if missing:
-                raise ValueError(f"auth is introspection, which requires {', '.join(missing)}")
+                raise ValueError(f"the introspection verifier requires {', '.join(missing)}")
         return value
 
     @field_validator("whoami_url")
     @classmethod
     def _check_whoami(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
-        if info.data.get("auth") == "whoami" and value is None:
-            raise ValueError("auth is whoami, which requires whoami_url")
+        if _uses(info, "whoami") and value is None:
+            raise ValueError("the whoami verifier requires whoami_url")
         return value
 
     @field_validator("jwt_algorithms")
@@ -295,6 +313,22 @@ class Settings(BaseSettings):
                 f"allowed: {', '.join(sorted(ASYMMETRIC_ALGORITHMS))}; 'none' and HMAC algorithms never are"
                 + (f" (got {', '.join(map(repr, refused))})" if refused else "")
             )
+        return value
+
+    @field_validator("auth_chain")
+    @classmethod
+    def _check_chain(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if info.data.get("auth") == "chain" and not value:
+            raise ValueError("auth is chain: list the verifiers to try, e.g. static,jwt")
+        return value
+
+    @field_validator("plugin")
+    @classmethod
+    def _check_plugin(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ValueError(f"{value!r} is not 'module:attribute'")
+        if _uses(info, "plugin") and value is None:
+            raise ValueError("the plugin verifier requires plugin ('module:attribute')")
         return value
 
     @field_validator("authorization_servers")

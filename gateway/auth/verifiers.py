@@ -9,12 +9,14 @@ from typing import Final
 import aiohttp
 
 from gateway.auth import AuthError, TokenVerifier
+from gateway.auth.chain import ChainVerifier
 from gateway.auth.introspection import IntrospectionVerifier
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import JwtVerifier
+from gateway.auth.plugin import PluginError, load_plugin
 from gateway.auth.static import StaticVerifier
 from gateway.auth.whoami import WhoamiVerifier
-from gateway.settings import Settings
+from gateway.settings import Settings, VerifierName
 
 # An unknown key id forces at most one JWKS refresh per this many seconds.
 JWKS_KID_MISS_COOLDOWN: Final = 30.0
@@ -26,10 +28,29 @@ class VerifierStartupError(RuntimeError):
 
 async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> TokenVerifier | None:
     """The configured verifier, ready to use; None when authentication is off."""
-    if settings.auth == "static":
+    if settings.auth == "none":
+        return None
+    if settings.auth == "chain":
+        return ChainVerifier([(name, await _build(name, settings, http)) for name in settings.auth_chain])
+    return await _build(settings.auth, settings, http)
+
+
+async def _build(name: VerifierName, settings: Settings, http: aiohttp.ClientSession) -> TokenVerifier:
+    if name == "plugin":
+        if settings.plugin is None:  # pragma: no cover - Settings ensures it
+            raise VerifierStartupError("plugin needs 'module:attribute'")
+        try:
+            plugin = load_plugin(settings.plugin, settings.plugin_options, http)
+        except PluginError as exc:
+            raise VerifierStartupError(str(exc)) from None
+        probe = getattr(plugin, "probe", None)
+        if probe is not None:
+            await _probe(probe, f"the plugin {settings.plugin!r}")
+        return plugin
+    if name == "static":
         tokens = settings.all_static_tokens()
         return StaticVerifier((token.sha256, token.principal, token.scopes) for token in tokens)
-    if settings.auth == "introspection":
+    if name == "introspection":
         url, client_id, secret = (
             settings.introspection_url,
             settings.introspection_client_id,
@@ -47,7 +68,7 @@ async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> Tok
         )
         await _probe(introspection.probe, "the introspection endpoint")
         return introspection
-    if settings.auth == "whoami":
+    if name == "whoami":
         if settings.whoami_url is None:  # pragma: no cover - Settings ensures it
             raise VerifierStartupError("whoami needs whoami_url")
         whoami = WhoamiVerifier(
@@ -58,7 +79,7 @@ async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> Tok
         )
         await _probe(whoami.probe, "the whoami URL")
         return whoami
-    if settings.auth == "jwt":
+    if name == "jwt":
         if settings.token_issuer is None or settings.jwt_jwks_url is None:  # pragma: no cover - Settings ensures it
             raise VerifierStartupError("jwt needs token_issuer and jwt_jwks_url")
         keys = JwksCache(http, str(settings.jwt_jwks_url), ttl=settings.jwt_jwks_ttl, cooldown=JWKS_KID_MISS_COOLDOWN)
@@ -66,7 +87,7 @@ async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> Tok
         return JwtVerifier(
             keys, issuer=settings.token_issuer, audiences=settings.token_audience, algorithms=settings.jwt_algorithms
         )
-    return None
+    raise VerifierStartupError(f"unknown verifier {name!r}")  # pragma: no cover - Settings ensures it
 
 
 async def _probe(check: Callable[[], Awaitable[None]], what: str) -> None:

@@ -103,7 +103,7 @@ DIGEST = "a" * 64
 
 
 def test_static_auth_needs_tokens(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="no static_tokens"):
+    with pytest.raises(ValidationError, match="needs static_tokens"):
         Settings(command=[PY], auth="static")
     tokens = tmp_path / "tokens.json"
     tokens.write_text(json.dumps([{"principal": "ci", "sha256": DIGEST, "scopes": ["tools"]}]))
