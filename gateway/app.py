@@ -22,6 +22,7 @@ from gateway import __version__, health, keys
 from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
+from gateway.auth.identity import IdentityIssuer
 from gateway.auth.verifiers import build_verifier
 from gateway.errors import error_middleware
 from gateway.sessions.child import ChildSpec
@@ -91,11 +92,26 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         request_timeout=settings.request_timeout,
         violation_limit=settings.stdout_violation_limit,
     )
-    store = SessionStore(spec, limits, app[keys.GUARD])
+    store = SessionStore(spec, limits, app[keys.GUARD], identity_issuer(settings))
     app[keys.SESSIONS] = store
     store.start()
     yield
     await store.aclose()
+
+
+def identity_issuer(settings: Settings) -> IdentityIssuer | None:
+    """What children learn of their user, when any of it is configured."""
+    if not (settings.child_identity or settings.child_env_claims or settings.token_env):
+        return None
+    return IdentityIssuer(
+        issuer=settings.base_url,
+        audience=settings.identity_audience or settings.resource_url,
+        lifetime=settings.identity_lifetime,
+        key_file=settings.identity_key_file,
+        claims_env=settings.child_env_claims,
+        token_env=settings.token_env,
+        signed=settings.child_identity,
+    )
 
 
 async def _end_streams(app: web.Application) -> None:

@@ -21,5 +21,7 @@ STARTED_AT = web.AppKey("started_at", float)
 
 # Per request: who is calling (set by the auth middleware on the MCP endpoint).
 PRINCIPAL = web.RequestKey("principal", Principal)
+# Per request: the bearer token it authenticated with (absent when authentication is off).
+BEARER = web.RequestKey("bearer", str)
 # Per request: the JSON-RPC id a POST's refusal should answer, once the body has been read.
 ANSWERING = web.RequestKey[RequestId | None]("answering")

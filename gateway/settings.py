@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -71,6 +73,9 @@ def _uses(info: ValidationInfo, verifier: str) -> bool:
     """Whether the configured authentication uses `verifier`, alone or in the chain."""
     auth = info.data.get("auth")
     return auth == verifier or (auth == "chain" and verifier in info.data.get("auth_chain", ()))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -170,6 +175,20 @@ class Settings(BaseSettings):
     plugin: str | None = Field(None, description="plugin: your verifier factory, as 'module:attribute'.")
     plugin_options: dict[str, Any] = Field(
         default_factory=dict, description="plugin: keyword arguments for the factory, as a JSON object."
+    )
+    child_identity: bool = Field(
+        False, description="Tell each child its user: MCP_GATEWAY_PRINCIPAL and a signed MCP_GATEWAY_IDENTITY."
+    )
+    identity_key_file: Path | None = Field(
+        None, description="PEM P-256 private key signing identity assertions (default: a key per process)."
+    )
+    identity_audience: str | None = Field(None, description="Audience of identity assertions (default: resource URL).")
+    identity_lifetime: float = Field(900.0, gt=0, description="Seconds an identity assertion stays valid.")
+    child_env_claims: dict[str, str] = Field(
+        default_factory=dict, description='Token claims copied into the child environment: {"GITHUB_LOGIN": "login"}.'
+    )
+    token_env: str | None = Field(
+        None, description="A child variable receiving the user's token: static and whoami only (see Security)."
     )
     required_scopes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Scopes every token must carry (otherwise 403 insufficient_scope)."
@@ -329,6 +348,49 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not 'module:attribute'")
         if _uses(info, "plugin") and value is None:
             raise ValueError("the plugin verifier requires plugin ('module:attribute')")
+        return value
+
+    @field_validator("identity_key_file")
+    @classmethod
+    def _check_identity_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                key = serialization.load_pem_private_key(value.read_bytes(), password=None)
+            except (OSError, ValueError, TypeError) as exc:
+                raise ValueError(f"cannot load a private key from {str(value)!r}: {exc}") from None
+            if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+                raise ValueError(f"{str(value)!r} is not a P-256 (ES256) private key")
+        return value
+
+    @field_validator("child_env_claims")
+    @classmethod
+    def _check_claims_env(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not _ENV_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"invalid variable names: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("token_env")
+    @classmethod
+    def _check_token_env(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not _ENV_NAME.fullmatch(value):
+            raise ValueError(f"{value!r} is not a variable name")
+        auth = info.data.get("auth")
+        verifiers = set(info.data.get("auth_chain", ())) if auth == "chain" else {auth}
+        if not verifiers or not verifiers <= {"static", "whoami"}:
+            raise ValueError(
+                "the user's token may reach the child only with the static or whoami verifiers, where it is the "
+                "upstream service's own credential; with any other verifier that would be token passthrough"
+            )
+        return value
+
+    @field_validator("child_identity")
+    @classmethod
+    def _check_identity(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("auth") == "none":
+            raise ValueError("child identity needs authentication: with auth none every user is anonymous")
         return value
 
     @field_validator("authorization_servers")

@@ -131,6 +131,7 @@ class Authenticator:
             log.info("insufficient scope", extra={"subject": principal.subject, "token": fingerprint(token)})
             raise self._refusal("insufficient_scope")
         log.debug("authenticated", extra={"subject": principal.subject, "token": fingerprint(token)})
+        request[keys.BEARER] = token
         return principal
 
 

@@ -21,8 +21,10 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from gateway.auth import Principal
+from gateway.auth.identity import IdentityIssuer
 from gateway.errors import GatewayError
 from gateway.sessions.child import Child, ChildSpec
 from gateway.sessions.guard import OrphanGuard
@@ -88,8 +90,15 @@ class Session:
 class SessionStore:
     """All live sessions of this gateway process."""
 
-    def __init__(self, spec: ChildSpec, limits: SessionLimits, guard: OrphanGuard | None) -> None:
+    def __init__(
+        self,
+        spec: ChildSpec,
+        limits: SessionLimits,
+        guard: OrphanGuard | None,
+        identity: IdentityIssuer | None = None,
+    ) -> None:
         self._spec = spec
+        self._identity = identity
         self._limits = limits
         self._guard = guard
         self._sessions: dict[str, Session] = {}
@@ -112,8 +121,12 @@ class SessionStore:
             return None
         return session
 
-    async def open(self, owner: str) -> Session:
-        """Spawn the child of a new, not yet published session for principal `owner`."""
+    async def open(self, principal: Principal, token: str | None = None) -> Session:
+        """Spawn the child of a new, not yet published session for `principal`.
+
+        `token` is the bearer token it authenticated with, for configured token-to-environment.
+        """
+        owner = principal.key
         if not self.accepting:
             raise GatewayError("shutting_down", "The gateway is shutting down", retry_after=CAPACITY_RETRY_AFTER)
         if len(self._sessions) + self._starting >= self._limits.max_sessions:
@@ -146,7 +159,10 @@ class SessionStore:
         self._starting += 1
         self._per_owner[owner] += 1
         try:
-            child = await Child.spawn(self._spec, router, self._guard, label)
+            spec = self._spec
+            if self._identity is not None:
+                spec = replace(spec, env={**spec.env, **self._identity.environment(principal, token)})
+            child = await Child.spawn(spec, router, self._guard, label)
         except OSError as exc:
             self._release(owner)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})

@@ -61,7 +61,7 @@ async def test_default_server_of_make_run(aiohttp_server: ServerFactory) -> None
 
 
 async def test_sdk_client_with_a_bearer_header(aiohttp_server: ServerFactory) -> None:
-    token = "sdk-client-token-42"  # noqa: S105 - a test credential
+    token = "sdk-client-token-42"
     settings = Settings(
         command=[sys.executable, str(SDK_SERVER)],
         port=0,
