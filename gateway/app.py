@@ -1,17 +1,18 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
 Middleware order (outermost first): error rendering, then authentication of the MCP endpoint
-(so every refusal, 401s included, is rendered the same way). CORS headers are added as responses are
-prepared, so streamed responses carry them too. Resources are `cleanup_ctx` pairs, set up
-in order and torn down in reverse: the token verifier first (a backend that does not answer stops
-startup before anything is spawned), then the orphan guard (so it outlives every child), then the
-session store. On shutdown the store stops taking sessions and ends open GET streams so that
-aiohttp's graceful drain can finish; the in-flight POSTs get the shutdown budget; then every
-child is stopped, in parallel.
+(so every refusal, 401s included, is rendered the same way). CORS headers are added as
+responses are prepared, so streamed responses carry them too. Resources are `cleanup_ctx`
+pairs, set up in order and torn down in reverse: the identity provider's side first (verifier
+and discovery; a backend that does not answer stops startup before anything is spawned), then
+the orphan guard (so it outlives every child), then the session store. On shutdown the store
+stops taking sessions and ends open GET streams so that aiohttp's graceful drain can finish;
+the in-flight POSTs get the shutdown budget; then every child is stopped, in parallel.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -23,7 +24,8 @@ from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
 from gateway.auth.identity import IdentityIssuer
-from gateway.auth.verifiers import build_verifier
+from gateway.auth.server_metadata import AuthorizationServerMetadata
+from gateway.auth.verifiers import AuthStartupError, build_verifier
 from gateway.errors import error_middleware
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
@@ -50,7 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
     app[keys.STARTED_AT] = time.monotonic()
     app[keys.RESOURCE_METADATA] = protected_resource_metadata(settings)
-    app.cleanup_ctx.append(_token_verifier)
+    app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
@@ -61,12 +63,28 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _token_verifier(app: web.Application) -> AsyncIterator[None]:
-    # One outbound HTTP client for identity-provider calls, owned by this resource.
+async def _identity_provider(app: web.Application) -> AsyncIterator[None]:
+    """Everything that talks to the identity provider, over one outbound HTTP client."""
+    settings = app[keys.SETTINGS]
     headers = {"User-Agent": f"mcp-gateway/{__version__}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        app[keys.VERIFIER] = await build_verifier(app[keys.SETTINGS], http)
-        yield
+        app[keys.VERIFIER] = await build_verifier(settings, http)
+        metadata = None
+        if settings.authorization_servers:
+            issuer = settings.authorization_servers[0]
+            metadata = AuthorizationServerMetadata(http, issuer, settings.authorization_server_metadata)
+            try:
+                await metadata.load()
+            except ValueError as exc:
+                raise AuthStartupError(str(exc)) from None
+        app[keys.AS_METADATA] = metadata
+        refresher = asyncio.get_running_loop().create_task(metadata.refresh_forever()) if metadata else None
+        try:
+            yield
+        finally:
+            if refresher is not None:
+                refresher.cancel()
+                await asyncio.gather(refresher, return_exceptions=True)
 
 
 async def _orphan_guard(app: web.Application) -> AsyncIterator[None]:

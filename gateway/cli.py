@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from gateway import __version__, logs
 from gateway.app import create_app
 from gateway.auth.static import digest_of
-from gateway.auth.verifiers import VerifierStartupError
+from gateway.auth.verifiers import AuthStartupError
 from gateway.sessions.child import use_pidfd_child_watcher
 from gateway.settings import Settings, describe_errors, is_loopback_host
 
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_pidfd_child_watcher()
     try:
         asyncio.run(serve(settings))
-    except VerifierStartupError as error:
+    except AuthStartupError as error:
         log.error("cannot start: %s", error)
         return EXIT_STARTUP
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.auth import Principal, TokenVerifier
+from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.jsonrpc import RequestId
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionStore
@@ -17,6 +18,7 @@ GUARD = web.AppKey("orphan_guard", OrphanGuard)
 SESSIONS = web.AppKey("sessions", SessionStore)
 RESOURCE_METADATA = web.AppKey[bytes | None]("resource_metadata")
 VERIFIER = web.AppKey[TokenVerifier | None]("token_verifier")
+AS_METADATA = web.AppKey[AuthorizationServerMetadata | None]("authorization_server_metadata")
 STARTED_AT = web.AppKey("started_at", float)
 
 # Per request: who is calling (set by the auth middleware on the MCP endpoint).

@@ -196,6 +196,9 @@ class Settings(BaseSettings):
     authorization_servers: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Issuer URLs of the OAuth authorization servers, for resource metadata."
     )
+    authorization_server_metadata: dict[str, Any] | None = Field(
+        None, description="The authorization server's RFC 8414 metadata as JSON (default: fetched from it)."
+    )
     scopes_supported: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Scopes advertised in the protected-resource metadata."
     )

@@ -1,4 +1,5 @@
-"""RFC 9728 protected-resource metadata, built once from settings.
+"""Discovery documents: RFC 9728 protected-resource metadata, built once from settings, and the
+authorization server's RFC 8414 metadata, served on this origin for older clients.
 
 Served at the root form and the path-inserted form for the MCP path. The document names the
 configured authorization servers; without any there is nothing to discover (RFC 9728 requires
@@ -17,7 +18,7 @@ from gateway import keys
 from gateway.errors import GatewayError
 from gateway.settings import PRM_PATH, Settings
 
-# Metadata changes only with configuration: caches may keep it for an hour.
+# Metadata changes rarely: caches may keep it for an hour.
 CACHE_CONTROL: Final = "public, max-age=3600"
 
 
@@ -48,3 +49,14 @@ async def handle_protected_resource(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, mcp_path: str) -> None:
     app.router.add_get(PRM_PATH, handle_protected_resource)
     app.router.add_get(PRM_PATH + mcp_path, handle_protected_resource)
+    app.router.add_get("/.well-known/oauth-authorization-server", handle_authorization_server)
+    app.router.add_get("/.well-known/openid-configuration", handle_authorization_server)
+
+
+async def handle_authorization_server(request: web.Request) -> web.Response:
+    metadata = request.app[keys.AS_METADATA]
+    openid_path = request.path.endswith("/openid-configuration")
+    if metadata is None or metadata.document is None or (openid_path and not metadata.openid):
+        raise GatewayError("not_found", "No authorization server metadata is served here")
+    headers = {"Cache-Control": CACHE_CONTROL, "Access-Control-Allow-Origin": "*"}
+    return web.Response(body=metadata.document, content_type="application/json", headers=headers)

@@ -22,8 +22,8 @@ from gateway.settings import Settings, VerifierName
 JWKS_KID_MISS_COOLDOWN: Final = 30.0
 
 
-class VerifierStartupError(RuntimeError):
-    """The configured verifier cannot work: the gateway must not start."""
+class AuthStartupError(RuntimeError):
+    """Authentication cannot work as configured (a backend did not answer): do not start."""
 
 
 async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> TokenVerifier | None:
@@ -38,11 +38,11 @@ async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> Tok
 async def _build(name: VerifierName, settings: Settings, http: aiohttp.ClientSession) -> TokenVerifier:
     if name == "plugin":
         if settings.plugin is None:  # pragma: no cover - Settings ensures it
-            raise VerifierStartupError("plugin needs 'module:attribute'")
+            raise AuthStartupError("plugin needs 'module:attribute'")
         try:
             plugin = load_plugin(settings.plugin, settings.plugin_options, http)
         except PluginError as exc:
-            raise VerifierStartupError(str(exc)) from None
+            raise AuthStartupError(str(exc)) from None
         probe = getattr(plugin, "probe", None)
         if probe is not None:
             await _probe(probe, f"the plugin {settings.plugin!r}")
@@ -57,7 +57,7 @@ async def _build(name: VerifierName, settings: Settings, http: aiohttp.ClientSes
             settings.introspection_client_secret,
         )
         if url is None or client_id is None or secret is None:  # pragma: no cover - Settings ensures it
-            raise VerifierStartupError("introspection needs its URL and client credentials")
+            raise AuthStartupError("introspection needs its URL and client credentials")
         introspection = IntrospectionVerifier(
             http,
             str(url),
@@ -70,7 +70,7 @@ async def _build(name: VerifierName, settings: Settings, http: aiohttp.ClientSes
         return introspection
     if name == "whoami":
         if settings.whoami_url is None:  # pragma: no cover - Settings ensures it
-            raise VerifierStartupError("whoami needs whoami_url")
+            raise AuthStartupError("whoami needs whoami_url")
         whoami = WhoamiVerifier(
             http,
             str(settings.whoami_url),
@@ -81,17 +81,17 @@ async def _build(name: VerifierName, settings: Settings, http: aiohttp.ClientSes
         return whoami
     if name == "jwt":
         if settings.token_issuer is None or settings.jwt_jwks_url is None:  # pragma: no cover - Settings ensures it
-            raise VerifierStartupError("jwt needs token_issuer and jwt_jwks_url")
+            raise AuthStartupError("jwt needs token_issuer and jwt_jwks_url")
         keys = JwksCache(http, str(settings.jwt_jwks_url), ttl=settings.jwt_jwks_ttl, cooldown=JWKS_KID_MISS_COOLDOWN)
         await _probe(keys.prefetch, "the JWKS endpoint")
         return JwtVerifier(
             keys, issuer=settings.token_issuer, audiences=settings.token_audience, algorithms=settings.jwt_algorithms
         )
-    raise VerifierStartupError(f"unknown verifier {name!r}")  # pragma: no cover - Settings ensures it
+    raise AuthStartupError(f"unknown verifier {name!r}")  # pragma: no cover - Settings ensures it
 
 
 async def _probe(check: Callable[[], Awaitable[None]], what: str) -> None:
     try:
         await check()
     except AuthError as exc:
-        raise VerifierStartupError(f"{what} did not answer: {exc.reason}") from None
+        raise AuthStartupError(f"{what} did not answer: {exc.reason}") from None

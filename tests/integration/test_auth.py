@@ -185,6 +185,7 @@ async def test_resource_metadata(gateway: Gateway) -> None:
     mcp = await gateway(
         **static_auth(
             authorization_servers=["https://auth.example.com"],
+            authorization_server_metadata={"issuer": "https://auth.example.com"},
             scopes_supported=["tools"],
             resource_documentation="https://docs.example.com/mcp",
         )

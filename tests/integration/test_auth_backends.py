@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import create_app
 from gateway.auth import introspection, whoami
-from gateway.auth.verifiers import VerifierStartupError
+from gateway.auth.verifiers import AuthStartupError
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
 
 Gateway = Callable[..., Awaitable[Mcp]]
@@ -187,7 +187,7 @@ async def test_backends_must_answer_at_startup(
     overrides = {"introspection_client_secret": "wrong"} if fault == "wrong-credentials" else {}
     backend.failing = fault == "failing"
     runner = web.AppRunner(create_app(make_settings(**settings(backend, **overrides))))
-    with pytest.raises(VerifierStartupError, match="did not answer"):
+    with pytest.raises(AuthStartupError, match="did not answer"):
         await runner.setup()
     await runner.cleanup()
 

@@ -25,7 +25,7 @@ from gateway import create_app
 from gateway.auth import AuthError
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import JwtVerifier
-from gateway.auth.verifiers import VerifierStartupError
+from gateway.auth.verifiers import AuthStartupError
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
 
 Gateway = Callable[..., Awaitable[Mcp]]
@@ -217,7 +217,7 @@ async def test_cold_cache_with_a_failing_jwks_is_unavailable(idp: FakeIdentityPr
 async def test_jwks_must_answer_at_startup(idp: FakeIdentityProvider) -> None:
     idp.failing = True
     runner = web.AppRunner(create_app(make_settings(**jwt_settings(idp))))
-    with pytest.raises(VerifierStartupError, match="JWKS"):
+    with pytest.raises(AuthStartupError, match="JWKS"):
         await runner.setup()
     await runner.cleanup()
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from gateway import create_app
 from gateway.auth.static import digest_of
-from gateway.auth.verifiers import VerifierStartupError
+from gateway.auth.verifiers import AuthStartupError
 from gateway.settings import Settings
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
 
@@ -46,7 +46,7 @@ async def test_plugin_verifier(gateway: Gateway) -> None:
 )
 async def test_plugin_problems_stop_startup(plugin: str, options: dict[str, Any], message: str) -> None:
     runner = web.AppRunner(create_app(make_settings(auth="plugin", plugin=plugin, plugin_options=options, **PUBLIC)))
-    with pytest.raises(VerifierStartupError, match=message):
+    with pytest.raises(AuthStartupError, match=message):
         await runner.setup()
     await runner.cleanup()
 
