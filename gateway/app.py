@@ -25,7 +25,7 @@ from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
 from gateway.auth.identity import IdentityIssuer
 from gateway.auth.server_metadata import AuthorizationServerMetadata
-from gateway.auth.verifiers import AuthStartupError, build_verifier
+from gateway.auth.verifiers import AuthStartupError, build_verifier, check_startup_token
 from gateway.errors import error_middleware
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
@@ -68,7 +68,9 @@ async def _identity_provider(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     headers = {"User-Agent": f"mcp-gateway/{__version__}"}
     async with aiohttp.ClientSession(headers=headers) as http:
-        app[keys.VERIFIER] = await build_verifier(settings, http)
+        verifier = app[keys.VERIFIER] = await build_verifier(settings, http)
+        if verifier is not None and settings.startup_token is not None:
+            await check_startup_token(verifier, settings.startup_token.get_secret_value())
         metadata = None
         if settings.authorization_servers:
             issuer = settings.authorization_servers[0]

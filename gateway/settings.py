@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.auth.jwks import public_jwk
 from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS
 
 MiB = 1024 * 1024
@@ -155,6 +156,9 @@ class Settings(BaseSettings):
         default_factory=list, description="jwt, introspection: accepted audiences (usually this server's resource URL)."
     )
     jwt_jwks_url: HttpUrl | None = Field(None, description="jwt: the issuer's JWKS URL (its signing keys).")
+    jwt_public_keys: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="jwt: PEM public key files instead of a JWKS URL (file name = key id)."
+    )
     jwt_algorithms: Annotated[list[str], NoDecode] = Field(
         ["RS256", "ES256"], description="jwt: accepted signature algorithms (asymmetric only)."
     )
@@ -175,6 +179,9 @@ class Settings(BaseSettings):
     plugin: str | None = Field(None, description="plugin: your verifier factory, as 'module:attribute'.")
     plugin_options: dict[str, Any] = Field(
         default_factory=dict, description="plugin: keyword arguments for the factory, as a JSON object."
+    )
+    startup_token: SecretStr | None = Field(
+        None, description="A token (e.g. a service account's) verified at startup: refused, the gateway does not start."
     )
     child_identity: bool = Field(
         False, description="Tell each child its user: MCP_GATEWAY_PRINCIPAL and a signed MCP_GATEWAY_IDENTITY."
@@ -224,6 +231,7 @@ class Settings(BaseSettings):
         "scopes_supported",
         "token_audience",
         "jwt_algorithms",
+        "jwt_public_keys",
         "auth_chain",
         mode="before",
     )
@@ -298,14 +306,20 @@ class Settings(BaseSettings):
             raise ValueError("the static verifier needs static_tokens (or static_tokens_file)")
         return value
 
-    @field_validator("jwt_jwks_url")
+    @field_validator("jwt_public_keys")
     @classmethod
-    def _check_jwt(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
+    def _check_jwt(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        for path in value:
+            try:
+                public_jwk(path.read_bytes(), kid=path.stem)
+            except (OSError, ValueError, TypeError) as exc:
+                raise ValueError(f"cannot load a public key from {str(path)!r}: {exc}") from None
         if _uses(info, "jwt"):
             missing = [name for name in ("token_issuer", "token_audience") if not info.data.get(name)]
-            missing += ["jwt_jwks_url"] if value is None else []
             if missing:
                 raise ValueError(f"the jwt verifier requires {', '.join(missing)}")
+            if (info.data.get("jwt_jwks_url") is None) == (not value):
+                raise ValueError("the jwt verifier takes its keys from jwt_jwks_url or jwt_public_keys: give one")
         return value
 
     @field_validator("introspection_client_secret")
@@ -387,6 +401,13 @@ class Settings(BaseSettings):
                 "the user's token may reach the child only with the static or whoami verifiers, where it is the "
                 "upstream service's own credential; with any other verifier that would be token passthrough"
             )
+        return value
+
+    @field_validator("startup_token")
+    @classmethod
+    def _check_startup_token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None and info.data.get("auth") == "none":
+            raise ValueError("a startup token needs a verifier (auth) to check it")
         return value
 
     @field_validator("child_identity")

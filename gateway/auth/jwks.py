@@ -17,10 +17,14 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.auth import AuthError
 
@@ -109,3 +113,33 @@ class JwksCache:
             except jwt.PyJWKError as exc:
                 log.warning("skipping unusable JWK %r: %s", entry.get("kid"), exc)
         return keys
+
+
+class StaticKeySet:
+    """Signing keys from PEM files, for issuers without a JWKS endpoint: each file's name
+    (without its extension) is the key id; a single key also serves tokens without a `kid`."""
+
+    def __init__(self, files: Iterable[Path]) -> None:
+        self._keys = {path.stem: public_jwk(path.read_bytes(), kid=path.stem) for path in files}
+
+    async def key(self, kid: str | None) -> jwt.PyJWK:
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        found = self._keys.get(kid) if kid is not None else None
+        if found is None:
+            raise AuthError("invalid_token", f"unknown key id {kid!r}")
+        return found
+
+
+def public_jwk(pem: bytes, *, kid: str) -> jwt.PyJWK:
+    """A PEM public key (RSA, EC or Ed25519) as a JWK; `ValueError` for anything else."""
+    key = serialization.load_pem_public_key(pem)
+    if isinstance(key, rsa.RSAPublicKey):
+        document = jwt.algorithms.RSAAlgorithm.to_jwk(key)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        document = jwt.algorithms.ECAlgorithm.to_jwk(key)
+    elif isinstance(key, ed25519.Ed25519PublicKey):
+        document = jwt.algorithms.OKPAlgorithm.to_jwk(key)
+    else:
+        raise ValueError("not an RSA, EC or Ed25519 public key")
+    return jwt.PyJWK({**json.loads(document), "kid": kid, "use": "sig"})

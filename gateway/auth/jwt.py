@@ -10,12 +10,11 @@ refused before any key lookup can trigger a JWKS refresh.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import jwt as pyjwt
 
 from gateway.auth import AuthError, Principal
-from gateway.auth.jwks import JwksCache
 
 # The clock skew tolerated on exp/nbf/iat (Envoy, Pomerium and go-oidc all use one minute).
 LEEWAY_SECONDS: Final = 60
@@ -26,8 +25,14 @@ ASYMMETRIC_ALGORITHMS: Final = frozenset(
 MAX_KID_LENGTH: Final = 256
 
 
+class KeySource(Protocol):
+    """Where signing keys come from: a JWKS endpoint (`JwksCache`) or PEM files (`StaticKeySet`)."""
+
+    async def key(self, kid: str | None) -> pyjwt.PyJWK: ...
+
+
 class JwtVerifier:
-    def __init__(self, keys: JwksCache, *, issuer: str, audiences: Sequence[str], algorithms: Iterable[str]) -> None:
+    def __init__(self, keys: KeySource, *, issuer: str, audiences: Sequence[str], algorithms: Iterable[str]) -> None:
         self._keys = keys
         self._issuer = issuer
         self._audiences = list(audiences)

@@ -3,20 +3,23 @@ checks, before anything is served, that its backend answers."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 import aiohttp
 
-from gateway.auth import AuthError, TokenVerifier
+from gateway.auth import AuthError, TokenVerifier, fingerprint
 from gateway.auth.chain import ChainVerifier
 from gateway.auth.introspection import IntrospectionVerifier
-from gateway.auth.jwks import JwksCache
-from gateway.auth.jwt import JwtVerifier
+from gateway.auth.jwks import JwksCache, StaticKeySet
+from gateway.auth.jwt import JwtVerifier, KeySource
 from gateway.auth.plugin import PluginError, load_plugin
 from gateway.auth.static import StaticVerifier
 from gateway.auth.whoami import WhoamiVerifier
 from gateway.settings import Settings, VerifierName
+
+log = logging.getLogger("gateway.auth")
 
 # An unknown key id forces at most one JWKS refresh per this many seconds.
 JWKS_KID_MISS_COOLDOWN: Final = 30.0
@@ -80,14 +83,30 @@ async def _build(name: VerifierName, settings: Settings, http: aiohttp.ClientSes
         await _probe(whoami.probe, "the whoami URL")
         return whoami
     if name == "jwt":
-        if settings.token_issuer is None or settings.jwt_jwks_url is None:  # pragma: no cover - Settings ensures it
-            raise AuthStartupError("jwt needs token_issuer and jwt_jwks_url")
-        keys = JwksCache(http, str(settings.jwt_jwks_url), ttl=settings.jwt_jwks_ttl, cooldown=JWKS_KID_MISS_COOLDOWN)
-        await _probe(keys.prefetch, "the JWKS endpoint")
+        if settings.token_issuer is None:  # pragma: no cover - Settings ensures it
+            raise AuthStartupError("jwt needs token_issuer")
+        keys: KeySource
+        if settings.jwt_jwks_url is not None:
+            cache = JwksCache(
+                http, str(settings.jwt_jwks_url), ttl=settings.jwt_jwks_ttl, cooldown=JWKS_KID_MISS_COOLDOWN
+            )
+            await _probe(cache.prefetch, "the JWKS endpoint")
+            keys = cache
+        else:
+            keys = StaticKeySet(settings.jwt_public_keys)
         return JwtVerifier(
             keys, issuer=settings.token_issuer, audiences=settings.token_audience, algorithms=settings.jwt_algorithms
         )
     raise AuthStartupError(f"unknown verifier {name!r}")  # pragma: no cover - Settings ensures it
+
+
+async def check_startup_token(verifier: TokenVerifier, token: str) -> None:
+    """End-to-end startup check: the configured token must be accepted."""
+    try:
+        principal = await verifier.verify(token)
+    except AuthError as exc:
+        raise AuthStartupError(f"the startup token was refused ({exc.code}): {exc.reason}") from None
+    log.info("startup token accepted", extra={"subject": principal.subject, "token": fingerprint(token)})
 
 
 async def _probe(check: Callable[[], Awaitable[None]], what: str) -> None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,12 +21,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
 
 from gateway import create_app
 from gateway.auth import AuthError
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.verifiers import AuthStartupError
+from gateway.settings import Settings
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
 
 Gateway = Callable[..., Awaitable[Mcp]]
@@ -227,3 +230,31 @@ async def test_scopes_come_from_the_token(gateway: Gateway, idp: FakeIdentityPro
     assert await status_for(mcp, idp.token(scope="tools")) == (403, "insufficient_scope")
     assert await status_for(mcp, idp.token(scope="tools admin")) == (200, None)
     assert await status_for(mcp, idp.token(scope=None, scp=["admin"])) == (200, None)
+
+
+async def test_static_pem_keys_instead_of_a_jwks(gateway: Gateway, idp: FakeIdentityProvider, tmp_path: Path) -> None:
+    pem = tmp_path / "rsa-1.pem"  # the file name is the key id
+    pem.write_bytes(
+        idp.keys[0]
+        .private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    settings = {**jwt_settings(idp), "jwt_jwks_url": None, "jwt_public_keys": [pem]}
+    mcp = await gateway(**settings)
+    hits = idp.hits
+    assert await status_for(mcp, idp.token()) == (200, None)
+    assert await status_for(mcp, idp.token(idp.keys[1])) == (401, "invalid_token")  # kid ec-1: no such file
+    assert idp.hits == hits  # no JWKS involved
+
+
+@pytest.mark.parametrize("keys", ["both", "neither"])
+def test_jwt_keys_come_from_exactly_one_place(idp: FakeIdentityProvider, tmp_path: Path, keys: str) -> None:
+    pem = tmp_path / "k.pem"
+    pem.write_bytes(
+        idp.keys[0]
+        .private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    extra = {"jwt_public_keys": [pem]} if keys == "both" else {"jwt_jwks_url": None}
+    with pytest.raises(ValidationError, match="give one"):
+        Settings(command=["true"], **{**jwt_settings(idp), **extra})

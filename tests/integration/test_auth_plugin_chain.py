@@ -94,3 +94,17 @@ def test_chain_configuration_is_checked() -> None:
         Settings(command=["true"], auth="chain", auth_chain=["whoami"])
     with pytest.raises(ValidationError, match="auth_chain"):
         Settings(command=["true"], auth="chain", auth_chain=["none"])
+
+
+@pytest.mark.parametrize(("token", "starts"), [("team-svc", True), ("intruder", False)], ids=["accepted", "refused"])
+async def test_startup_token_is_verified_before_serving(token: str, starts: bool) -> None:
+    settings = make_settings(auth="plugin", plugin="tests.auth_plugin:make_verifier", startup_token=token, **PUBLIC)
+    runner = web.AppRunner(create_app(settings))
+    try:
+        if starts:
+            await runner.setup()
+        else:
+            with pytest.raises(AuthStartupError, match="startup token was refused"):
+                await runner.setup()
+    finally:
+        await runner.cleanup()
