@@ -478,7 +478,10 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective configuration as JSON-ready data, secrets masked."""
-        return self.model_dump(mode="json")
+        data = self.model_dump(mode="json")
+        # A plugin's options are free-form and may hold its credentials: show only their names.
+        data["plugin_options"] = dict.fromkeys(self.plugin_options, "**********")
+        return data
 
 
 def describe_errors(error: ValidationError) -> list[str]:

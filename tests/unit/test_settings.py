@@ -91,6 +91,25 @@ def test_cli_check_prints_effective_configuration_redacted(capsys: pytest.Captur
     assert printed["child_env"] == {"TOKEN": "**********"}
 
 
+def test_check_masks_every_secret(capsys: pytest.CaptureFixture[str]) -> None:
+    secrets = {"client-secret-1", "startup-token-2", "plugin-key-3"}
+    env = {
+        "MCP_GATEWAY_AUTH": "introspection",
+        "MCP_GATEWAY_INTROSPECTION_URL": "https://auth.example/introspect",
+        "MCP_GATEWAY_INTROSPECTION_CLIENT_ID": "gw",
+        "MCP_GATEWAY_INTROSPECTION_CLIENT_SECRET": "client-secret-1",
+        "MCP_GATEWAY_STARTUP_TOKEN": "startup-token-2",
+        "MCP_GATEWAY_PLUGIN_OPTIONS": '{"api_key": "plugin-key-3"}',
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        assert cli.main(["check", "--", PY]) == 0
+    printed = capsys.readouterr().out
+    assert not any(secret in printed for secret in secrets)
+    assert json.loads(printed)["plugin_options"] == {"api_key": "**********"}
+
+
 def test_cli_check_reports_problems_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["check", "--port", "x", "--mcp-path", "/health"]) == cli.EXIT_CONFIG
     err = capsys.readouterr().err
