@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
-from gateway.auth import Principal
+from gateway.auth import ANONYMOUS, Principal
 from gateway.auth.identity import IdentityIssuer
 from gateway.errors import GatewayError
 from gateway.sessions.child import Child, ChildSpec
@@ -135,7 +135,9 @@ class SessionStore:
                 "The gateway is at its session limit; try again later",
                 retry_after=CAPACITY_RETRY_AFTER,
             )
-        if self._per_owner[owner] >= self._limits.max_per_principal:
+        # Without authentication every client is the same anonymous principal: only the global
+        # cap can tell them apart.
+        if principal is not ANONYMOUS and self._per_owner[owner] >= self._limits.max_per_principal:
             raise GatewayError(
                 "too_many_sessions_for_principal",
                 "Too many open sessions for this principal; end one (DELETE) or try again later",

@@ -236,3 +236,13 @@ async def test_static_comparison_visits_every_entry(gateway: Gateway, monkeypatc
             pass
         assert len(compared) >= 2
         assert {bytes.fromhex(digest_of(ALICE)), bytes.fromhex(digest_of(BOB))} <= set(compared)
+
+
+async def test_without_authentication_only_the_global_cap_counts(gateway: Gateway) -> None:
+    """Every client is 'anonymous' when authentication is off: the per-principal cap must not
+    turn into a tiny global one."""
+    mcp = await gateway(max_sessions_per_principal=1, max_sessions=3)
+    for _ in range(3):
+        await Mcp(mcp.http).initialize()
+    async with mcp.http.post("/mcp", json=INIT, headers={"Accept": ACCEPT_BOTH}) as response:
+        assert response.status == 503  # the global cap, not 429
