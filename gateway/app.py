@@ -1,7 +1,7 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
-Middleware order (outermost first): error rendering, then authentication of the MCP endpoint
-(so every refusal, 401s included, is rendered the same way). CORS headers are added as
+Middleware order (outermost first): error rendering, the client's address, then authentication
+of the MCP endpoint (so every refusal, 401s included, is rendered the same way). CORS headers are added as
 responses are prepared, so streamed responses carry them too. Resources are `cleanup_ctx`
 pairs, set up in order and torn down in reverse: the identity provider's side first (verifier
 and discovery; a backend that does not answer stops startup before anything is spawned), then
@@ -26,6 +26,7 @@ from gateway.auth.discovery import protected_resource_metadata
 from gateway.auth.identity import IdentityIssuer
 from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.auth.verifiers import AuthStartupError, build_verifier, check_startup_token
+from gateway.clientip import client_ip_middleware
 from gateway.errors import error_middleware
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
@@ -46,7 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app = web.Application(
         client_max_size=settings.max_message_bytes + BODY_SLACK,
-        middlewares=[error_middleware, auth_middleware(authenticator)],
+        middlewares=[error_middleware, client_ip_middleware(settings.proxy_networks()), auth_middleware(authenticator)],
     )
     app[keys.SETTINGS] = settings
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)

@@ -21,6 +21,8 @@ VERIFIER = web.AppKey[TokenVerifier | None]("token_verifier")
 AS_METADATA = web.AppKey[AuthorizationServerMetadata | None]("authorization_server_metadata")
 STARTED_AT = web.AppKey("started_at", float)
 
+# Per request: the client's address (see clientip.py).
+CLIENT_IP = web.RequestKey("client_ip", str)
 # Per request: who is calling (set by the auth middleware on the MCP endpoint).
 PRINCIPAL = web.RequestKey("principal", Principal)
 # Per request: the bearer token it authenticated with (absent when authentication is off).

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         300.0, gt=0, description="Seconds a request may go without an answer or progress before it is cancelled."
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR) of proxies whose X-Real-IP / X-Forwarded-For are believed (e.g. 172.18.0.0/16).",
+    )
     allowed_origins: Annotated[list[str], NoDecode] = Field(
         list(DEFAULT_ALLOWED_ORIGINS),
         description="Origins browsers may call from ('scheme://host:port', ':*' for any port, '*' for all).",
@@ -225,6 +229,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "child_env_allow",
+        "trusted_proxies",
         "allowed_origins",
         "required_scopes",
         "authorization_servers",
@@ -281,6 +286,22 @@ class Settings(BaseSettings):
         if shutil.which(value[0], path=path) is None:
             raise ValueError(f"{value[0]!r} is not an executable on the child's PATH")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        bad = []
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                bad.append(network)
+        if bad:
+            raise ValueError(f"not networks (like 172.18.0.0/16 or 10.0.0.5): {', '.join(map(repr, bad))}")
+        return value
+
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(network, strict=False) for network in self.trusted_proxies]
 
     @field_validator("allowed_origins")
     @classmethod

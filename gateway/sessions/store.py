@@ -54,10 +54,11 @@ class SessionLimits:
 class Session:
     """One client session: its child process, its router, its clocks."""
 
-    __slots__ = ("active", "child", "closing", "created", "id", "idle_since", "owner", "router")
+    __slots__ = ("active", "child", "client_ip", "closing", "created", "id", "idle_since", "owner", "router")
 
-    def __init__(self, session_id: str, owner: str, router: Router) -> None:
+    def __init__(self, session_id: str, owner: str, router: Router, client_ip: str) -> None:
         self.id = session_id
+        self.client_ip = client_ip
         self.owner = owner  # the principal's key: sessions are never credentials
         self.router = router
         self.child: Child | None = None
@@ -121,7 +122,7 @@ class SessionStore:
             return None
         return session
 
-    async def open(self, principal: Principal, token: str | None = None) -> Session:
+    async def open(self, principal: Principal, token: str | None = None, client_ip: str = "") -> Session:
         """Spawn the child of a new, not yet published session for `principal`.
 
         `token` is the bearer token it authenticated with, for configured token-to-environment.
@@ -157,7 +158,7 @@ class SessionStore:
             violation_limit=self._limits.violation_limit,
             on_close=on_close,
         )
-        session = Session(session_id, owner, router)
+        session = Session(session_id, owner, router, client_ip)
         self._starting += 1
         self._per_owner[owner] += 1
         try:
@@ -184,6 +185,7 @@ class SessionStore:
                 "session": session.id[:8],
                 "pid": session.child.pid if session.child else None,
                 "protocol_version": session.protocol_version,
+                "client_ip": session.client_ip,
             },
         )
 

@@ -204,7 +204,7 @@ async def _initialize(request: web.Request, message: Message, json_ok: bool, sse
     """Spawn a child for a new session and answer its `initialize` (the session exists only on success)."""
     app = request.app
     store = app[keys.SESSIONS]
-    session = await store.open(request[keys.PRINCIPAL], request.get(keys.BEARER))
+    session = await store.open(request[keys.PRINCIPAL], request.get(keys.BEARER), request[keys.CLIENT_IP])
     exchange: Exchange | None = None
     published = False
     try:

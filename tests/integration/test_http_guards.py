@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gateway import keys
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp
 
 Gateway = Callable[..., Awaitable[Mcp]]
@@ -247,3 +248,15 @@ async def test_cors_for_allowed_browser_origins(gateway: Gateway) -> None:
     async with mcp.http.get("/mcp", headers=stream_headers) as stream:
         assert stream.content_type == "text/event-stream"
         assert stream.headers["Access-Control-Allow-Origin"] == "https://app.example"
+
+
+@pytest.mark.parametrize(("trusted", "expected"), [([], "127.0.0.1"), (["127.0.0.0/8"], "198.51.100.9")])
+async def test_session_records_the_client_ip(gateway: Gateway, trusted: list[str], expected: str) -> None:
+    mcp = await gateway(trusted_proxies=trusted)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": LATEST}}
+    spoofed = {"Accept": ACCEPT_BOTH, "X-Real-IP": "198.51.100.9", "X-Forwarded-For": "6.6.6.6"}
+    async with mcp.http.post("/mcp", json=init, headers=spoofed) as response:
+        assert response.status == 200
+    store = mcp.http.app[keys.SESSIONS]
+    [session] = list(store)
+    assert session.client_ip == expected
