@@ -41,6 +41,8 @@ def _trusted(address: Address, networks: Sequence[Network]) -> bool:
 
 def client_ip(peer: str | None, headers: CIMultiDictProxy[str], trusted: Sequence[Network]) -> str:
     """The client's address for a request from `peer` carrying `headers`."""
+    if not trusted and peer and ":" not in peer:
+        return peer  # the common case, an IPv4 peer and no proxy: nothing to parse
     peer_address = parse_address(peer)
     if peer_address is None:
         return peer or "unknown"

@@ -72,8 +72,8 @@ class Message:
         return f"Message({self.kind.value}, method={self.method!r}, id={self.id!r})"
 
 
-def _valid_id(value: object) -> bool:
-    # MCP request ids are strings or integers; JSON booleans are not numbers here.
+def is_request_id(value: object) -> bool:
+    """MCP request ids are strings or integers; JSON booleans are not numbers here."""
     return isinstance(value, str | int) and not isinstance(value, bool)
 
 
@@ -93,7 +93,7 @@ def classify(value: object) -> Message:
         if "id" not in value:
             return Message(Kind.NOTIFICATION, value, method, None)
         msg_id = value["id"]
-        if not _valid_id(msg_id):
+        if not is_request_id(msg_id):
             raise InvalidMessage('a request "id" must be a string or an integer')
         return Message(Kind.REQUEST, value, method, msg_id)
     if "result" in value or "error" in value:
@@ -101,7 +101,7 @@ def classify(value: object) -> Message:
             raise InvalidMessage('a response carries exactly one of "result" and "error"')
         msg_id = value.get("id")
         # An error answering a message whose id could not be read carries a null id.
-        if not (_valid_id(msg_id) or (msg_id is None and "error" in value)):
+        if not (is_request_id(msg_id) or (msg_id is None and "error" in value)):
             raise InvalidMessage('a response "id" must be a string or an integer')
         if "error" in value and not _valid_error(value["error"]):
             raise InvalidMessage('"error" must be an object with an integer "code" and a "message"')
@@ -141,7 +141,7 @@ def leading_id(text: bytes | bytearray) -> RequestId | None:
     if match is None:
         return None
     value = json.loads(match.group(1))
-    return value if _valid_id(value) else None
+    return value if is_request_id(value) else None
 
 
 def replace_id(text: bytes | bytearray, expected: RequestId | None, replacement: RequestId | None) -> bytes | None:

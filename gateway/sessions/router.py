@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -203,13 +204,8 @@ class Router:
         gateway_id = jsonrpc.leading_id(head)
         entry = self._pending.pop(gateway_id, None) if type(gateway_id) is int else None
         if entry is not None:
-            exchange, client_id = entry
-            error = jsonrpc.error_response(
-                client_id,
-                jsonrpc.INTERNAL_ERROR,
-                f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit",
-            )
-            self._deliver_response(exchange, jsonrpc.encode(error))
+            message = f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit"
+            self._answer_error(*entry, jsonrpc.INTERNAL_ERROR, message)
 
     def child_exited(self, returncode: int | None) -> None:
         if returncode is None:
@@ -260,6 +256,10 @@ class Router:
                 return
         self.get_stream.push(payload)
 
+    def _answer_error(self, exchange: Exchange, client_id: RequestId | None, code: int, message: str) -> None:
+        """Answer a request the child will not answer (any more) with a JSON-RPC error."""
+        self._deliver_response(exchange, jsonrpc.encode(jsonrpc.error_response(client_id, code, message)))
+
     def _deliver_response(self, exchange: Exchange, payload: bytes) -> None:
         exchange.waiting -= 1
         final = exchange.waiting == 0
@@ -305,11 +305,11 @@ class Router:
             if entry is None:
                 continue
             # MCP forbids cancelling initialize; that session is discarded instead.
-            if self.child is not None and self.child.running and not exchange.initialize:
+            if self.child is not None and not exchange.initialize:
                 cancel = jsonrpc.notification("notifications/cancelled", {"requestId": gateway_id, "reason": message})
-                self.child.send(jsonrpc.encode(cancel))
-            error = jsonrpc.error_response(entry[1], jsonrpc.REQUEST_TIMEOUT, message)
-            self._deliver_response(exchange, jsonrpc.encode(error))
+                with contextlib.suppress(ChildGone):  # a child that stopped reading is past cancelling
+                    self.child.send(jsonrpc.encode(cancel))
+            self._answer_error(exchange, entry[1], jsonrpc.REQUEST_TIMEOUT, message)
 
     def _violation(self, what: str, sample: bytes | None) -> None:
         self.violations += 1
@@ -328,8 +328,7 @@ class Router:
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
         for exchange, client_id in pending.values():
-            error = jsonrpc.error_response(client_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}")
-            self._deliver_response(exchange, jsonrpc.encode(error))
+            self._answer_error(exchange, client_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}")
         self.get_stream.finish()
 
     def close(self, reason: str) -> None:

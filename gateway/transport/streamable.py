@@ -73,15 +73,15 @@ async def _post(request: web.Request) -> web.StreamResponse:
         if is_batch:
             raise GatewayError("invalid_message", "initialize must not be part of a batch")
         if SESSION_HEADER in request.headers:
-            raise GatewayError("already_initialized", "This session is already initialized", request_id=request_id)
+            raise GatewayError("already_initialized", "This session is already initialized")
         return await _initialize(request, first, json_ok, sse_ok)
-    session = _session_for(request, request_id, stateless=_is_modern(first))
+    session = _session_for(request, stateless=_is_modern(first))
     if is_batch and session.protocol_version != BATCH_VERSION:
         raise GatewayError("batch_not_allowed", "JSON-RPC batches require protocol version 2025-03-26")
     session.enter()
     try:
         exchange = _submit(session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok)
-        await _drain(session, request_id)
+        await _drain(session)
         if exchange is None:
             return web.Response(status=202)
         return await _answer(
@@ -108,8 +108,9 @@ def _parse(body: bytes) -> tuple[list[Message], bool]:
     try:
         return [jsonrpc.classify(item) for item in items], is_batch
     except jsonrpc.InvalidMessage as exc:
+        # Raised before the id is recorded for handle_post: name it here when it can be read.
         request_id = value.get("id") if isinstance(value, dict) else None
-        rid = request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
+        rid = request_id if jsonrpc.is_request_id(request_id) else None
         raise GatewayError("invalid_message", f"Invalid Request: {exc}", request_id=rid) from None
 
 
@@ -118,7 +119,7 @@ def _is_modern(message: Message) -> bool:
     return isinstance(meta, dict) and MODERN_META_KEY in meta
 
 
-def _session_for(request: web.Request, request_id: jsonrpc.RequestId | None, *, stateless: bool = False) -> Session:
+def _session_for(request: web.Request, *, stateless: bool = False) -> Session:
     """The session named by the request, checked against its negotiated protocol version."""
     session_id = request.headers.get(SESSION_HEADER)
     if session_id is None:
@@ -126,23 +127,19 @@ def _session_for(request: web.Request, request_id: jsonrpc.RequestId | None, *, 
             raise GatewayError(
                 "stateless_request",
                 "Bad Request: this endpoint serves MCP sessions; send initialize first",
-                request_id=request_id,
             )
-        raise GatewayError("session_required", "Bad Request: Mcp-Session-Id header is required", request_id=request_id)
+        raise GatewayError("session_required", "Bad Request: Mcp-Session-Id header is required")
     session = request.app[keys.SESSIONS].get(session_id, request[keys.PRINCIPAL].key)
     if session is None:
-        raise GatewayError("session_not_found", "Session not found", request_id=request_id)
+        raise GatewayError("session_not_found", "Session not found")
     version = request.headers.get(VERSION_HEADER)
     if version is not None and version != session.protocol_version:
         if version in LEGACY_VERSIONS:
             raise GatewayError(
                 "protocol_version_mismatch",
                 f"Bad Request: MCP-Protocol-Version {version} does not match the session's version",
-                request_id=request_id,
             )
-        raise GatewayError(
-            "unsupported_protocol_version", "Bad Request: unsupported MCP-Protocol-Version", request_id=request_id
-        )
+        raise GatewayError("unsupported_protocol_version", "Bad Request: unsupported MCP-Protocol-Version")
     return session
 
 
@@ -155,13 +152,11 @@ def _submit(
         raise GatewayError("session_not_found", "Session not found: its MCP server has exited") from None
 
 
-async def _drain(session: Session, request_id: jsonrpc.RequestId | None) -> None:
+async def _drain(session: Session) -> None:
     try:
         await session.router.drain()
     except StdinStalled:
-        raise GatewayError(
-            "upstream_stalled", "The MCP server is not reading its input", request_id=request_id
-        ) from None
+        raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
     except ChildGone:
         pass  # the exchange is failed by the router with the exit reason
 
@@ -211,7 +206,7 @@ async def _initialize(request: web.Request, message: Message, json_ok: bool, sse
         exchange = _submit(session, [message], raw=None, is_batch=False, sse_ok=sse_ok)
         if exchange is None:  # pragma: no cover - an initialize request always opens an exchange
             raise GatewayError("internal_error", "Internal error")
-        await _drain(session, message.id)
+        await _drain(session)
         # Wait for the whole answer before choosing: the session id is issued only on success.
         while not exchange.finished:
             await exchange.wait(app[keys.SETTINGS].request_timeout, after=exchange.next_seq - 1)
@@ -247,7 +242,7 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
     _, sse_ok = accepted(request.headers.get("Accept"))
     if not sse_ok:
         raise GatewayError("not_acceptable", "Accept must include text/event-stream")
-    session = _session_for(request, None)
+    session = _session_for(request)
     router = session.router
     last_event = request.headers.get(LAST_EVENT_HEADER)
     stream = router.get_stream if last_event is None else _resume(router, last_event)
@@ -281,6 +276,6 @@ def _resume(router: Router, last_event: str) -> Stream:
 async def handle_delete(request: web.Request) -> web.StreamResponse:
     app = request.app
     check_origin(request, app[keys.ORIGINS])
-    session = _session_for(request, None)
+    session = _session_for(request)
     await app[keys.SESSIONS].close(session, "client")
     return web.Response(status=204)

@@ -73,3 +73,15 @@ async def test_backlog_without_a_reader_keeps_the_newest(gateway: Gateway, caplo
         seqs = [(await read_event(stream))[1]["params"]["seq"] for _ in range(BACKLOG_MESSAGES)]
     assert seqs == list(range(88, count))
     assert any("messages dropped" in record.getMessage() for record in caplog.records)
+
+
+async def test_timeout_after_the_child_closed_its_input(gateway: Gateway) -> None:
+    """The deadline still answers when the cancellation can no longer be written to the child."""
+    mcp = await gateway("--ignore-stdin-eof", request_timeout=0.5)
+    await mcp.initialize()
+    assert text_of(await mcp.call_tool("close_stdin", delay=0.2)) == "closing"
+    request = {"jsonrpc": "2.0", "id": "h", "method": "tools/call", "params": {"name": "hang", "arguments": {}}}
+    status, messages = await asyncio.wait_for(mcp.post(request), WAIT)
+    assert status == 200
+    assert messages[-1]["id"] == "h"
+    assert messages[-1]["error"]["code"] == -32001

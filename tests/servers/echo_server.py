@@ -70,6 +70,7 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
         _schema(count="integer", size="integer"),
     ),
     "stop_reading": ("Answer, then stop reading stdin for good (writes to us pile up).", _schema()),
+    "close_stdin": ("Answer, then close stdin after `delay` seconds (keep running).", _schema(delay="number")),
     "env": ("Answer with the process environment as JSON.", _schema()),
     "cwd": ("Answer with the working directory.", _schema()),
     "pid": ("Answer with the process id.", _schema()),
@@ -303,6 +304,10 @@ class EchoServer:
             for seq in range(_arg(args, "count", int, 1)):
                 self.notify("notifications/flood", {"seq": seq, "data": payload})
             return _text("flooded")
+        if name == "close_stdin":
+            delay = _arg(args, "delay", (int, float), 0.0)
+            asyncio.get_running_loop().call_later(delay, self.close_stdin)
+            return _text("closing")
         if name == "stop_reading":
             if self.stdin is not None:
                 self.stdin.pause_reading()
@@ -321,6 +326,11 @@ class EchoServer:
         if name == "cancelled":
             return _text(json.dumps(self.cancellations, separators=(",", ":")))
         raise RpcError(-32602, f"Unknown tool: {name}")
+
+    def close_stdin(self) -> None:
+        if self.stdin is not None:
+            self.stdin.close()
+        os.close(0)  # sys.stdin never closes descriptor 0 itself (closefd=False)
 
     async def ask_client(self, method: str, params: JsonObj, pong: bool = False) -> JsonObj:
         """Send a server->client request and turn the client's answer into a tool result."""
