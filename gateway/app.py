@@ -1,11 +1,14 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
-Middleware order (outermost first): error rendering, the client's address, then authentication
-of the MCP endpoint (so every refusal, 401s included, is rendered the same way). CORS headers are added as
+Middleware order (outermost first): the request id (so every response, refusals included, names
+its request), error rendering, the client's address, then authentication of the MCP endpoint (so
+every refusal, 401s included, is rendered the same way). CORS and request-id headers are added as
 responses are prepared, so streamed responses carry them too. Resources are `cleanup_ctx`
-pairs, set up in order and torn down in reverse: the identity provider's side first (verifier
-and discovery; a backend that does not answer stops startup before anything is spawned), then
-the orphan guard (so it outlives every child), then the session store. On shutdown the store
+pairs, set up in order and torn down in reverse: the audit log (it records the configuration
+first and the last child's exit last), the metrics listener when it has a port of its own, the
+identity provider's side (verifier and discovery; a backend that does not answer stops startup
+before anything is spawned), then the orphan guard (so it outlives every child), then the
+session store. On shutdown the store
 stops taking sessions and ends open GET streams so that aiohttp's graceful drain can finish;
 the in-flight POSTs get the shutdown budget; then every child is stopped, in parallel.
 """
@@ -13,13 +16,15 @@ the in-flight POSTs get the shutdown budget; then every child is stopped, in par
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from gateway import __version__, health, keys
+from gateway import __version__, health, keys, metrics, requestid
+from gateway.audit import Audit
 from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
@@ -28,12 +33,15 @@ from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.auth.verifiers import AuthStartupError, build_verifier, check_startup_token
 from gateway.clientip import client_ip_middleware
 from gateway.errors import error_middleware
+from gateway.metrics import Metrics
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionLimits, SessionStore
 from gateway.settings import Settings
 from gateway.transport import cors, streamable
 from gateway.transport.guards import OriginPolicy
+
+log = logging.getLogger("gateway")
 
 # Bytes of slack over the message cap for the HTTP body (whitespace, a batch's brackets).
 BODY_SLACK = 64 * 1024
@@ -47,21 +55,71 @@ def create_app(settings: Settings) -> web.Application:
     )
     app = web.Application(
         client_max_size=settings.max_message_bytes + BODY_SLACK,
-        middlewares=[error_middleware, client_ip_middleware(settings.proxy_networks()), auth_middleware(authenticator)],
+        middlewares=[
+            requestid.request_id_middleware,
+            error_middleware,
+            client_ip_middleware(settings.proxy_networks()),
+            auth_middleware(authenticator),
+        ],
     )
     app[keys.SETTINGS] = settings
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
     app[keys.STARTED_AT] = time.monotonic()
     app[keys.RESOURCE_METADATA] = protected_resource_metadata(settings)
+    app[keys.METRICS] = Metrics() if settings.metrics_enabled else None
+    app.cleanup_ctx.append(_audit_log)
+    app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
     streamable.add_routes(app, settings.mcp_path)
+    requestid.install(app)
     cors.install(app, settings.mcp_path)
     health.add_routes(app)
     discovery.add_routes(app, settings.mcp_path)
+    registry = app[keys.METRICS]
+    if registry is not None and settings.metrics_on_main_listener:
+        app.router.add_get(metrics.PATH, metrics.handler(registry, _metrics_token(settings)))
     return app
+
+
+def _metrics_token(settings: Settings) -> str | None:
+    return settings.metrics_token.get_secret_value() if settings.metrics_token is not None else None
+
+
+async def _audit_log(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    audit = app[keys.AUDIT] = Audit.to(settings.audit_log, tool_arguments=settings.audit_tool_arguments)
+    if (registry := app[keys.METRICS]) is not None:
+        audit.add_listener(registry.observe)
+    audit.record("config.loaded", version=__version__, settings=settings.redacted())
+    try:
+        yield
+    finally:
+        audit.close()
+
+
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """`/metrics` on a listener of its own, when `metrics_port` asks for one."""
+    settings = app[keys.SETTINGS]
+    registry = app[keys.METRICS]
+    if registry is None or settings.metrics_port is None:
+        if registry is not None and not settings.metrics_on_main_listener:
+            log.warning("/metrics is not served: set metrics_token, or metrics_port for a listener of its own")
+        yield
+        return
+    listener = web.Application()
+    listener.router.add_get(metrics.PATH, metrics.handler(registry, _metrics_token(settings)))
+    runner = web.AppRunner(listener, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.metrics_host, settings.metrics_port)
+        await site.start()
+        log.info("metrics listening", extra={"address": site.name})
+        yield
+    finally:
+        await runner.cleanup()
 
 
 async def _identity_provider(app: web.Application) -> AsyncIterator[None]:
@@ -113,8 +171,10 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         request_timeout=settings.request_timeout,
         violation_limit=settings.stdout_violation_limit,
     )
-    store = SessionStore(spec, limits, app[keys.GUARD], identity_issuer(settings))
+    store = SessionStore(spec, limits, app[keys.GUARD], identity_issuer(settings), app[keys.AUDIT])
     app[keys.SESSIONS] = store
+    if (registry := app[keys.METRICS]) is not None:
+        registry.watch(sessions=lambda: len(store), children=lambda: store.children)
     store.start()
     yield
     await store.aclose()

@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
-from gateway import keys
+from gateway import keys, requestid
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -66,7 +66,9 @@ def client_ip_middleware(trusted: Sequence[Network]) -> Middleware:
 
     @web.middleware
     async def record_client_ip(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[keys.CLIENT_IP] = client_ip(request.remote, request.headers, trusted)
+        address = request[keys.CLIENT_IP] = client_ip(request.remote, request.headers, trusted)
+        if (context := requestid.current()) is not None:
+            context.client_ip = address
         return await handler(request)
 
     return record_client_ip

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.audit import Audit
 from gateway.auth import Principal, TokenVerifier
 from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.jsonrpc import RequestId
+from gateway.metrics import Metrics
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -20,6 +22,8 @@ RESOURCE_METADATA = web.AppKey[bytes | None]("resource_metadata")
 VERIFIER = web.AppKey[TokenVerifier | None]("token_verifier")
 AS_METADATA = web.AppKey[AuthorizationServerMetadata | None]("authorization_server_metadata")
 STARTED_AT = web.AppKey("started_at", float)
+AUDIT = web.AppKey("audit", Audit)
+METRICS = web.AppKey[Metrics | None]("metrics")
 
 # Per request: the client's address (see clientip.py).
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -218,6 +218,21 @@ class Settings(BaseSettings):
     allow_remote_unauthenticated: bool = Field(
         False, description="Permit a non-loopback bind without authentication. Never do this on a shared network."
     )
+    audit_log: str = Field(
+        "stdout", description="Where audit lines go: stdout, stderr, a file path (reopened after rotation), or off."
+    )
+    audit_tool_arguments: bool = Field(
+        False,
+        description="Write tool and prompt arguments into audit lines, secrets redacted (default: a digest only).",
+    )
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics at /metrics.")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token /metrics requires (needed to serve it on a non-loopback main listener)."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address of the separate metrics listener (with metrics_port).")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics on this port of its own instead of the main listener."
+    )
 
     @field_validator("command", mode="before")
     @classmethod
@@ -468,6 +483,33 @@ class Settings(BaseSettings):
                 "(auth), bind 127.0.0.1, or set allow_remote_unauthenticated=true to serve everyone"
             )
         return value
+
+    @field_validator("audit_log")
+    @classmethod
+    def _check_audit_log(cls, value: str) -> str:
+        if value in ("stdout", "stderr", "off"):
+            return value
+        path = Path(value)
+        if not path.parent.is_dir():
+            raise ValueError(f"the directory of the audit log {value!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"{value!r} is a directory; give a file path, stdout, stderr or off")
+        return value
+
+    @field_validator("metrics_port")
+    @classmethod
+    def _check_metrics_listener(cls, value: int | None, info: ValidationInfo) -> int | None:
+        host = info.data.get("metrics_host")
+        if value is not None and host is not None and not is_loopback_host(host) and not info.data.get("metrics_token"):
+            raise ValueError(f"a metrics listener on {host!r} (beyond loopback) needs metrics_token")
+        return value
+
+    @property
+    def metrics_on_main_listener(self) -> bool:
+        """Whether /metrics is served by the main listener: never beyond loopback without a token."""
+        if not self.metrics_enabled or self.metrics_port is not None:
+            return False
+        return self.metrics_token is not None or is_loopback_host(self.host)
 
     @property
     def base_url(self) -> str:

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
-from gateway import keys
+from gateway import keys, requestid
 from gateway.auth import ANONYMOUS, AuthError, Principal, fingerprint
 from gateway.errors import ErrorCode, GatewayError
 
@@ -100,11 +100,14 @@ class Authenticator:
         verifier = request.app[keys.VERIFIER]
         if verifier is None:  # authentication is off (a loopback bind)
             return ANONYMOUS
+        audit = request.app[keys.AUDIT]
         try:
             token = bearer_token(request.headers)
         except ValueError:
+            audit.record("auth.fail", reason="malformed")
             raise self._refusal("invalid_request") from None
         if token is None:
+            audit.record("auth.fail", reason="missing")
             raise self._refusal(None)
         try:
             principal = await verifier.verify(token)
@@ -112,6 +115,7 @@ class Authenticator:
             log.info(
                 "authentication failed", extra={"code": error.code, "reason": error.reason, "token": fingerprint(token)}
             )
+            audit.record("auth.fail", reason=error.code, detail=error.reason, fingerprint=fingerprint(token))
             if error.code == "unavailable":
                 raise GatewayError(
                     "auth_unavailable",
@@ -122,6 +126,7 @@ class Authenticator:
         except Exception:
             # A verifier bug must not become a 401 (the client would discard a good token).
             log.exception("token verifier failed", extra={"token": fingerprint(token)})
+            audit.record("auth.fail", reason="verifier_error", fingerprint=fingerprint(token))
             raise GatewayError(
                 "auth_unavailable",
                 "Authentication is unavailable; try again later",
@@ -129,9 +134,17 @@ class Authenticator:
             ) from None
         if not self.required_scopes <= principal.scopes:
             log.info("insufficient scope", extra={"subject": principal.subject, "token": fingerprint(token)})
+            audit.record(
+                "auth.fail",
+                principal=principal,
+                reason="insufficient_scope",
+                scopes=sorted(principal.scopes),
+                fingerprint=fingerprint(token),
+            )
             raise self._refusal("insufficient_scope")
         log.debug("authenticated", extra={"subject": principal.subject, "token": fingerprint(token)})
         request[keys.BEARER] = token
+        audit.record("auth.ok", principal=principal, scopes=sorted(principal.scopes), fingerprint=fingerprint(token))
         return principal
 
 
@@ -141,7 +154,9 @@ def auth_middleware(authenticator: Authenticator) -> Middleware:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == authenticator.protected_path and request.method != "OPTIONS":
-            request[keys.PRINCIPAL] = await authenticator.authenticate(request)
+            principal = request[keys.PRINCIPAL] = await authenticator.authenticate(request)
+            if (context := requestid.current()) is not None:
+                context.principal = principal
         return await handler(request)
 
     return authenticate

@@ -40,6 +40,9 @@ class LineFramer:
         size = len(data)
         if self._discarding:
             newline = data.find(b"\n")
+            missing = OVERSIZE_HEAD_BYTES - len(self._head)
+            if missing > 0:  # the report's head spans chunks, like the line itself
+                self._head += data[: min(missing, size if newline < 0 else newline)]
             if newline < 0:
                 self._discarded += size
                 return

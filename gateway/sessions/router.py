@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 from gateway import jsonrpc
 from gateway.jsonrpc import Kind, Message, RequestId
@@ -34,14 +34,31 @@ GET_STREAM_ID: Final = 0
 # Finished SSE exchanges kept (with their bounded replay window) for a GET that resumes one:
 # the server cannot know whether a client read the end of a stream before it disconnected.
 MAX_RESUMABLE_EXCHANGES: Final = 4
+# Bytes of a violating stdout line quoted in the log and the audit: enough to recognise it.
+VIOLATION_SAMPLE: Final = 120
 
 CloseCallback = Callable[[str], None]
+# Called with the kind of violation ("not_json", "not_jsonrpc", "oversize") and a sample of it.
+ViolationCallback = Callable[[str, str | None], None]
+# How each request of an exchange ended: the child answered (ok or error), or the gateway did.
+Outcome = Literal["ok", "error", "timeout", "closed", "oversize"]
 
 
 class Exchange(Stream):
     """The requests of one POST, as the stream that carries their answers."""
 
-    __slots__ = ("deadline", "gateway_ids", "initialize", "is_batch", "streamable", "timer", "tokens", "waiting")
+    __slots__ = (
+        "deadline",
+        "gateway_ids",
+        "initialize",
+        "is_batch",
+        "outcomes",
+        "started",
+        "streamable",
+        "timer",
+        "tokens",
+        "waiting",
+    )
 
     def __init__(self, stream_id: int, router: Router, *, is_batch: bool, streamable: bool, initialize: bool) -> None:
         super().__init__(stream_id, router._congestion)
@@ -53,12 +70,23 @@ class Exchange(Stream):
         self.tokens: list[object] = []
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.started = asyncio.get_running_loop().time()
+        # gateway id → how its request ended, the answer's size and when (loop time).
+        self.outcomes: dict[int, tuple[Outcome, int, float]] = {}
 
 
 class Router:
     """Routes one session's messages. It is the child's `ChildSink`."""
 
-    def __init__(self, *, label: str, request_timeout: float, violation_limit: int, on_close: CloseCallback) -> None:
+    def __init__(
+        self,
+        *,
+        label: str,
+        request_timeout: float,
+        violation_limit: int,
+        on_close: CloseCallback,
+        on_violation: ViolationCallback | None = None,
+    ) -> None:
         self.label = label
         self.child: Child | None = None
         self.protocol_version: str | None = None
@@ -66,6 +94,7 @@ class Router:
         self._request_timeout = request_timeout
         self._violation_limit = violation_limit
         self._on_close = on_close
+        self._on_violation = on_violation
         self._pending: dict[int, tuple[Exchange, RequestId | None]] = {}
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}
@@ -191,7 +220,7 @@ class Router:
         try:
             value = jsonrpc.decode(line)
         except ValueError:
-            self._violation("stdout line is not JSON", bytes(line[:120]))
+            self._violation("not_json", "stdout line is not JSON", bytes(line[:VIOLATION_SAMPLE]))
             return
         if isinstance(value, list):  # a 2025-03-26 server may answer with a batch
             for item in value:
@@ -200,12 +229,14 @@ class Router:
             self._route(value, line)
 
     def child_oversize(self, size: int, head: bytes) -> None:
-        self._violation(f"stdout line of {size} bytes exceeds the message limit", head[:120])
+        self._violation("oversize", f"stdout line of {size} bytes exceeds the message limit", head[:VIOLATION_SAMPLE])
         gateway_id = jsonrpc.leading_id(head)
-        entry = self._pending.pop(gateway_id, None) if type(gateway_id) is int else None
+        if type(gateway_id) is not int:
+            return
+        entry = self._pending.pop(gateway_id, None)
         if entry is not None:
             message = f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit"
-            self._answer_error(*entry, jsonrpc.INTERNAL_ERROR, message)
+            self._answer_error(entry, gateway_id, jsonrpc.INTERNAL_ERROR, message, "oversize")
 
     def child_exited(self, returncode: int | None) -> None:
         if returncode is None:
@@ -226,21 +257,22 @@ class Router:
         try:
             message = jsonrpc.classify(value)
         except jsonrpc.InvalidMessage as exc:
-            self._violation(f"stdout message is not JSON-RPC: {exc}", None)
+            self._violation("not_jsonrpc", f"stdout message is not JSON-RPC: {exc}", None)
             return
         if message.kind is Kind.RESPONSE:
-            entry = self._pending.pop(message.id, None) if type(message.id) is int else None
-            if entry is None:
-                log.debug("response to no request in flight (id %r)", message.id, extra={"session": self.label})
+            gateway_id = message.id
+            entry = self._pending.pop(gateway_id, None) if type(gateway_id) is int else None
+            if entry is None or type(gateway_id) is not int:
+                log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
                 return
             exchange, client_id = entry
             if exchange.initialize:
                 self._record_version(message)
-            payload = jsonrpc.replace_id(line, message.id, client_id) if line is not None else None
+            payload = jsonrpc.replace_id(line, gateway_id, client_id) if line is not None else None
             if payload is None:
                 message.body["id"] = client_id
                 payload = jsonrpc.encode(message.body)
-            self._deliver_response(exchange, payload)
+            self._deliver_response(exchange, gateway_id, payload, "error" if "error" in message.body else "ok")
             return
         payload = _forwardable(line) or jsonrpc.encode(message.body)
         if message.method == "notifications/progress":
@@ -256,11 +288,16 @@ class Router:
                 return
         self.get_stream.push(payload)
 
-    def _answer_error(self, exchange: Exchange, client_id: RequestId | None, code: int, message: str) -> None:
+    def _answer_error(
+        self, entry: tuple[Exchange, RequestId | None], gateway_id: int, code: int, message: str, outcome: Outcome
+    ) -> None:
         """Answer a request the child will not answer (any more) with a JSON-RPC error."""
-        self._deliver_response(exchange, jsonrpc.encode(jsonrpc.error_response(client_id, code, message)))
+        exchange, client_id = entry
+        payload = jsonrpc.encode(jsonrpc.error_response(client_id, code, message))
+        self._deliver_response(exchange, gateway_id, payload, outcome)
 
-    def _deliver_response(self, exchange: Exchange, payload: bytes) -> None:
+    def _deliver_response(self, exchange: Exchange, gateway_id: int, payload: bytes, outcome: Outcome) -> None:
+        exchange.outcomes[gateway_id] = (outcome, len(payload), asyncio.get_running_loop().time())
         exchange.waiting -= 1
         final = exchange.waiting == 0
         exchange.push(payload, response=True, final=final)
@@ -309,10 +346,12 @@ class Router:
                 cancel = jsonrpc.notification("notifications/cancelled", {"requestId": gateway_id, "reason": message})
                 with contextlib.suppress(ChildGone):  # a child that stopped reading is past cancelling
                     self.child.send(jsonrpc.encode(cancel))
-            self._answer_error(exchange, entry[1], jsonrpc.REQUEST_TIMEOUT, message)
+            self._answer_error(entry, gateway_id, jsonrpc.REQUEST_TIMEOUT, message, "timeout")
 
-    def _violation(self, what: str, sample: bytes | None) -> None:
+    def _violation(self, kind: str, what: str, sample: bytes | None) -> None:
         self.violations += 1
+        if self._on_violation is not None:
+            self._on_violation(kind, sample.decode("utf-8", "replace") if sample else None)
         log.warning(
             "protocol violation by the MCP server: %s (%d of %d allowed)%s",
             what,
@@ -327,8 +366,8 @@ class Router:
 
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
-        for exchange, client_id in pending.values():
-            self._answer_error(exchange, client_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}")
+        for gateway_id, entry in pending.items():
+            self._answer_error(entry, gateway_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}", "closed")
         self.get_stream.finish()
 
     def close(self, reason: str) -> None:

@@ -10,6 +10,8 @@ Invariants:
   ones still starting.
 - A session belongs to the principal that created it: presented by anyone else, its id is
   answered as unknown.
+- Every child started is audited once as `child.spawn` and once as `child.exit`; every published
+  session once as `session.open` and once as `session.close`, with the reason it ended.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import asyncio
 import hmac
 import logging
 import secrets
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
+from gateway.audit import Audit
 from gateway.auth import ANONYMOUS, Principal
 from gateway.auth.identity import IdentityIssuer
 from gateway.errors import GatewayError
@@ -54,12 +58,24 @@ class SessionLimits:
 class Session:
     """One client session: its child process, its router, its clocks."""
 
-    __slots__ = ("active", "child", "client_ip", "closing", "created", "id", "idle_since", "owner", "router")
+    __slots__ = (
+        "active",
+        "child",
+        "client_ip",
+        "closing",
+        "created",
+        "id",
+        "idle_since",
+        "owner",
+        "principal",
+        "router",
+    )
 
-    def __init__(self, session_id: str, owner: str, router: Router, client_ip: str) -> None:
+    def __init__(self, session_id: str, principal: Principal, router: Router, client_ip: str) -> None:
         self.id = session_id
         self.client_ip = client_ip
-        self.owner = owner  # the principal's key: sessions are never credentials
+        self.principal = principal
+        self.owner = principal.key  # sessions are never credentials: each belongs to one principal
         self.router = router
         self.child: Child | None = None
         self.created = time.monotonic()
@@ -70,6 +86,10 @@ class Session:
     @property
     def protocol_version(self) -> str | None:
         return self.router.protocol_version
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child is not None else None
 
     @property
     def busy(self) -> bool:
@@ -97,20 +117,28 @@ class SessionStore:
         limits: SessionLimits,
         guard: OrphanGuard | None,
         identity: IdentityIssuer | None = None,
+        audit: Audit | None = None,
     ) -> None:
         self._spec = spec
+        self._audit = audit if audit is not None else Audit(None)
         self._identity = identity
         self._limits = limits
         self._guard = guard
         self._sessions: dict[str, Session] = {}
         self._per_owner: Counter[str] = Counter()  # live and starting sessions of each principal
         self._starting = 0
+        self._children = 0  # started and not yet stopped
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
         self.accepting = True
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    @property
+    def children(self) -> int:
+        """Child processes started and not yet stopped, of sessions in any state."""
+        return self._children
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
@@ -152,19 +180,32 @@ class SessionStore:
             if session is not None:
                 self.close_soon(session, reason)
 
+        def on_violation(kind: str, sample: str | None) -> None:
+            if session is not None:
+                self._audit.record(
+                    "child.violation",
+                    session=session,
+                    kind=kind,
+                    count=router.violations,
+                    limit=self._limits.violation_limit,
+                    sample=sample,
+                )
+
         router = Router(
             label=label,
             request_timeout=self._limits.request_timeout,
             violation_limit=self._limits.violation_limit,
             on_close=on_close,
+            on_violation=on_violation,
         )
-        session = Session(session_id, owner, router, client_ip)
+        session = Session(session_id, principal, router, client_ip)
         self._starting += 1
         self._per_owner[owner] += 1
         try:
             spec = self._spec
             if self._identity is not None:
                 spec = replace(spec, env={**spec.env, **self._identity.environment(principal, token)})
+            started = time.monotonic()
             child = await Child.spawn(spec, router, self._guard, label)
         except OSError as exc:
             self._release(owner)
@@ -174,11 +215,15 @@ class SessionStore:
             self._starting -= 1
         session.child = child
         router.child = child
+        self._children += 1
+        spawn_ms = round((time.monotonic() - started) * 1000, 3)
+        self._audit.record("child.spawn", session=session, command=self._spec.argv[0], spawn_ms=spawn_ms)
         log.info("session starting", extra={"session": label, "pid": child.pid})
         return session
 
     def publish(self, session: Session) -> None:
         self._sessions[session.id] = session
+        self._audit.record("session.open", session=session, protocol_version=session.protocol_version)
         log.info(
             "session open",
             extra={
@@ -194,10 +239,20 @@ class SessionStore:
         if session.closing:
             return
         session.closing = True
-        self._sessions.pop(session.id, None)
+        published = self._sessions.pop(session.id, None) is not None
         self._release(session.owner)
         session.router.close(reason)
-        code = await session.child.stop() if session.child is not None else None
+        if published:
+            lasted = round(time.monotonic() - session.created, 3)
+            self._audit.record("session.close", session=session, reason=reason, duration_s=lasted)
+        code = None
+        if session.child is not None:
+            try:
+                code = await session.child.stop()
+            finally:
+                self._children -= 1
+            exit_code, signal_name = exit_status(code)
+            self._audit.record("child.exit", session=session, reason=reason, exit_code=exit_code, signal=signal_name)
         log.info("session closed", extra={"session": session.id[:8], "reason": reason, "exit_code": code})
 
     def _release(self, owner: str) -> None:
@@ -255,3 +310,13 @@ class SessionStore:
             await asyncio.gather(self._reaper, return_exceptions=True)
         closing = [self.close(session, "shutdown") for session in list(self._sessions.values())]
         await asyncio.gather(*closing, *self._closing, return_exceptions=True)
+
+
+def exit_status(returncode: int | None) -> tuple[int | None, str | None]:
+    """How a child ended: its exit code, or the name of the signal that ended it."""
+    if returncode is None or returncode >= 0:
+        return returncode, None
+    try:
+        return None, signal.Signals(-returncode).name
+    except ValueError:
+        return None, str(-returncode)

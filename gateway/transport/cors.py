@@ -16,8 +16,11 @@ from gateway import keys
 from gateway.errors import GatewayError
 
 ALLOW_METHODS: Final = "GET, POST, DELETE"
-ALLOW_HEADERS: Final = "Accept, Authorization, Content-Type, Last-Event-ID, MCP-Protocol-Version, Mcp-Session-Id"
-EXPOSE_HEADERS: Final = "Mcp-Session-Id, WWW-Authenticate"
+ALLOW_HEADERS: Final = (
+    "Accept, Authorization, Content-Type, Last-Event-ID, MCP-Protocol-Version, Mcp-Session-Id, "
+    "X-Request-ID, traceparent"
+)
+EXPOSE_HEADERS: Final = "Mcp-Session-Id, WWW-Authenticate, X-Request-ID"
 PREFLIGHT_MAX_AGE: Final = "600"  # seconds a browser may cache a preflight answer
 
 

@@ -13,6 +13,7 @@ body is an ordinary JSON-RPC error, so dual-era clients fall back to `initialize
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Final
@@ -20,8 +21,9 @@ from typing import Final
 from aiohttp import web
 
 from gateway import jsonrpc, keys
+from gateway.audit import describe_request
 from gateway.errors import GatewayError
-from gateway.jsonrpc import Message
+from gateway.jsonrpc import Kind, Message
 from gateway.sessions.child import ChildGone, StdinStalled
 from gateway.sessions.router import Exchange, Router
 from gateway.sessions.store import Session
@@ -74,11 +76,12 @@ async def _post(request: web.Request) -> web.StreamResponse:
             raise GatewayError("invalid_message", "initialize must not be part of a batch")
         if SESSION_HEADER in request.headers:
             raise GatewayError("already_initialized", "This session is already initialized")
-        return await _initialize(request, first, json_ok, sse_ok)
+        return await _initialize(request, first, json_ok, sse_ok, body_size=len(body))
     session = _session_for(request, stateless=_is_modern(first))
     if is_batch and session.protocol_version != BATCH_VERSION:
         raise GatewayError("batch_not_allowed", "JSON-RPC batches require protocol version 2025-03-26")
     session.enter()
+    exchange = None
     try:
         exchange = _submit(session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok)
         await _drain(session)
@@ -94,6 +97,8 @@ async def _post(request: web.Request) -> web.StreamResponse:
         )
     finally:
         session.leave()
+        if exchange is not None:
+            _audit_requests(request, session, messages, exchange, body_size=None if is_batch else len(body))
 
 
 def _parse(body: bytes) -> tuple[list[Message], bool]:
@@ -112,6 +117,29 @@ def _parse(body: bytes) -> tuple[list[Message], bool]:
         request_id = value.get("id") if isinstance(value, dict) else None
         rid = request_id if jsonrpc.is_request_id(request_id) else None
         raise GatewayError("invalid_message", f"Invalid Request: {exc}", request_id=rid) from None
+
+
+def _audit_requests(
+    request: web.Request, session: Session, messages: list[Message], exchange: Exchange, *, body_size: int | None
+) -> None:
+    """One `mcp.request` audit event per request of a POST, once its answer is sent (or abandoned)."""
+    audit = request.app[keys.AUDIT]
+    if not audit.active:
+        return
+    now = asyncio.get_running_loop().time()
+    requests = [message for message in messages if message.kind is Kind.REQUEST]
+    for message, gateway_id in zip(requests, exchange.gateway_ids, strict=False):
+        # No outcome: the client went away before the answer came.
+        outcome, bytes_out, answered = exchange.outcomes.get(gateway_id, ("abandoned", 0, now))
+        audit.record(
+            "mcp.request",
+            session=session,
+            **describe_request(message.method or "", message.params, with_arguments=audit.tool_arguments),
+            outcome=outcome,
+            duration_ms=round((answered - exchange.started) * 1000, 3),
+            bytes_in=body_size if body_size is not None else len(jsonrpc.encode(message.body)),
+            bytes_out=bytes_out,
+        )
 
 
 def _is_modern(message: Message) -> bool:
@@ -195,7 +223,9 @@ async def _answer(
         router.release(exchange, streamed=streamed)
 
 
-async def _initialize(request: web.Request, message: Message, json_ok: bool, sse_ok: bool) -> web.StreamResponse:
+async def _initialize(
+    request: web.Request, message: Message, json_ok: bool, sse_ok: bool, *, body_size: int
+) -> web.StreamResponse:
     """Spawn a child for a new session and answer its `initialize` (the session exists only on success)."""
     app = request.app
     store = app[keys.SESSIONS]
@@ -229,6 +259,7 @@ async def _initialize(request: web.Request, message: Message, json_ok: bool, sse
     finally:
         if exchange is not None:
             session.router.release(exchange, streamed=False)
+            _audit_requests(request, session, [message], exchange, body_size=body_size)
         if not published:
             await store.close(session, "initialize_failed")
 

@@ -1,0 +1,156 @@
+"""Prometheus metrics: counted from the audit event feed, exposed as text at `/metrics`.
+
+The registry belongs to the application (never the process-global default), so two apps in one
+process never share or collide. Counters follow the events `audit.py` records; the live gauges
+read the session store when scraped. Label values come from closed sets (methods the MCP spec
+defines, the gateway's own reason codes): a client cannot grow the number of series.
+
+`/metrics` is served on the main listener, or on a listener of its own (`metrics_port`); with a
+`metrics_token` it takes that bearer token only. On a main listener bound beyond loopback and
+without a token it is not served at all: session counts and principals' activity are not public.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from gateway import __version__
+from gateway.audit import EventName
+
+log = logging.getLogger("gateway.metrics")
+
+NAMESPACE: Final = "mcp_gateway"
+PATH: Final = "/metrics"
+# Methods counted under their own name; any other method is counted as "other".
+KNOWN_METHODS: Final = frozenset(
+    {
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+    }
+)
+# Spawning is fork+exec (milliseconds); requests span a ping (sub-millisecond) to long tool calls.
+SPAWN_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+REQUEST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The gateway's metrics, updated from audit events."""
+
+    def __init__(self) -> None:
+        registry = self.registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        Gauge(f"{NAMESPACE}_info", "Gateway version", ["version"], registry=registry).labels(__version__).set(1)
+        self.sessions = Gauge(f"{NAMESPACE}_sessions", "Live sessions", registry=registry)
+        self.children = Gauge(f"{NAMESPACE}_children", "Running child processes", registry=registry)
+        self.sessions_opened = Counter(f"{NAMESPACE}_sessions_opened", "Sessions opened", registry=registry)
+        self.sessions_closed = Counter(
+            f"{NAMESPACE}_sessions_closed", "Sessions closed, by reason", ["reason"], registry=registry
+        )
+        self.spawn_seconds = Histogram(
+            f"{NAMESPACE}_spawn_seconds", "Time to start a child process", buckets=SPAWN_BUCKETS, registry=registry
+        )
+        self.request_seconds = Histogram(
+            f"{NAMESPACE}_request_duration_seconds",
+            "MCP request latency through the gateway, by method",
+            ["method"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            f"{NAMESPACE}_requests", "MCP requests, by method and outcome", ["method", "outcome"], registry=registry
+        )
+        self.bytes_received = Counter(
+            f"{NAMESPACE}_received_bytes", "Bytes of MCP requests received from clients", registry=registry
+        )
+        self.bytes_sent = Counter(
+            f"{NAMESPACE}_sent_bytes", "Bytes of MCP responses sent to clients", registry=registry
+        )
+        self.ratelimit_blocks = Counter(
+            f"{NAMESPACE}_ratelimit_blocks", "Requests refused by a rate limit, by limit", ["limit"], registry=registry
+        )
+        self.auth_failures = Counter(
+            f"{NAMESPACE}_auth_failures", "Failed authentications, by reason", ["reason"], registry=registry
+        )
+        self.child_violations = Counter(
+            f"{NAMESPACE}_child_violations",
+            "Protocol violations by child processes, by kind",
+            ["kind"],
+            registry=registry,
+        )
+        self._handlers: dict[EventName, Callable[[Mapping[str, Any]], None]] = {
+            "session.open": lambda _: self.sessions_opened.inc(),
+            "session.close": lambda fields: self.sessions_closed.labels(fields["reason"]).inc(),
+            "child.spawn": lambda fields: self.spawn_seconds.observe(fields["spawn_ms"] / 1000),
+            "mcp.request": self._request,
+            "ratelimit.block": lambda fields: self.ratelimit_blocks.labels(fields["limit"]).inc(),
+            "auth.fail": lambda fields: self.auth_failures.labels(fields["reason"]).inc(),
+            "child.violation": lambda fields: self.child_violations.labels(fields["kind"]).inc(),
+        }
+
+    def watch(self, sessions: Callable[[], int], children: Callable[[], int]) -> None:
+        """Read the live gauges from the session store at each scrape."""
+        self.sessions.set_function(lambda: float(sessions()))
+        self.children.set_function(lambda: float(children()))
+
+    def observe(self, event: EventName, fields: Mapping[str, Any]) -> None:
+        handler = self._handlers.get(event)
+        if handler is not None:
+            handler(fields)
+
+    def _request(self, fields: Mapping[str, Any]) -> None:
+        method = fields["method"] if fields["method"] in KNOWN_METHODS else "other"
+        self.request_seconds.labels(method).observe(fields["duration_ms"] / 1000)
+        self.requests.labels(method, fields["outcome"]).inc()
+        self.bytes_received.inc(fields["bytes_in"])
+        self.bytes_sent.inc(fields["bytes_out"])
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def handler(metrics: Metrics, token: str | None) -> Callable[[web.Request], Any]:
+    """The `/metrics` handler; with a token, only that bearer token is answered."""
+    expected = hashlib.sha256(token.encode()).digest() if token is not None else None
+
+    async def handle_metrics(request: web.Request) -> web.Response:
+        if expected is not None:
+            scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+            offered = hashlib.sha256(presented.strip().encode()).digest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(offered, expected):
+                return web.Response(
+                    status=401,
+                    text="metrics require the metrics token\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
+        body = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return handle_metrics
