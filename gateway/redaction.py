@@ -50,9 +50,11 @@ _SECRET_SHAPES: Final = [
     ),
     # user:password@ in URLs.
     (re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+@"), f"{MASK}@"),
-    # Long hexadecimal runs: API keys, session secrets, digests of secrets.
-    (re.compile(r"\b[0-9a-fA-F]{32,}\b"), MASK),
 ]
+# Hexadecimal runs this long, mixing digits and letters, are keys, session secrets or digests of
+# secrets (a long number is not).
+_LONG_HEX: Final = re.compile(r"\b[0-9a-fA-F]{32,}\b")
+_HEX_LETTER: Final = re.compile(r"[a-fA-F]")
 # Base64 and base64url runs this long are secrets when they mix lower case, upper case and digits
 # (a word, a path or a number does not).
 _LONG_BASE64: Final = re.compile(r"[A-Za-z0-9+/_-]{32,}={0,2}")
@@ -68,10 +70,16 @@ def _mask_base64(match: re.Match[str]) -> str:
     return text
 
 
+def _mask_hex(match: re.Match[str]) -> str:
+    text = match.group(0)
+    return MASK if _HEX_LETTER.search(text) and _DIGIT.search(text) else text
+
+
 def redact_text(text: str) -> str:
     """`text` with every secret-shaped part replaced."""
     for pattern, replacement in _SECRET_SHAPES:
         text = pattern.sub(replacement, text)
+    text = _LONG_HEX.sub(_mask_hex, text)
     return _LONG_BASE64.sub(_mask_base64, text)
 
 
