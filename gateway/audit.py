@@ -45,9 +45,26 @@ EventName = Literal[
     "child.exit",
     "child.violation",
 ]
-# Envelope fields the gateway makes itself, in formats that cannot carry a secret; everything
-# else is redacted (trace ids are 32 hex digits, which the redaction rules would mask).
-_OWN_FIELDS: Final = frozenset({"schema", "ts", "event", "trace_id", "span_id", "session", "pid"})
+# Fields whose values the gateway makes itself, in formats that cannot carry a secret; every other
+# string is redacted (trace ids are 32 hex digits, which the redaction rules would mask, and
+# skipping what needs no redaction keeps an audit line cheap).
+_OWN_FIELDS: Final = frozenset(
+    {
+        "schema",
+        "ts",
+        "event",
+        "trace_id",
+        "span_id",
+        "session",
+        "pid",
+        "outcome",
+        "arguments_digest",
+        "fingerprint",
+        "reason",
+        "kind",
+        "signal",
+    }
+)
 
 Listener = Callable[[EventName, Mapping[str, Any]], None]
 
@@ -108,13 +125,11 @@ class Audit:
     def __init__(self, handler: logging.Handler | None, *, tool_arguments: bool = False) -> None:
         self.tool_arguments = tool_arguments
         self._listeners: list[Listener] = []
-        # A logger of its own, outside the logging tree: audit lines never mix with, nor get
+        # A handler of its own, outside the logging tree: audit lines never mix with, nor get
         # filtered by, the operational log configuration.
-        self._logger: logging.Logger | None = None
+        self._handler = handler
         if handler is not None:
             handler.setFormatter(logging.Formatter("%(message)s"))
-            self._logger = logging.Logger("gateway.audit", logging.INFO)
-            self._logger.addHandler(handler)
 
     @classmethod
     def to(cls, destination: str, *, tool_arguments: bool = False) -> Audit:
@@ -133,7 +148,7 @@ class Audit:
 
     @property
     def active(self) -> bool:
-        return self._logger is not None or bool(self._listeners)
+        return self._handler is not None or bool(self._listeners)
 
     def record(
         self,
@@ -151,8 +166,9 @@ class Audit:
         try:
             for listener in self._listeners:
                 listener(event, fields)
-            if self._logger is not None:
-                self._logger.info(self._line(event, session, principal, fields))
+            if self._handler is not None:
+                line = self._line(event, session, principal, fields)
+                self._handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
         except Exception:  # an audit failure must never fail the request being audited
             logging.getLogger("gateway.audit").exception("cannot record audit event %s", event)
 
@@ -170,7 +186,7 @@ class Audit:
             "schema": SCHEMA_VERSION,
             "ts": _timestamp(time.time()),
             "event": event,
-            "request_id": context.request_id if context else None,
+            "request_id": None,
             "trace_id": context.trace_id if context else None,
             "span_id": context.span_id if context else None,
             "client_ip": session.client_ip if session is not None else context.client_ip if context else None,
@@ -185,9 +201,11 @@ class Audit:
         for name, value in entry.items():
             if name not in _OWN_FIELDS and value is not None:
                 entry[name] = redact(value, by_key=by_key)
+        if context is not None:  # a request id the gateway made needs no redaction
+            chosen = context.request_id_chosen_by_client
+            entry["request_id"] = redact(context.request_id) if chosen else context.request_id
         return json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str)
 
     def close(self) -> None:
-        if self._logger is not None:
-            for handler in self._logger.handlers:
-                handler.close()
+        if self._handler is not None:
+            self._handler.close()

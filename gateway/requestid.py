@@ -41,6 +41,7 @@ class RequestContext:
 
     request: web.Request
     request_id: str
+    request_id_chosen_by_client: bool
     trace_id: str | None
     span_id: str | None
     client_ip: str | None = None
@@ -77,7 +78,9 @@ def trace_ids(value: str | None) -> tuple[str | None, str | None]:
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     trace_id, span_id = trace_ids(request.headers.get(TRACEPARENT))
-    context = RequestContext(request, incoming_id(request.headers.get(HEADER)), trace_id, span_id)
+    offered = request.headers.get(HEADER)
+    request_id = incoming_id(offered)
+    context = RequestContext(request, request_id, request_id == offered, trace_id, span_id)
     token = _current.set(context)
     try:
         response = await handler(request)
