@@ -1,6 +1,7 @@
 """Log output: one JSON object per line (default) or plain text, to stderr.
 
-Fields passed with `extra=` (session, pid, reason, …) become keys of the JSON object. Nothing
+Fields passed with `extra=` (session, pid, reason, …) become keys of the JSON object, and a
+record made while a request is handled names it (`request_id`), as the audit log does. Nothing
 here ever formats a credential; callers log fingerprints, not tokens.
 """
 
@@ -12,12 +13,18 @@ import sys
 import time
 from typing import Any, Final
 
+from gateway import requestid
+
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {key: value for key, value in vars(record).items() if key not in _STANDARD}
+    extras = {key: value for key, value in vars(record).items() if key not in _STANDARD}
+    context = requestid.current()
+    if context is not None:
+        extras.setdefault("request_id", context.request_id)
+    return extras
 
 
 class JsonFormatter(logging.Formatter):

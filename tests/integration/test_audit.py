@@ -4,7 +4,9 @@ digests and opt-in redaction, and no token in any line."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.auth.static import digest_of
+from gateway.logs import JsonFormatter
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, eventually
 
 Gateway = Callable[..., Awaitable[Mcp]]
@@ -261,3 +264,24 @@ async def test_stdout_is_the_default_destination(gateway: Gateway, capsys: pytes
     out = capsys.readouterr().out
     names = {json.loads(line)["event"] for line in out.splitlines() if line.startswith("{")}
     assert {"config.loaded", "child.spawn", "session.open", "mcp.request"} <= names
+
+
+async def test_operational_log_lines_name_the_request(gateway: Gateway) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("gateway")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        mcp = await gateway(audit_log="off")
+        async with mcp.http.post("/mcp", json=INIT, headers=mcp.headers({"X-Request-ID": "init-7"})) as response:
+            assert response.status == 200
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    starting = [line for line in lines if line["msg"] == "session starting"]
+    assert starting
+    assert starting[0]["request_id"] == "init-7"
