@@ -22,8 +22,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from limits import RateLimitItem
 
-from gateway import __version__, health, keys, metrics, requestid
+from gateway import __version__, health, keys, metrics, ratelimit, requestid
 from gateway.audit import Audit
 from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
@@ -37,7 +38,7 @@ from gateway.metrics import Metrics
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionLimits, SessionStore
-from gateway.settings import Settings
+from gateway.settings import Settings, parse_limit
 from gateway.transport import cors, streamable
 from gateway.transport.guards import OriginPolicy
 
@@ -59,7 +60,9 @@ def create_app(settings: Settings) -> web.Application:
             requestid.request_id_middleware,
             error_middleware,
             client_ip_middleware(settings.proxy_networks()),
+            ratelimit.ip_middleware(settings.mcp_path),
             auth_middleware(authenticator),
+            ratelimit.principal_middleware(settings.mcp_path),
         ],
     )
     app[keys.SETTINGS] = settings
@@ -69,6 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.METRICS] = Metrics() if settings.metrics_enabled else None
     app.cleanup_ctx.append(_audit_log)
     app.cleanup_ctx.append(_metrics_listener)
+    app.cleanup_ctx.append(_rate_limiter)
     app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)
@@ -98,6 +102,18 @@ async def _audit_log(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         audit.close()
+
+
+async def _rate_limiter(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    limits: dict[ratelimit.LimitName, list[RateLimitItem]] = {
+        name: parse_limit(getattr(settings, f"ratelimit_{name}")) for name in ratelimit.LIMIT_NAMES
+    }
+    storage = ratelimit.build_storage(settings.ratelimit_storage)
+    app[keys.LIMITER] = ratelimit.RateLimiter(
+        storage, limits, fail_open=settings.ratelimit_storage_failure == "open", audit=app[keys.AUDIT]
+    )
+    yield
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
@@ -162,10 +178,12 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         env=settings.child_environment(),
         cwd=settings.child_cwd,
         max_line_bytes=settings.max_message_bytes,
+        rlimits=settings.child_rlimits(),
     )
     limits = SessionLimits(
         max_sessions=settings.max_sessions,
         max_per_principal=settings.max_sessions_per_principal,
+        max_per_address=settings.max_sessions_per_ip,
         idle_ttl=settings.session_idle_ttl,
         max_lifetime=settings.session_max_lifetime,
         request_timeout=settings.request_timeout,

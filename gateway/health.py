@@ -22,11 +22,20 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
+    """Ready when sessions are taken, the orphan guard runs, and the rate-limit storage answers
+    (a failing storage only makes the gateway unready when it is configured to fail closed)."""
     app = request.app
     store = app[keys.SESSIONS]
+    limiter = app[keys.LIMITER]
     guard_ok = app[keys.GUARD].running
-    ready = store.accepting and guard_ok
-    body = {"ready": ready, "accepting_sessions": store.accepting, "orphan_guard": guard_ok}
+    storage_ok = await limiter.healthy()
+    ready = store.accepting and guard_ok and (storage_ok or not limiter.fails_closed)
+    body = {
+        "ready": ready,
+        "accepting_sessions": store.accepting,
+        "orphan_guard": guard_ok,
+        "ratelimit_storage": "ok" if storage_ok else "down",
+    }
     return web.json_response(body, status=200 if ready else 503)
 
 

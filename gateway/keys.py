@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aiohttp import web
 
 from gateway.audit import Audit
@@ -14,6 +16,9 @@ from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
 from gateway.transport.guards import OriginPolicy
 
+if TYPE_CHECKING:  # imported for mypy only: the rate limiter's module reads these keys
+    from gateway.ratelimit import RateLimiter  # noqa: F401 - named in the string type of LIMITER
+
 SETTINGS = web.AppKey("settings", Settings)
 ORIGINS = web.AppKey("origins", OriginPolicy)
 GUARD = web.AppKey("orphan_guard", OrphanGuard)
@@ -24,6 +29,7 @@ AS_METADATA = web.AppKey[AuthorizationServerMetadata | None]("authorization_serv
 STARTED_AT = web.AppKey("started_at", float)
 AUDIT = web.AppKey("audit", Audit)
 METRICS = web.AppKey[Metrics | None]("metrics")
+LIMITER = web.AppKey["RateLimiter"]("rate_limiter")
 
 # Per request: the client's address (see clientip.py).
 CLIENT_IP = web.RequestKey("client_ip", str)

@@ -13,13 +13,15 @@ import ipaddress
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from limits import RateLimitItem, parse_many
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -68,6 +70,27 @@ RESERVED_PATHS = frozenset({"/health", "/ready"})
 
 
 VerifierName = Literal["static", "jwt", "introspection", "whoami", "plugin"]
+
+
+MEMORY_SCHEMES: Final = ("memory://", "async+memory://")
+# `limits` async storages with a moving window (memcached has none).
+SHARED_SCHEMES: Final = (
+    "async+redis",
+    "async+rediss",
+    "async+redis+sentinel",
+    "async+redis+cluster",
+    "async+valkey",
+    "async+valkeys",
+    "async+mongodb",
+)
+
+
+def parse_limit(text: str) -> list[RateLimitItem]:
+    """`"10/second;600/minute"` as `limits` items; empty or `off` means no limit."""
+    text = text.strip()
+    if not text or text == "off":
+        return []
+    return parse_many(text)
 
 
 def _uses(info: ValidationInfo, verifier: str) -> bool:
@@ -215,6 +238,33 @@ class Settings(BaseSettings):
     )
     resource_documentation: HttpUrl | None = Field(None, description="A page about this server, for resource metadata.")
     max_sessions_per_principal: int = Field(32, ge=1, description="Most concurrent sessions one principal may hold.")
+    max_sessions_per_ip: int = Field(
+        64, ge=1, description="Most concurrent sessions one client address (an IPv6 /64) may hold."
+    )
+    ratelimit_storage: str = Field(
+        "memory://", description="Rate-limit state: memory:// (this process) or async+redis://host:6379/0 (shared)."
+    )
+    ratelimit_storage_failure: Literal["open", "closed"] = Field(
+        "open",
+        description="When the rate-limit storage fails: serve without limits (open) or refuse with 503 (closed).",
+    )
+    ratelimit_requests_ip: str = Field("600/minute", description="MCP requests per client address ('' turns it off).")
+    ratelimit_requests_principal: str = Field("1200/minute", description="MCP requests per authenticated principal.")
+    ratelimit_auth_failures_ip: str = Field(
+        "10/minute", description="Refused credentials per client address before its requests are refused unverified."
+    )
+    ratelimit_sessions_ip: str = Field("60/minute", description="Sessions started per client address.")
+    ratelimit_sessions_principal: str = Field("60/minute", description="Sessions started per authenticated principal.")
+    ratelimit_public_ip: str = Field(
+        "300/minute", description="Discovery, health and metrics requests per client address."
+    )
+    ratelimit_spawn: str = Field("20/second", description="Child processes started per second, gateway-wide.")
+    child_rlimit_as_mb: int | None = Field(None, ge=16, description="Address-space limit of each child, MiB.")
+    child_rlimit_cpu_seconds: int | None = Field(None, ge=1, description="CPU-time limit of each child, seconds.")
+    child_rlimit_nofile: int | None = Field(None, ge=8, description="Open-file limit of each child.")
+    child_rlimit_nproc: int | None = Field(
+        None, ge=1, description="Process limit of each child (counted per user ID, not per session)."
+    )
     allow_remote_unauthenticated: bool = Field(
         False, description="Permit a non-loopback bind without authentication. Never do this on a shared network."
     )
@@ -484,6 +534,33 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator(
+        "ratelimit_requests_ip",
+        "ratelimit_requests_principal",
+        "ratelimit_auth_failures_ip",
+        "ratelimit_sessions_ip",
+        "ratelimit_sessions_principal",
+        "ratelimit_public_ip",
+        "ratelimit_spawn",
+    )
+    @classmethod
+    def _check_rate(cls, value: str) -> str:
+        try:
+            parse_limit(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a rate like '600/minute' or '10/second;600/hour'") from None
+        return value
+
+    @field_validator("ratelimit_storage")
+    @classmethod
+    def _check_ratelimit_storage(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        if value in MEMORY_SCHEMES:
+            return value
+        if scheme not in SHARED_SCHEMES:
+            raise ValueError(f"use memory:// or one of {', '.join(s + '://' for s in SHARED_SCHEMES)}; got {scheme!r}")
+        return value
+
     @field_validator("audit_log")
     @classmethod
     def _check_audit_log(cls, value: str) -> str:
@@ -503,6 +580,16 @@ class Settings(BaseSettings):
         if value is not None and host is not None and not is_loopback_host(host) and not info.data.get("metrics_token"):
             raise ValueError(f"a metrics listener on {host!r} (beyond loopback) needs metrics_token")
         return value
+
+    def child_rlimits(self) -> tuple[tuple[int, int], ...]:
+        """The configured (resource, limit) pairs each child gets at spawn."""
+        pairs = [
+            (resource.RLIMIT_AS, self.child_rlimit_as_mb * 1024 * 1024 if self.child_rlimit_as_mb else None),
+            (resource.RLIMIT_CPU, self.child_rlimit_cpu_seconds),
+            (resource.RLIMIT_NOFILE, self.child_rlimit_nofile),
+            (resource.RLIMIT_NPROC, self.child_rlimit_nproc),
+        ]
+        return tuple((which, limit) for which, limit in pairs if limit is not None)
 
     @property
     def metrics_on_main_listener(self) -> bool:

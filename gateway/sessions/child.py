@@ -21,6 +21,7 @@ import ctypes
 import functools
 import logging
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -63,6 +64,8 @@ class ChildSpec:
     env: Mapping[str, str]
     cwd: Path | None
     max_line_bytes: int
+    # (resource.RLIMIT_*, limit) pairs set in the child before it executes (soft = hard).
+    rlimits: tuple[tuple[int, int], ...] = ()
 
 
 class ChildSink(Protocol):
@@ -105,6 +108,24 @@ def use_pidfd_child_watcher() -> bool:
 
 
 @functools.cache
+def _pre_exec(rlimits: tuple[tuple[int, int], ...]) -> Callable[[], None] | None:
+    """What runs in the child between fork and exec: the parent-death signal, then resource limits.
+
+    Only system calls on precomputed values: nothing here may allocate locks or import.
+    """
+    death_signal = _parent_death_signal()
+    if not rlimits:
+        return death_signal
+
+    def prepare() -> None:
+        if death_signal is not None:
+            death_signal()
+        for which, limit in rlimits:
+            resource.setrlimit(which, (limit, limit))
+
+    return prepare
+
+
 def _parent_death_signal() -> Callable[[], None] | None:
     """A pre-exec hook that makes the kernel SIGKILL the child when the gateway dies (Linux)."""
     if not sys.platform.startswith("linux"):
@@ -226,7 +247,7 @@ class Child:
             cwd=spec.cwd,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_parent_death_signal(),
+            preexec_fn=_pre_exec(spec.rlimits),
         )
         child._transport = transport
         child.pid = transport.get_pid()

@@ -6,7 +6,8 @@ Invariants:
   being findable before its child is stopped, so no request ever reaches a stopping child.
 - The idle clock of a session runs only while nothing is in flight and none of its HTTP
   responses is open. One reaper task ends sessions past their idle TTL or absolute lifetime.
-- Sessions never exceed `max_sessions`, nor `max_per_principal` for one principal, counting the
+- Sessions never exceed `max_sessions`, nor `max_per_principal` for one principal, nor
+  `max_per_address` for one client address (an IPv6 /64), counting the
   ones still starting.
 - A session belongs to the principal that created it: presented by anyone else, its id is
   answered as unknown.
@@ -49,6 +50,7 @@ CAPACITY_RETRY_AFTER = 5
 class SessionLimits:
     max_sessions: int
     max_per_principal: int
+    max_per_address: int
     idle_ttl: float
     max_lifetime: float | None
     request_timeout: float
@@ -60,6 +62,7 @@ class Session:
 
     __slots__ = (
         "active",
+        "address",
         "child",
         "client_ip",
         "closing",
@@ -71,9 +74,10 @@ class Session:
         "router",
     )
 
-    def __init__(self, session_id: str, principal: Principal, router: Router, client_ip: str) -> None:
+    def __init__(self, session_id: str, principal: Principal, router: Router, client_ip: str, address: str) -> None:
         self.id = session_id
         self.client_ip = client_ip
+        self.address = address  # the bucket counted against max_per_address
         self.principal = principal
         self.owner = principal.key  # sessions are never credentials: each belongs to one principal
         self.router = router
@@ -126,6 +130,7 @@ class SessionStore:
         self._guard = guard
         self._sessions: dict[str, Session] = {}
         self._per_owner: Counter[str] = Counter()  # live and starting sessions of each principal
+        self._per_address: Counter[str] = Counter()  # … and of each client address bucket
         self._starting = 0
         self._children = 0  # started and not yet stopped
         self._closing: set[asyncio.Task[None]] = set()
@@ -150,10 +155,13 @@ class SessionStore:
             return None
         return session
 
-    async def open(self, principal: Principal, token: str | None = None, client_ip: str = "") -> Session:
+    async def open(
+        self, principal: Principal, token: str | None = None, client_ip: str = "", address: str | None = None
+    ) -> Session:
         """Spawn the child of a new, not yet published session for `principal`.
 
-        `token` is the bearer token it authenticated with, for configured token-to-environment.
+        `token` is the bearer token it authenticated with, for configured token-to-environment;
+        `address` the bucket the client's address is counted in (default: the address itself).
         """
         owner = principal.key
         if not self.accepting:
@@ -170,6 +178,13 @@ class SessionStore:
             raise GatewayError(
                 "too_many_sessions_for_principal",
                 "Too many open sessions for this principal; end one (DELETE) or try again later",
+                retry_after=CAPACITY_RETRY_AFTER,
+            )
+        address = client_ip if address is None else address
+        if self._per_address[address] >= self._limits.max_per_address:
+            raise GatewayError(
+                "too_many_sessions_for_address",
+                "Too many open sessions from this address; end one (DELETE) or try again later",
                 retry_after=CAPACITY_RETRY_AFTER,
             )
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
@@ -198,9 +213,10 @@ class SessionStore:
             on_close=on_close,
             on_violation=on_violation,
         )
-        session = Session(session_id, principal, router, client_ip)
+        session = Session(session_id, principal, router, client_ip, address)
         self._starting += 1
         self._per_owner[owner] += 1
+        self._per_address[address] += 1
         try:
             spec = self._spec
             if self._identity is not None:
@@ -208,7 +224,7 @@ class SessionStore:
             started = time.monotonic()
             child = await Child.spawn(spec, router, self._guard, label)
         except OSError as exc:
-            self._release(owner)
+            self._release(session)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})
             raise GatewayError("upstream_failed", "The MCP server could not be started") from None
         finally:
@@ -240,7 +256,7 @@ class SessionStore:
             return
         session.closing = True
         published = self._sessions.pop(session.id, None) is not None
-        self._release(session.owner)
+        self._release(session)
         session.router.close(reason)
         if published:
             lasted = round(time.monotonic() - session.created, 3)
@@ -255,10 +271,11 @@ class SessionStore:
             self._audit.record("child.exit", session=session, reason=reason, exit_code=exit_code, signal=signal_name)
         log.info("session closed", extra={"session": session.id[:8], "reason": reason, "exit_code": code})
 
-    def _release(self, owner: str) -> None:
-        self._per_owner[owner] -= 1
-        if self._per_owner[owner] <= 0:
-            del self._per_owner[owner]
+    def _release(self, session: Session) -> None:
+        for counter, key in ((self._per_owner, session.owner), (self._per_address, session.address)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
 
     def close_soon(self, session: Session, reason: str) -> None:
         """Close from a synchronous context (the router's callbacks); the task is owned here."""

@@ -20,7 +20,7 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway import jsonrpc, keys
+from gateway import jsonrpc, keys, ratelimit
 from gateway.audit import describe_request
 from gateway.errors import GatewayError
 from gateway.jsonrpc import Kind, Message
@@ -229,7 +229,11 @@ async def _initialize(
     """Spawn a child for a new session and answer its `initialize` (the session exists only on success)."""
     app = request.app
     store = app[keys.SESSIONS]
-    session = await store.open(request[keys.PRINCIPAL], request.get(keys.BEARER), request[keys.CLIENT_IP])
+    await ratelimit.session_creation(request)
+    client_ip = request[keys.CLIENT_IP]
+    session = await store.open(
+        request[keys.PRINCIPAL], request.get(keys.BEARER), client_ip, ratelimit.address_key(client_ip)
+    )
     exchange: Exchange | None = None
     published = False
     try:
