@@ -71,6 +71,11 @@ PUBLIC_PREFIXES: Final = ("/.well-known/", "/health", "/ready", "/metrics")
 Clock = Callable[[], float]
 
 
+def wall_clock() -> float:
+    """Seconds since the epoch, as `limits` counts them (tests replace this module's `time`)."""
+    return time.time()
+
+
 def address_key(address: str) -> str:
     """The bucket of a client address: IPv6 by /64, IPv4-mapped IPv6 as IPv4, else as given."""
     if ":" not in address:
@@ -88,7 +93,7 @@ class LocalMovingWindow(Storage, MovingWindowSupport):
     """`limits`' moving-window storage in this process's memory: a deque of hit times per key,
     pruned as it is used. Registers no URI scheme; the gateway builds it for `memory://`."""
 
-    def __init__(self, clock: Clock = time.time) -> None:
+    def __init__(self, clock: Clock = wall_clock) -> None:
         super().__init__(None, wrap_exceptions=False)
         self._clock = clock
         self._events: dict[str, collections.deque[float]] = {}
@@ -164,7 +169,7 @@ class LocalMovingWindow(Storage, MovingWindowSupport):
         self._counters.pop(key, None)
 
 
-def build_storage(uri: str, clock: Clock = time.time) -> Storage:
+def build_storage(uri: str, clock: Clock = wall_clock) -> Storage:
     if uri in MEMORY_SCHEMES:
         return LocalMovingWindow(clock)
     storage = storage_from_string(uri, wrap_exceptions=True)
@@ -183,7 +188,7 @@ class RateLimiter:
         *,
         fail_open: bool,
         audit: Audit,
-        clock: Clock = time.time,
+        clock: Clock = wall_clock,
     ) -> None:
         self.storage = storage
         self._strategy = MovingWindowRateLimiter(storage)
@@ -196,14 +201,18 @@ class RateLimiter:
     def configured(self, name: LimitName) -> bool:
         return bool(self._limits.get(name))
 
-    async def hit(self, name: LimitName, key: str) -> None:
-        """Count one event against limit `name` for `key`; raise the refusal when it is spent."""
+    async def hit(self, name: LimitName, key: str, *, always_open: bool = False) -> None:
+        """Count one event against limit `name` for `key`; raise the refusal when it is spent.
+
+        `always_open` serves the request when the storage fails, whatever the policy (health and
+        discovery must answer while the storage is down: readiness reports it).
+        """
         for item in self._limits.get(name, ()):
             try:
                 async with asyncio.timeout(STORAGE_TIMEOUT):
                     allowed = await self._strategy.hit(item, name, key)
             except (StorageError, TimeoutError, OSError) as exc:
-                self._storage_failed(exc)
+                self._storage_failed(exc, always_open=always_open)
                 return
             if not allowed:
                 await self.refuse(name, key, item)
@@ -249,8 +258,8 @@ class RateLimiter:
             "rate_limited", f"Rate limit reached ({name}); try again later", retry_after=retry_after, headers=headers
         )
 
-    def _storage_failed(self, exc: BaseException) -> None:
-        if not self._fail_open:
+    def _storage_failed(self, exc: BaseException, *, always_open: bool = False) -> None:
+        if not (self._fail_open or always_open):
             log.error("rate-limit storage failed; refusing (fail closed): %s", type(exc).__name__)
             raise GatewayError(
                 "ratelimit_unavailable",
@@ -297,7 +306,7 @@ def ip_middleware(mcp_path: str) -> Middleware:
                     await _count_failure(limiter, address)
                 raise
         if request.path.startswith(PUBLIC_PREFIXES):
-            await limiter.hit("public_ip", address)
+            await limiter.hit("public_ip", address, always_open=True)
         return await handler(request)
 
     return limit_by_address

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -74,6 +75,8 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
     "env": ("Answer with the process environment as JSON.", _schema()),
     "cwd": ("Answer with the working directory.", _schema()),
     "pid": ("Answer with the process id.", _schema()),
+    "rlimits": ("Answer with the process's resource limits (soft values) as JSON.", _schema()),
+    "burn": ("Spin on the CPU until stopped.", _schema()),
     "exit_after_answer": ("Answer, then exit with `code` (default 0).", _schema(code="integer")),
     "cancelled": (
         "Answer with every notifications/cancelled received so far, as a JSON list of "
@@ -316,6 +319,12 @@ class EchoServer:
             return _text(json.dumps(dict(os.environ), separators=(",", ":")))
         if name == "cwd":
             return _text(os.getcwd())
+        if name == "rlimits":
+            names = ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_NPROC")
+            return _text(json.dumps({n: resource.getrlimit(getattr(resource, n))[0] for n in names}))
+        if name == "burn":
+            while True:
+                pass
         if name == "pid":
             return _text(str(os.getpid()))
         if name == "exit_after_answer":
