@@ -28,6 +28,7 @@ from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.auth.verifiers import AuthStartupError, build_verifier, check_startup_token
 from gateway.clientip import client_ip_middleware
 from gateway.errors import error_middleware
+from gateway.policy import ToolGuard, ToolPolicy
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionLimits, SessionStore
@@ -53,6 +54,8 @@ def create_app(settings: Settings) -> web.Application:
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
     app[keys.STARTED_AT] = time.monotonic()
     app[keys.RESOURCE_METADATA] = protected_resource_metadata(settings)
+    policy = ToolPolicy.from_settings(settings)
+    app[keys.TOOL_GUARD] = ToolGuard(policy, authenticator, settings.request_timeout) if policy is not None else None
     app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)

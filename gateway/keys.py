@@ -7,6 +7,7 @@ from aiohttp import web
 from gateway.auth import Principal, TokenVerifier
 from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.jsonrpc import RequestId
+from gateway.policy import ToolGuard
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -20,6 +21,8 @@ RESOURCE_METADATA = web.AppKey[bytes | None]("resource_metadata")
 VERIFIER = web.AppKey[TokenVerifier | None]("token_verifier")
 AS_METADATA = web.AppKey[AuthorizationServerMetadata | None]("authorization_server_metadata")
 STARTED_AT = web.AppKey("started_at", float)
+# The tool policy; None when none is configured, and then no message is screened.
+TOOL_GUARD = web.AppKey[ToolGuard | None]("tool_guard")
 
 # Per request: the client's address (see clientip.py).
 CLIENT_IP = web.RequestKey("client_ip", str)
