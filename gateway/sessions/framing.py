@@ -40,6 +40,9 @@ class LineFramer:
         size = len(data)
         if self._discarding:
             newline = data.find(b"\n")
+            if len(self._head) < OVERSIZE_HEAD_BYTES:  # a limit below the head size: keep filling it
+                end = size if newline < 0 else newline
+                self._head += data[: min(end, OVERSIZE_HEAD_BYTES - len(self._head))]
             if newline < 0:
                 self._discarded += size
                 return
