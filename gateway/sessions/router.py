@@ -123,7 +123,7 @@ class Router:
             raise ChildGone("the session has ended")
         exchange: Exchange | None = None
         lines: list[bytes] = []
-        answers: list[tuple[RequestId | None, int, str]] = []
+        answers: list[tuple[RequestId | None, int, str]] | None = None  # refusals, allocated only for them
         for index, message in enumerate(messages):
             body = message.body
             if message.kind is Kind.REQUEST:
@@ -138,6 +138,7 @@ class Router:
                     self._next_stream += 1
                 exchange.waiting += 1
                 if refused is not None and index in refused:
+                    answers = answers or []
                     answers.append((message.id, *refused[index]))
                     continue
                 gateway_id = self._next_id
@@ -178,7 +179,7 @@ class Router:
             loop = asyncio.get_running_loop()
             exchange.deadline = loop.time() + self._request_timeout
             exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
-            for client_id, code, text in answers:
+            for client_id, code, text in answers or ():
                 self._answer_error(exchange, client_id, code, text)
         return exchange
 

@@ -204,6 +204,21 @@ async def test_a_call_before_any_list_makes_the_gateway_list_every_page(gateway:
     assert [entry for entry in await received(mcp) if entry[0] == "tools/list"] == [["tools/list", None]] * pages
 
 
+async def test_a_list_that_does_not_come_in_time_is_cancelled_and_refuses_the_call(gateway: Gateway) -> None:
+    mcp = await gateway(ADMIN, "--slow-first-list", "30", request_timeout=0.5, **scoped())
+    status, messages = await mcp.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}})
+    assert status == 504
+    assert messages[0]["error"] == {
+        "code": jsonrpc.REQUEST_TIMEOUT,
+        "message": "The MCP server did not list its tools in time",
+    }
+    # The next call lists again (promptly now); the child was told the first listing was abandoned.
+    cancellations = json.loads(text_of(await mcp.call_tool("cancelled")))
+    assert [(c["reason"], c["running"]) for c in cancellations] == [("The gateway stopped waiting", True)]
+    assert type(cancellations[0]["requestId"]) is int
+    assert ["tools/call", "echo"] not in await received(mcp)
+
+
 async def test_tools_learned_from_the_clients_own_list(gateway: Gateway) -> None:
     mcp = await gateway(READER, **scoped())
     await listed(mcp)

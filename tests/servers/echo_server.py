@@ -140,9 +140,10 @@ def _stderr_lines(count: int, prefix: str) -> None:
 class EchoServer:
     """State of one server process: running request tasks and outstanding client calls."""
 
-    def __init__(self, forced_version: str | None, page_size: int | None = None) -> None:
+    def __init__(self, forced_version: str | None, page_size: int | None = None, slow_list: float = 0.0) -> None:
         self.forced_version = forced_version
         self.page_size = page_size
+        self.slow_list = slow_list  # the first tools/list takes this long
         self.annotations = dict(ANNOTATIONS)
         self.received: collections.deque[tuple[str, Any]] = collections.deque(maxlen=RECEIVED_KEPT)
         self.out = sys.stdout.buffer
@@ -268,6 +269,8 @@ class EchoServer:
                 "serverInfo": {"name": "echo-server", "version": "1.0.0"},
             }
         if method == "tools/list":
+            delay, self.slow_list = self.slow_list, 0.0
+            await asyncio.sleep(delay)
             return self.list_tools(params.get("cursor"))
         raise RpcError(-32601, "Method not found")
 
@@ -412,7 +415,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STDIN_LIMIT)
     stdin, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    server = EchoServer(args.protocol_version, args.page_size)
+    server = EchoServer(args.protocol_version, args.page_size, args.slow_first_list)
     server.stdin = stdin
     while True:
         try:
@@ -439,6 +442,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--stderr-lines", type=int, default=0, metavar="N", help="write N stderr lines at start")
     add("--protocol-version", metavar="V", help="always answer initialize with this version")
     add("--page-size", type=int, metavar="N", help="answer tools/list in pages of N tools")
+    add("--slow-first-list", type=float, default=0.0, metavar="S", help="answer the first tools/list after S seconds")
     args = parser.parse_args(argv)
 
     if args.ignore_sigterm:
