@@ -35,6 +35,7 @@ from gateway.auth.verifiers import AuthStartupError, build_verifier, check_start
 from gateway.clientip import client_ip_middleware
 from gateway.errors import error_middleware
 from gateway.metrics import Metrics
+from gateway.policy import ToolGuard, ToolPolicy
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionLimits, SessionStore
@@ -73,6 +74,8 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_audit_log)
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_rate_limiter)
+    policy = ToolPolicy.from_settings(settings)
+    app[keys.TOOL_GUARD] = ToolGuard(policy, authenticator, settings.request_timeout) if policy is not None else None
     app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)

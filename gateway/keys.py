@@ -11,6 +11,7 @@ from gateway.auth import Principal, TokenVerifier
 from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.jsonrpc import RequestId
 from gateway.metrics import Metrics
+from gateway.policy import ToolGuard
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionStore
 from gateway.settings import Settings
@@ -30,6 +31,8 @@ STARTED_AT = web.AppKey("started_at", float)
 AUDIT = web.AppKey("audit", Audit)
 METRICS = web.AppKey[Metrics | None]("metrics")
 LIMITER = web.AppKey["RateLimiter"]("rate_limiter")
+# The tool policy; None when none is configured, and then no message is screened.
+TOOL_GUARD = web.AppKey[ToolGuard | None]("tool_guard")
 
 # Per request: the client's address (see clientip.py).
 CLIENT_IP = web.RequestKey("client_ip", str)

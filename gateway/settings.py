@@ -37,6 +37,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.auth.jwks import public_jwk
 from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS
+from gateway.policy import glob_problem
 
 MiB = 1024 * 1024
 PRM_PATH = "/.well-known/oauth-protected-resource"
@@ -100,6 +101,8 @@ def _uses(info: ValidationInfo, verifier: str) -> bool:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -265,6 +268,20 @@ class Settings(BaseSettings):
     child_rlimit_nproc: int | None = Field(
         None, ge=1, description="Process limit of each child (counted per user ID, not per session)."
     )
+    tool_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Tool names clients may see and call, as globs (fnmatch, case-sensitive); empty allows every tool.",
+    )
+    tool_deny: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Tool names no client may see or call, as globs; wins over tool_allow."
+    )
+    tool_scope_write: str | None = Field(
+        None, description="Scope a token needs to see and call tools not annotated readOnlyHint: true."
+    )
+    tool_scope_destructive: str | None = Field(
+        None,
+        description="Scope a token needs, beside tool_scope_write, for tools whose destructiveHint is true (default).",
+    )
     allow_remote_unauthenticated: bool = Field(
         False, description="Permit a non-loopback bind without authentication. Never do this on a shared network."
     )
@@ -303,6 +320,8 @@ class Settings(BaseSettings):
         "jwt_algorithms",
         "jwt_public_keys",
         "auth_chain",
+        "tool_allow",
+        "tool_deny",
         mode="before",
     )
     @classmethod
@@ -509,6 +528,27 @@ class Settings(BaseSettings):
         bad = [url for url in value if not url.startswith(("https://", "http://"))]
         if bad:
             raise ValueError(f"issuer URLs look like 'https://auth.example.com', got {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("tool_allow", "tool_deny")
+    @classmethod
+    def _check_tool_globs(cls, value: list[str]) -> list[str]:
+        problems = [f"{pattern!r} {problem}" for pattern in value if (problem := glob_problem(pattern))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @field_validator("tool_scope_write", "tool_scope_destructive")
+    @classmethod
+    def _check_tool_scope(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not _SCOPE_TOKEN.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not one OAuth scope token (RFC 6749: visible ASCII but no quote or backslash)"
+            )
+        if info.data.get("auth") == "none":
+            raise ValueError("a tool scope needs authentication: with auth none no caller holds any scope")
         return value
 
     @field_validator("auth")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -90,11 +91,16 @@ class Authenticator:
     def _scope(self) -> str | None:
         return " ".join(sorted(self.required_scopes)) or None
 
-    def _refusal(self, error: ChallengeError | None) -> GatewayError:
-        header = {"WWW-Authenticate": challenge(self.resource_metadata, error=error, scope=self._scope)}
+    def _refusal(self, error: ChallengeError | None, scope: str | None = None) -> GatewayError:
+        header = {"WWW-Authenticate": challenge(self.resource_metadata, error=error, scope=scope or self._scope)}
         if error is None:
             return GatewayError("unauthorized", "Authentication required", headers=header)
         return GatewayError(_REFUSALS[error], _DESCRIPTIONS[error], headers=header)
+
+    def insufficient_scope(self, scopes: Iterable[str]) -> GatewayError:
+        """The step-up refusal (403) of an operation that needs `scopes`: the challenge names every
+        scope the operation needs, the always-required ones included, as MCP asks."""
+        return self._refusal("insufficient_scope", " ".join(sorted(self.required_scopes.union(scopes))))
 
     async def authenticate(self, request: web.Request) -> Principal:
         verifier = request.app[keys.VERIFIER]

@@ -12,6 +12,10 @@ Invariants:
   the standalone GET stream (which holds a bounded backlog until a GET drains it). Never broadcast.
 - A request whose deadline passes (no answer and no progress for `request_timeout` seconds) is
   answered with an error and cancelled at the child; a child that exits fails everything in flight.
+- The gateway's own requests to the child (`ask`) take ids from the same counter; their
+  responses go to the waiting caller and to no stream. A POST's request may be answered here
+  instead of by the child (a policy refusal), and a response hook may rewrite one response: both
+  exist only for requests a policy screened, so unscreened traffic pays nothing for them.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
-from typing import Final, Literal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final, Literal
 
 from gateway import jsonrpc
-from gateway.jsonrpc import Kind, Message, RequestId
+from gateway.jsonrpc import JsonObject, Kind, Message, RequestId
 from gateway.sessions.child import Child, ChildGone
 from gateway.sessions.streams import Stream
+
+if TYPE_CHECKING:
+    from gateway.policy import ToolCatalog
 
 log = logging.getLogger("gateway.router")
 
@@ -37,11 +44,15 @@ MAX_RESUMABLE_EXCHANGES: Final = 4
 # Bytes of a violating stdout line quoted in the log and the audit: enough to recognise it.
 VIOLATION_SAMPLE: Final = 120
 
+TOOLS_CHANGED: Final = "notifications/tools/list_changed"
+
 CloseCallback = Callable[[str], None]
 # Called with the kind of violation ("not_json", "not_jsonrpc", "oversize") and a sample of it.
 ViolationCallback = Callable[[str, str | None], None]
 # How each request of an exchange ended: the child answered (ok or error), or the gateway did.
-Outcome = Literal["ok", "error", "timeout", "closed", "oversize"]
+Outcome = Literal["ok", "error", "timeout", "closed", "oversize", "denied"]
+# Sees the child's response to one request (decoded); True when it changed it (then re-encoded).
+ResponseHook = Callable[[JsonObject], bool]
 
 
 class Exchange(Stream):
@@ -96,6 +107,9 @@ class Router:
         self._on_close = on_close
         self._on_violation = on_violation
         self._pending: dict[int, tuple[Exchange, RequestId | None]] = {}
+        self._hooks: dict[int, ResponseHook] = {}  # by gateway id, for screened requests only
+        self._asked: dict[int, asyncio.Future[JsonObject]] = {}  # the gateway's own requests
+        self.tools: ToolCatalog | None = None  # what a tool policy learned of the child's tools
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}
         self._open = 0  # exchanges still waiting for a response
@@ -123,18 +137,23 @@ class Router:
         raw: bytes | None = None,
         is_batch: bool = False,
         streamable: bool = True,
+        refused: Mapping[int, tuple[int, str]] | None = None,
+        hooks: Mapping[int, ResponseHook] | None = None,
     ) -> Exchange | None:
         """Send a POST's messages to the child; returns the exchange when it holds requests.
 
         `raw` is the POST body when it is exactly one message: forwarded unchanged when no id
-        needs rewriting and it is already one line.
+        needs rewriting and it is already one line. `refused` (by index in `messages`) are
+        requests answered here with (code, message) and never sent; `hooks` (by index) see the
+        child's response to their request before it is delivered.
         """
         child = self.child
         if child is None or self.closed:
             raise ChildGone("the session has ended")
         exchange: Exchange | None = None
         lines: list[bytes] = []
-        for message in messages:
+        answers: list[tuple[int, RequestId | None, int, str]] | None = None  # refusals, allocated only for them
+        for index, message in enumerate(messages):
             body = message.body
             if message.kind is Kind.REQUEST:
                 if exchange is None:
@@ -146,11 +165,17 @@ class Router:
                         initialize=message.method == "initialize",
                     )
                     self._next_stream += 1
-                gateway_id = self._next_id
-                self._next_id += 1
-                self._pending[gateway_id] = (exchange, message.id)
-                exchange.gateway_ids.append(gateway_id)
                 exchange.waiting += 1
+                gateway_id = self._next_id  # refused requests get one too: it names their outcome
+                self._next_id += 1
+                exchange.gateway_ids.append(gateway_id)
+                if refused is not None and index in refused:
+                    answers = answers or []
+                    answers.append((gateway_id, message.id, *refused[index]))
+                    continue
+                self._pending[gateway_id] = (exchange, message.id)
+                if hooks is not None and index in hooks:
+                    self._hooks[gateway_id] = hooks[index]
                 token = _progress_token(message)
                 if token is not None:
                     self._progress[token] = exchange
@@ -173,6 +198,7 @@ class Router:
             if exchange is not None:  # nothing will answer these: forget them
                 for gateway_id in exchange.gateway_ids:
                     self._pending.pop(gateway_id, None)
+                    self._hooks.pop(gateway_id, None)
                 for token in exchange.tokens:
                     self._progress.pop(token, None)
             raise
@@ -182,7 +208,38 @@ class Router:
             loop = asyncio.get_running_loop()
             exchange.deadline = loop.time() + self._request_timeout
             exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
+            for gateway_id, client_id, code, text in answers or ():
+                self._answer_error((exchange, client_id), gateway_id, code, text, "denied")
         return exchange
+
+    async def ask(self, method: str, params: JsonObject) -> JsonObject:
+        """Send the gateway's own request to the child; its response (`result` or `error`).
+
+        No client sees the request or its response. The caller bounds the wait: when it gives
+        up (a timeout or a cancellation), the child is sent `notifications/cancelled`. Raises
+        `ChildGone` when the child exits first, `StdinStalled` when it does not read.
+        """
+        child = self.child
+        if child is None or self.closed:
+            raise ChildGone("the session has ended")
+        gateway_id = self._next_id
+        self._next_id += 1
+        answer: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
+        self._asked[gateway_id] = answer
+        try:
+            child.send(jsonrpc.encode({"jsonrpc": "2.0", "id": gateway_id, "method": method, "params": params}))
+            await child.drain()
+            return await answer
+        except asyncio.CancelledError:
+            if self._asked.pop(gateway_id, None) is not None and not self.closed:
+                cancel = jsonrpc.notification(
+                    "notifications/cancelled", {"requestId": gateway_id, "reason": "The gateway stopped waiting"}
+                )
+                with contextlib.suppress(ChildGone):
+                    child.send(jsonrpc.encode(cancel))
+            raise
+        finally:
+            self._asked.pop(gateway_id, None)
 
     def _rewrite_cancellation(self, message: Message) -> list[bytes]:
         target = message.params.get("requestId")
@@ -233,6 +290,10 @@ class Router:
         gateway_id = jsonrpc.leading_id(head)
         if type(gateway_id) is not int:
             return
+        self._hooks.pop(gateway_id, None)
+        asked = self._asked.pop(gateway_id, None)
+        if asked is not None and not asked.done():
+            asked.set_result(jsonrpc.error_response(gateway_id, jsonrpc.INTERNAL_ERROR, "response too large"))
         entry = self._pending.pop(gateway_id, None)
         if entry is not None:
             message = f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit"
@@ -263,11 +324,20 @@ class Router:
             gateway_id = message.id
             entry = self._pending.pop(gateway_id, None) if type(gateway_id) is int else None
             if entry is None or type(gateway_id) is not int:
+                asked = self._asked.pop(gateway_id, None) if self._asked and type(gateway_id) is int else None
+                if asked is not None:
+                    if not asked.done():
+                        asked.set_result(message.body)
+                    return
                 log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
                 return
             exchange, client_id = entry
             if exchange.initialize:
                 self._record_version(message)
+            if self._hooks:
+                hook = self._hooks.pop(gateway_id, None)
+                if hook is not None and hook(message.body):
+                    line = None  # changed: encoded anew below
             payload = jsonrpc.replace_id(line, gateway_id, client_id) if line is not None else None
             if payload is None:
                 message.body["id"] = client_id
@@ -275,6 +345,8 @@ class Router:
             self._deliver_response(exchange, gateway_id, payload, "error" if "error" in message.body else "ok")
             return
         payload = _forwardable(line) or jsonrpc.encode(message.body)
+        if self.tools is not None and message.method == TOOLS_CHANGED:
+            self.tools.forget()
         if message.method == "notifications/progress":
             owner = self._progress.get(message.params.get("progressToken"))
             if owner is not None and owner.streamable and not owner.finished:
@@ -339,6 +411,7 @@ class Router:
         message = f"Request timed out: no answer from the MCP server in {self._request_timeout:g} s"
         for gateway_id in exchange.gateway_ids:
             entry = self._pending.pop(gateway_id, None)
+            self._hooks.pop(gateway_id, None)
             if entry is None:
                 continue
             # MCP forbids cancelling initialize; that session is discarded instead.
@@ -366,6 +439,11 @@ class Router:
 
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
+        self._hooks.clear()
+        asked, self._asked = self._asked, {}
+        for answer in asked.values():
+            if not answer.done():
+                answer.set_exception(ChildGone(reason))
         for gateway_id, entry in pending.items():
             self._answer_error(entry, gateway_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}", "closed")
         self.get_stream.finish()

@@ -24,6 +24,7 @@ from gateway import jsonrpc, keys, ratelimit
 from gateway.audit import describe_request
 from gateway.errors import GatewayError
 from gateway.jsonrpc import Kind, Message
+from gateway.policy import Screening
 from gateway.sessions.child import ChildGone, StdinStalled
 from gateway.sessions.router import Exchange, Router
 from gateway.sessions.store import Session
@@ -83,7 +84,11 @@ async def _post(request: web.Request) -> web.StreamResponse:
     session.enter()
     exchange = None
     try:
-        exchange = _submit(session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok)
+        guard = app[keys.TOOL_GUARD]
+        screening = None if guard is None else await guard.screen(session.router, messages, request[keys.PRINCIPAL])
+        exchange = _submit(
+            session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok, screening=screening
+        )
         await _drain(session)
         if exchange is None:
             return web.Response(status=202)
@@ -172,9 +177,24 @@ def _session_for(request: web.Request, *, stateless: bool = False) -> Session:
 
 
 def _submit(
-    session: Session, messages: list[Message], *, raw: bytes | None, is_batch: bool, sse_ok: bool
+    session: Session,
+    messages: list[Message],
+    *,
+    raw: bytes | None,
+    is_batch: bool,
+    sse_ok: bool,
+    screening: Screening | None = None,
 ) -> Exchange | None:
     try:
+        if screening is not None:
+            return session.router.submit(
+                messages,
+                raw=raw,
+                is_batch=is_batch,
+                streamable=sse_ok,
+                refused=screening.refused,
+                hooks=screening.hooks,
+            )
         return session.router.submit(messages, raw=raw, is_batch=is_batch, streamable=sse_ok)
     except ChildGone:
         raise GatewayError("session_not_found", "Session not found: its MCP server has exited") from None

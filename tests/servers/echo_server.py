@@ -14,6 +14,11 @@ command-line flags make the whole process misbehave (ignore SIGTERM or stdin
 EOF, leak a grandchild holding stdout open, flood stderr at startup), so the
 gateway's supervision logic can be tested against a real child process.
 
+Tools may carry MCP annotations (``read_note`` is read-only, ``write_note`` writes without
+destroying, ``delete_note`` says it destroys, the others say nothing); ``retag`` changes a tool's
+annotations and announces it with ``notifications/tools/list_changed``, ``received`` reports
+which requests reached this process, and ``--page-size`` paginates ``tools/list``.
+
 Run ``python echo_server.py --help`` for the flags.
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import json
 import os
@@ -36,6 +42,7 @@ SUPPORTED_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_VERSION = "2025-11-25"
 STDIN_LIMIT = 64 * 1024 * 1024
 _ANSWERED = object()  # returned by a tool that already wrote its own response
+RECEIVED_KEPT = 1024  # requests remembered for the ``received`` tool (bounded for the benchmark)
 
 
 def _schema(**props: str) -> JsonObj:
@@ -83,8 +90,26 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
         "{requestId, reason, running} (running: it matched a request still in progress).",
         _schema(),
     ),
+    "read_note": ("Answer with the note (annotated read-only).", _schema()),
+    "write_note": ("Pretend to write the note (annotated: writes, not destructive).", _schema(text="string")),
+    "delete_note": ("Pretend to delete the note (annotated destructive).", _schema()),
+    "received": (
+        "Answer with the requests this process received, as a JSON list of [method, tool name or null].",
+        _schema(),
+    ),
+    "retag": (
+        "Give tool `tool` the `annotations` object (null: none), then send notifications/tools/list_changed. "
+        "Annotated read-only, so that callers without scopes can drive the test.",
+        _schema(tool="string", annotations="object"),
+    ),
 }
-TOOLS_LIST: JsonObj = {"tools": [{"name": n, "description": d, "inputSchema": s} for n, (d, s) in TOOLS.items()]}
+ANNOTATIONS: dict[str, JsonObj] = {
+    "read_note": {"readOnlyHint": True},
+    "write_note": {"readOnlyHint": False, "destructiveHint": False},
+    "delete_note": {"destructiveHint": True},
+    "received": {"readOnlyHint": True},
+    "retag": {"readOnlyHint": True},
+}
 
 
 class RpcError(Exception):
@@ -118,8 +143,12 @@ def _stderr_lines(count: int, prefix: str) -> None:
 class EchoServer:
     """State of one server process: running request tasks and outstanding client calls."""
 
-    def __init__(self, forced_version: str | None) -> None:
+    def __init__(self, forced_version: str | None, page_size: int | None = None, slow_list: float = 0.0) -> None:
         self.forced_version = forced_version
+        self.page_size = page_size
+        self.slow_list = slow_list  # the first tools/list takes this long
+        self.annotations = dict(ANNOTATIONS)
+        self.received: collections.deque[tuple[str, Any]] = collections.deque(maxlen=RECEIVED_KEPT)
         self.out = sys.stdout.buffer
         self.tasks: set[asyncio.Task[None]] = set()  # strong references
         self.by_id: dict[int | str, asyncio.Task[None]] = {}  # for cancellation
@@ -188,6 +217,7 @@ class EchoServer:
                     task.cancel()
             return
         msg_id = msg["id"]
+        self.received.append((method, params.get("name") if method == "tools/call" else None))
         task = asyncio.get_running_loop().create_task(self.run_request(msg_id, method, params))
         self.tasks.add(task)
         if isinstance(msg_id, (int, str)):
@@ -242,8 +272,25 @@ class EchoServer:
                 "serverInfo": {"name": "echo-server", "version": "1.0.0"},
             }
         if method == "tools/list":
-            return TOOLS_LIST
+            delay, self.slow_list = self.slow_list, 0.0
+            await asyncio.sleep(delay)
+            return self.list_tools(params.get("cursor"))
         raise RpcError(-32601, "Method not found")
+
+    def list_tools(self, cursor: Any) -> JsonObj:
+        tools = []
+        for name, (description, schema) in TOOLS.items():
+            tool: JsonObj = {"name": name, "description": description, "inputSchema": schema}
+            if name in self.annotations:
+                tool["annotations"] = self.annotations[name]
+            tools.append(tool)
+        if self.page_size is None:
+            return {"tools": tools}
+        start = int(cursor) if isinstance(cursor, str) and cursor.isdigit() else 0
+        page: JsonObj = {"tools": tools[start : start + self.page_size]}
+        if start + self.page_size < len(tools):
+            page["nextCursor"] = str(start + self.page_size)
+        return page
 
     async def call_tool(self, msg_id: Any, name: Any, args: JsonObj, params: JsonObj) -> Any:
         if name == "big":
@@ -334,6 +381,19 @@ class EchoServer:
             os._exit(code)
         if name == "cancelled":
             return _text(json.dumps(self.cancellations, separators=(",", ":")))
+        if name in ("read_note", "write_note", "delete_note"):
+            return _text(name.removesuffix("_note"))
+        if name == "received":
+            return _text(json.dumps(list(self.received), separators=(",", ":")))
+        if name == "retag":
+            tagged = _arg(args, "tool", str, "")
+            annotations = args.get("annotations")
+            if isinstance(annotations, dict):
+                self.annotations[tagged] = annotations
+            else:
+                self.annotations.pop(tagged, None)
+            self.notify("notifications/tools/list_changed", {})
+            return _text("retagged")
         raise RpcError(-32602, f"Unknown tool: {name}")
 
     def close_stdin(self) -> None:
@@ -364,7 +424,7 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=STDIN_LIMIT)
     stdin, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    server = EchoServer(args.protocol_version)
+    server = EchoServer(args.protocol_version, args.page_size, args.slow_first_list)
     server.stdin = stdin
     while True:
         try:
@@ -390,6 +450,8 @@ def main(argv: list[str] | None = None) -> None:
     add("--grandchild", action="store_true", help="spawn a grandchild that inherits stdout")
     add("--stderr-lines", type=int, default=0, metavar="N", help="write N stderr lines at start")
     add("--protocol-version", metavar="V", help="always answer initialize with this version")
+    add("--page-size", type=int, metavar="N", help="answer tools/list in pages of N tools")
+    add("--slow-first-list", type=float, default=0.0, metavar="S", help="answer the first tools/list after S seconds")
     args = parser.parse_args(argv)
 
     if args.ignore_sigterm:

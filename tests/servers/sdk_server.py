@@ -9,7 +9,9 @@ clients. Each feature below is exercised by ``tests/e2e/sdk_scenarios.py``:
   ``log_then_answer`` (``notifications/message``), ``ask_llm`` (a
   ``sampling/createMessage`` request to the client), ``ask_user`` (a form-mode
   ``elicitation/create`` request) and ``touch_resource`` (a
-  ``notifications/resources/updated`` for a subscribed URI);
+  ``notifications/resources/updated`` for a subscribed URI), and ``peek``
+  (annotated read-only), ``save`` (writes, not destructive) and ``wipe``
+  (destructive) for the gateway's tool policy;
 * resources: ``test://greeting`` and the template ``test://items/{item_id}``;
 * prompts: ``greet``;
 * ``resources/subscribe`` / ``resources/unsubscribe`` (``resources.subscribe``
@@ -42,6 +44,7 @@ from mcp.types import (
     SetLevelRequestParams,
     SubscribeRequestParams,
     TextContent,
+    ToolAnnotations,
     UnsubscribeRequestParams,
 )
 from pydantic import BaseModel
@@ -127,6 +130,24 @@ async def touch_resource(uri: str, ctx: Context) -> str:
     # Connection-scoped (not tied to this request), as the spec intends.
     await ctx.session.send_resource_updated(uri)
     return f"notified: {uri}"
+
+
+@mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
+def peek() -> str:
+    """Read the note."""
+    return "peeked"
+
+
+@mcp.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
+def save(text: str) -> str:
+    """Write the note (nothing is destroyed)."""
+    return f"saved: {text}"
+
+
+@mcp.tool(annotations=ToolAnnotations(destructive_hint=True))
+def wipe() -> str:
+    """Delete the note."""
+    return "wiped"
 
 
 # ----------------------------------------------------------------- resources

@@ -64,3 +64,10 @@ def test_unterminated_final_line_is_delivered_at_close() -> None:
 def test_blank_and_carriage_return_lines() -> None:
     got = feed_chunks(b'\n  \n{"a":1}\r\n', cuts=[3])
     assert got.lines == [b'{"a":1}\r']  # JSON parsing tolerates the trailing CR
+
+
+def test_oversize_head_is_whole_when_the_line_starts_at_a_chunk_end() -> None:
+    line = bytes(range(65, 65 + 45))  # longer than LIMIT, shorter than OVERSIZE_HEAD_BYTES
+    stream = b'{"a":1}\n' + line + b"\n"
+    got = feed_chunks(stream, cuts=[len(stream) - 12])  # the limit is crossed before the line is whole
+    assert got.oversize == [(len(line), line)]

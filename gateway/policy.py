@@ -1,0 +1,323 @@
+"""Tool policy: which tools a caller may see and call, by name and by MCP tool annotations.
+
+Owns the allow and deny globs, the scope class of a tool (from its `readOnlyHint` and
+`destructiveHint`, with the spec's defaults: not read-only, destructive), what one session has
+learned of its child's tools, and every refusal of a tool call.
+
+Invariants:
+- With no policy configured nothing here runs: the app holds no guard, so no message is
+  inspected and no response re-encoded on its account.
+- A tool denied by name is listed to no one and never reaches the child: a call to it is
+  answered with -32602 by the gateway. A tool whose class needs a scope the caller's token lacks
+  is not listed to that caller, and a call to it is refused with 403 `insufficient_scope` before
+  anything of that POST reaches the child.
+- Annotations come from the child's own `tools/list` answers, never from a client. A call naming
+  a tool the session has not seen listed since the child's last `notifications/tools/list_changed`
+  makes the gateway list the child's tools itself (every page, within the request timeout)
+  before deciding; a tool the child does not list is forwarded, for the child to refuse.
+- Every refusal passes through `ToolGuard.record_denial`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import fnmatch
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal
+
+from gateway import jsonrpc
+from gateway.errors import GatewayError
+from gateway.jsonrpc import JsonObject, Kind, Message
+from gateway.sessions.child import ChildGone, StdinStalled
+
+if TYPE_CHECKING:
+    from gateway.auth import Principal
+    from gateway.auth.bearer import Authenticator
+    from gateway.sessions.router import ResponseHook, Router
+    from gateway.settings import Settings
+
+log = logging.getLogger("gateway.policy")
+
+# A child that keeps answering with a `nextCursor` is not followed past this many pages.
+MAX_LIST_PAGES: Final = 100
+# Tool names are the client's own input: this much of one is echoed in an error or a log record.
+MAX_SHOWN_NAME: Final = 128
+
+DenialReason = Literal["denied", "scope"]
+
+
+class ToolClass(enum.Enum):
+    """What a tool may do, as its annotations describe it."""
+
+    READ_ONLY = "read_only"
+    WRITE = "write"  # not read-only, and explicitly not destructive
+    DESTRUCTIVE = "destructive"
+
+
+def tool_class(annotations: object) -> ToolClass:
+    """The class of a tool from its `annotations`; anything absent or not a boolean takes the
+    spec's default (`readOnlyHint` false, `destructiveHint` true), so unknown means destructive."""
+    if not isinstance(annotations, dict):
+        return ToolClass.DESTRUCTIVE
+    if annotations.get("readOnlyHint") is True:
+        return ToolClass.READ_ONLY
+    if annotations.get("destructiveHint") is False:
+        return ToolClass.WRITE
+    return ToolClass.DESTRUCTIVE
+
+
+def glob_problem(pattern: str) -> str | None:
+    """What is wrong with a tool-name glob, or None. `fnmatch` itself takes an unclosed `[`
+    literally; a configuration that writes one almost certainly meant something else."""
+    if not pattern.strip():
+        return "is empty"
+    index = 0
+    while index < len(pattern):
+        if pattern[index] == "[":
+            end = index + 1
+            if end < len(pattern) and pattern[end] == "!":
+                end += 1
+            if end < len(pattern) and pattern[end] == "]":
+                end += 1  # a leading ']' is a member of the set, as in fnmatch
+            close = pattern.find("]", end)
+            if close < 0:
+                return f"has an unclosed '[' at position {index}"
+            index = close
+        index += 1
+    return None
+
+
+def _compile(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns))
+
+
+def shown(name: str) -> str:
+    """A tool name as it may appear in an error message or a log record: bounded, printable."""
+    text = "".join(char if char.isprintable() else "?" for char in name[:MAX_SHOWN_NAME])
+    return text + "…" if len(name) > MAX_SHOWN_NAME else text
+
+
+class ToolPolicy:
+    """The configured rules: name globs (deny wins) and the scopes of the two write classes."""
+
+    __slots__ = ("_allow", "_deny", "destructive_scope", "write_scope")
+
+    def __init__(
+        self,
+        *,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+        write_scope: str | None = None,
+        destructive_scope: str | None = None,
+    ) -> None:
+        self._allow = _compile(allow)
+        self._deny = _compile(deny)
+        self.write_scope = write_scope
+        self.destructive_scope = destructive_scope
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ToolPolicy | None:
+        """The policy, or None when none is configured (then nothing is checked at all)."""
+        scopes = (settings.tool_scope_write, settings.tool_scope_destructive)
+        if not (settings.tool_allow or settings.tool_deny) and scopes == (None, None):
+            return None
+        return cls(
+            allow=settings.tool_allow,
+            deny=settings.tool_deny,
+            write_scope=settings.tool_scope_write,
+            destructive_scope=settings.tool_scope_destructive,
+        )
+
+    @property
+    def uses_annotations(self) -> bool:
+        return self.write_scope is not None or self.destructive_scope is not None
+
+    def permits(self, name: str) -> bool:
+        """Whether the name may be used at all: not denied, and allowed (an empty allow list allows all)."""
+        if self._deny is not None and self._deny.match(name):
+            return False
+        return self._allow is None or self._allow.match(name) is not None
+
+    def scopes_for(self, kind: ToolClass) -> frozenset[str]:
+        """Every scope a token needs for a tool of this class."""
+        if kind is ToolClass.READ_ONLY:
+            return frozenset()
+        scopes = {self.write_scope} if self.write_scope is not None else set()
+        if kind is ToolClass.DESTRUCTIVE and self.destructive_scope is not None:
+            scopes.add(self.destructive_scope)
+        return frozenset(scopes)
+
+    def visible(self, tool: object, scopes: frozenset[str]) -> bool:
+        """Whether a `tools/list` entry is shown to a caller holding `scopes` (malformed entries never are)."""
+        if not isinstance(tool, dict):
+            return False
+        name = tool.get("name")
+        if not isinstance(name, str) or not self.permits(name):
+            return False
+        return not self.uses_annotations or self.scopes_for(tool_class(tool.get("annotations"))) <= scopes
+
+
+class ToolCatalog:
+    """What one session's child has listed about its tools since its last `list_changed`."""
+
+    __slots__ = ("classes", "complete", "generation", "lock")
+
+    def __init__(self) -> None:
+        self.classes: dict[str, ToolClass] = {}
+        self.complete = False  # the gateway itself listed every page since the last change
+        self.generation = 0
+        self.lock = asyncio.Lock()  # one gateway-originated listing at a time
+
+    def learn(self, tools: Iterable[object]) -> None:
+        for tool in tools:
+            if isinstance(tool, dict) and isinstance(name := tool.get("name"), str):
+                self.classes[name] = tool_class(tool.get("annotations"))
+
+    def forget(self) -> None:
+        """The child's tools changed: nothing known about them holds any more."""
+        self.classes.clear()
+        self.complete = False
+        self.generation += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """One refused tool call, as data: what the log (and later audit and metrics) record."""
+
+    tool: str  # already bounded and printable
+    reason: DenialReason
+    principal: Principal
+    session: str
+    scope: str | None = None  # the scopes the call needed, for reason "scope"
+
+
+@dataclass(slots=True)
+class Screening:
+    """What the router must do differently for one POST's messages, by index in the POST."""
+
+    refused: dict[int, tuple[int, str]] = field(default_factory=dict)  # answered here: (code, message)
+    hooks: dict[int, ResponseHook] = field(default_factory=dict)  # applied to the child's response
+
+
+class ToolGuard:
+    """Applies a `ToolPolicy` to the messages of one POST, for one principal and one session."""
+
+    def __init__(self, policy: ToolPolicy, authenticator: Authenticator, list_timeout: float) -> None:
+        self.policy = policy
+        self._authenticator = authenticator
+        self._list_timeout = list_timeout
+
+    async def screen(self, router: Router, messages: Sequence[Message], principal: Principal) -> Screening | None:
+        """Decide on every `tools/list` and `tools/call` of a POST; None when none is in it.
+
+        Raises `GatewayError` (403 `insufficient_scope`) when a call needs a scope the principal
+        lacks: then nothing of the POST is forwarded.
+        """
+        screening: Screening | None = None
+        for index, message in enumerate(messages):
+            if message.kind is not Kind.REQUEST:
+                continue
+            if message.method == "tools/list":
+                screening = screening or Screening()
+                screening.hooks[index] = self._list_filter(router, principal.scopes)
+            elif message.method == "tools/call":
+                name = message.params.get("name")
+                if not isinstance(name, str):
+                    continue  # no tool can have that name: the child answers its own error
+                if not self.policy.permits(name):
+                    self.record_denial(Denial(shown(name), "denied", principal, router.label))
+                    screening = screening or Screening()
+                    screening.refused[index] = (jsonrpc.INVALID_PARAMS, f"Tool not allowed: {shown(name)}")
+                elif self.policy.uses_annotations:
+                    await self._check_scopes(router, name, principal)
+        return screening
+
+    def record_denial(self, denial: Denial) -> None:
+        """The one place every refusal of a tool call passes through."""
+        log.info(
+            "tool call refused",
+            extra={
+                "tool": denial.tool,
+                "reason": denial.reason,
+                "scope": denial.scope,
+                "subject": denial.principal.subject,
+                "session": denial.session,
+            },
+        )
+
+    def _list_filter(self, router: Router, scopes: frozenset[str]) -> ResponseHook:
+        """A hook for the child's answer to one `tools/list`: learn every tool, show what the caller may use."""
+        catalog = self._catalog(router) if self.policy.uses_annotations else None
+        policy = self.policy
+
+        def filter_tools(response: JsonObject) -> bool:
+            result = response.get("result")
+            tools = result.get("tools") if isinstance(result, dict) else None
+            if not isinstance(result, dict) or not isinstance(tools, list):
+                return False
+            if catalog is not None:
+                catalog.learn(tools)
+            kept = [tool for tool in tools if policy.visible(tool, scopes)]
+            if len(kept) == len(tools):
+                return False  # unchanged: the child's bytes are forwarded as they are
+            result["tools"] = kept  # `nextCursor` and everything else stay as the child wrote them
+            return True
+
+        return filter_tools
+
+    async def _check_scopes(self, router: Router, name: str, principal: Principal) -> None:
+        kind = await self._class_of(router, name)
+        if kind is None:
+            return  # the child does not list it: forwarded, for the child to answer
+        needed = self.policy.scopes_for(kind)
+        if needed <= principal.scopes:
+            return
+        refusal = self._authenticator.insufficient_scope(needed)
+        self.record_denial(Denial(shown(name), "scope", principal, router.label, scope=" ".join(sorted(needed))))
+        raise refusal
+
+    def _catalog(self, router: Router) -> ToolCatalog:
+        if router.tools is None:
+            router.tools = ToolCatalog()
+        return router.tools
+
+    async def _class_of(self, router: Router, name: str) -> ToolClass | None:
+        catalog = self._catalog(router)
+        kind = catalog.classes.get(name)
+        if kind is not None or catalog.complete:
+            return kind
+        try:
+            async with asyncio.timeout(self._list_timeout), catalog.lock:
+                if name not in catalog.classes and not catalog.complete:  # another call may have listed them
+                    await self._list_tools(router, catalog)
+        except TimeoutError:
+            raise GatewayError("upstream_stalled", "The MCP server did not list its tools in time") from None
+        return catalog.classes.get(name)
+
+    async def _list_tools(self, router: Router, catalog: ToolCatalog) -> None:
+        """List every page of the child's tools into `catalog`, as the gateway's own requests."""
+        generation = catalog.generation
+        cursor: str | None = None
+        try:
+            for _ in range(MAX_LIST_PAGES):
+                response = await router.ask("tools/list", {} if cursor is None else {"cursor": cursor})
+                result = response.get("result")
+                tools = result.get("tools") if isinstance(result, dict) else None
+                if not isinstance(result, dict) or not isinstance(tools, list):
+                    return  # an error, or no tools: nothing to learn
+                catalog.learn(tools)
+                cursor = result.get("nextCursor")
+                if not isinstance(cursor, str) or not cursor:
+                    catalog.complete = generation == catalog.generation
+                    return
+        except ChildGone:
+            raise GatewayError("session_not_found", "Session not found: its MCP server has exited") from None
+        except StdinStalled:
+            raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
+        log.warning("the MCP server lists more than %d pages of tools", MAX_LIST_PAGES, extra={"session": router.label})
