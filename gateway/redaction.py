@@ -28,7 +28,9 @@ _SECRET_KEY: Final = re.compile(
 
 _SECRET_SHAPES: Final = [
     # Credentials of an Authorization header, wherever they were pasted.
-    (re.compile(r"\b(Bearer|Basic|Token)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE), rf"\1 {MASK}"),
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE), rf"\1 {MASK}"),
+    # The `Token` scheme some APIs use; its value must look like one (plain "token matches" is prose).
+    (re.compile(r"\b(Token)\s+[A-Za-z0-9\-._~+/]{16,}=*"), rf"\1 {MASK}"),
     # JSON Web Tokens (header.payload[.signature]; the header always starts with `{"`).
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}(\.[A-Za-z0-9_-]*)?"), MASK),
     # Vendor key formats: OpenAI/Anthropic, GitHub, GitLab, Slack, AWS access keys, Google API keys, Stripe.

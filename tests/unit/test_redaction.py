@@ -15,6 +15,7 @@ JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl"
     [
         ("Authorization: Bearer abc.DEF-123_x~+/==", f"Authorization: Bearer {MASK}"),
         ("basic dXNlcjpwYXNz", f"basic {MASK}"),
+        ("Authorization: Token 0123456789abcdefXYZ", f"Authorization: Token {MASK}"),
         (f"token={JWT}", f"token={MASK}"),
         (f"jwt {JWT} end", f"jwt {MASK} end"),
         ("key sk-ant-api03-AbCdEfGhIjKlMnOpQr", f"key {MASK}"),
@@ -43,6 +44,7 @@ def test_each_secret_shape_is_masked(text: str, expected: str) -> None:
     "text",
     [
         "author=Alice",
+        "no static token matches",
         "tokens=5",
         "/usr/local/lib/python3.11/site-packages/gateway",
         "0f8fad5b-d9cb-469f-a165-70867728950e",
