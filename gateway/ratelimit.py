@@ -207,26 +207,22 @@ class RateLimiter:
         `always_open` serves the request when the storage fails, whatever the policy (health and
         discovery must answer while the storage is down: readiness reports it).
         """
+        await self._check(name, key, count=True, always_open=always_open)
+
+    async def spent(self, name: LimitName, key: str) -> None:
+        """Refuse now if limit `name` is already spent for `key`, without counting anything."""
+        await self._check(name, key, count=False, always_open=False)
+
+    async def _check(self, name: LimitName, key: str, *, count: bool, always_open: bool) -> None:
+        check = self._strategy.hit if count else self._strategy.test
         for item in self._limits.get(name, ()):
             try:
                 async with asyncio.timeout(STORAGE_TIMEOUT):
-                    allowed = await self._strategy.hit(item, name, key)
+                    allowed = await check(item, name, key)
             except (StorageError, TimeoutError, OSError) as exc:
                 self._storage_failed(exc, always_open=always_open)
                 return
             if not allowed:
-                await self.refuse(name, key, item)
-
-    async def spent(self, name: LimitName, key: str) -> None:
-        """Refuse now if limit `name` is already spent for `key`, without counting anything."""
-        for item in self._limits.get(name, ()):
-            try:
-                async with asyncio.timeout(STORAGE_TIMEOUT):
-                    available = await self._strategy.test(item, name, key)
-            except (StorageError, TimeoutError, OSError) as exc:
-                self._storage_failed(exc)
-                return
-            if not available:
                 await self.refuse(name, key, item)
 
     async def refuse(self, name: LimitName, key: str, item: RateLimitItem) -> None:
