@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -134,6 +135,21 @@ async def test_stdin_eof_ends_the_session_and_the_process(echo_gateway: tuple[st
     assert await eventually(lambda: not child_pids()), child_pids()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+async def test_a_signal_ends_the_session_and_exits_zero(
+    echo_gateway: tuple[str, SessionStore], signum: signal.Signals
+) -> None:
+    url, store = echo_gateway
+    async with running_bridge(url) as bridge:
+        await bridge.initialize()
+        await bridge.request(1, "ping")
+        assert len(store) == 1
+        bridge.process.send_signal(signum)
+        async with asyncio.timeout(WAIT):
+            assert await bridge.process.wait() == 0
+        assert len(store) == 0
+
+
 async def test_oversized_and_invalid_lines(echo_gateway: tuple[str, SessionStore]) -> None:
     url, _ = echo_gateway
     async with running_bridge(url, "--max-message-bytes", "2048") as bridge:
@@ -215,6 +231,7 @@ class Script:
     gets: list[CIMultiDictProxy[str]] = dataclasses.field(default_factory=list)
     deletes: list[CIMultiDictProxy[str]] = dataclasses.field(default_factory=list)
     sessions: int = 0
+    get_status: int | None = None  # answer every GET with this status instead of a stream
     release: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     answered: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -264,6 +281,8 @@ class Script:
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         self.gets.append(request.headers)
+        if self.get_status is not None:
+            return web.Response(status=self.get_status)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         if len(self.gets) == 1:  # a server→client request, then the stream drops
@@ -339,3 +358,16 @@ async def _scripted_session(url: str, script: Script) -> None:
     for headers, _ in script.posts:
         assert headers["Accept"] == "application/json, text/event-stream"
         assert headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_a_server_without_a_standalone_stream(aiohttp_server: Any) -> None:
+    """GET answered 405: no stream, and no reconnection attempts either."""
+    script = Script(get_status=405)
+    server: TestServer = await aiohttp_server(script.app())
+    async with running_bridge(str(server.make_url("/mcp"))) as bridge:
+        await bridge.initialize()
+        assert await eventually(lambda: len(script.gets) == 1)
+        assert await eventually(lambda: "offers no standalone stream (405)" in bridge.stderr_text())
+        assert (await bridge.request(1, "ping"))["result"] == {"session": 1}
+        assert await bridge.close_stdin() == 0
+    assert len(script.gets) == 1

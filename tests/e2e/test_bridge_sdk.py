@@ -62,6 +62,8 @@ def sdk_http_url() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=WAIT)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 @pytest.mark.parametrize("scenario", ALL_SCENARIOS, ids=lambda s: s.__name__.removeprefix("scenario_"))
