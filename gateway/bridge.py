@@ -222,6 +222,7 @@ class LineWriter:
     """Writes whole lines to stdout, one at a time: lines never interleave."""
 
     def __init__(self, writer: asyncio.StreamWriter | None, fallback: int) -> None:
+        # stdout stays open until the process exits: the client reads it to its end.
         self._writer = writer  # None: stdout is a regular file, written with blocking writes
         self._fd = fallback
         self._lock = asyncio.Lock()
@@ -473,6 +474,7 @@ class Bridge:
             await self._out.write_message({"jsonrpc": "2.0", "id": message.id, "error": failure.error})
             return
         self._adopt(answer)
+        await self._announce_session()
 
     def _adopt(self, answer: JsonObject | None) -> None:
         result = answer.get("result") if answer is not None else None
@@ -508,6 +510,10 @@ class Bridge:
             initialized = jsonrpc.notification("notifications/initialized", {})
             del initialized["params"]
             await self._post_quietly(jsonrpc.encode(initialized))
+        await self._announce_session()
+
+    async def _announce_session(self) -> None:
+        """Wake the standalone stream waiting for a session to replace the one that ended."""
         async with self._session_changed:
             self._session_changed.notify_all()
 

@@ -177,9 +177,17 @@ async def test_oversized_and_invalid_lines(echo_gateway: tuple[str, SessionStore
         # The server's messages are bounded too.
         too_big = await bridge.request(11, "tools/call", tool_call("big", size=4000))
         assert "larger than --max-message-bytes" in too_big["error"]["message"]
+        # The client's answer to a server request is too large: the server hears an error instead.
+        await bridge.send({"jsonrpc": "2.0", "id": 12, "method": "tools/call", "params": tool_call("sample")})
+        sampling = await bridge.receive()
+        assert sampling["method"] == "sampling/createMessage"
+        huge = {"role": "assistant", "content": {"type": "text", "text": "z" * 5000}, "model": "m"}
+        await bridge.send({"jsonrpc": "2.0", "id": sampling["id"], "result": huge})
+        answer, _ = await bridge.answer_to(12)
+        assert text_of(answer).startswith("error: message larger than --max-message-bytes")
         assert await bridge.close_stdin() == 0
     bridge.assert_clean_stdout()
-    assert [json.loads(line)["id"] for line in bridge.stdout] == ["init", 7, None, 9, 10, 11]
+    assert [json.loads(line)["id"] for line in bridge.stdout] == ["init", 7, None, 9, 10, 11, sampling["id"], 12]
 
 
 async def test_no_stdout_pollution_and_no_token_in_stderr(echo_gateway: tuple[str, SessionStore]) -> None:
