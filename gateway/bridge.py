@@ -344,7 +344,7 @@ class Bridge:
                 reader.cancel()
                 if self._requests:
                     await asyncio.wait(set(self._requests), timeout=SHUTDOWN_GRACE)
-                for task in self._requests:
+                for task in list(self._requests):
                     task.cancel()
                 if self._listener is not None:
                     self._listener.cancel()
@@ -473,8 +473,9 @@ class Bridge:
         except Failure as failure:
             await self._out.write_message({"jsonrpc": "2.0", "id": message.id, "error": failure.error})
             return
-        self._adopt(answer)
-        await self._announce_session()
+        if answer is not None and "result" in answer:  # an error answer was relayed: no session
+            self._adopt(answer)
+            await self._announce_session()
 
     def _adopt(self, answer: JsonObject | None) -> None:
         result = answer.get("result") if answer is not None else None
@@ -507,9 +508,7 @@ class Bridge:
             if answer is None or "error" in answer:
                 raise Failure("the MCP session expired and re-initializing it failed", error=_error_of(answer))
             self._adopt(answer)
-            initialized = jsonrpc.notification("notifications/initialized", {})
-            del initialized["params"]
-            await self._post_quietly(jsonrpc.encode(initialized))
+            await self._post_quietly(jsonrpc.encode({"jsonrpc": "2.0", "method": "notifications/initialized"}))
         await self._announce_session()
 
     async def _announce_session(self) -> None:
@@ -657,7 +656,10 @@ class Bridge:
         if 300 <= status < 400:
             location = response.headers.get("Location", "?")
             return Failure(f"the MCP server redirects (HTTP {status}) to {location}; connect to that URL instead")
-        body = await self._read_bounded(response)
+        try:
+            body = await self._read_bounded(response)
+        except (aiohttp.ClientError, TimeoutError):
+            body = None
         if body is not None and response.content_type == "application/json":
             with contextlib.suppress(ValueError):
                 value = jsonrpc.decode(body)
