@@ -1,4 +1,5 @@
-"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, and `hash-token`.
+"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, `hash-token`, and
+`connect URL` (the stdio bridge for clients that cannot speak HTTP, see `gateway.bridge`).
 
 Every setting has a flag named after it (`--max-sessions`, `--child-env KEY=VALUE`, …); flags
 override `MCP_GATEWAY_*` variables, which override the `.env` file. The server command follows
@@ -21,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import __version__, logs
+from gateway import __version__, bridge, logs
 from gateway.app import create_app
 from gateway.auth.static import digest_of
 from gateway.auth.verifiers import AuthStartupError
@@ -70,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-token",
         help="Print the SHA-256 digest of a token read from stdin, for static_tokens (the token never goes in argv).",
     )
+    connect = commands.add_parser(
+        "connect",
+        help="Serve a remote Streamable HTTP MCP server as a stdio server, for clients that only launch stdio servers.",
+    )
+    bridge.add_arguments(connect)
     return parser
 
 
@@ -105,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "hash-token":
         return _hash_token()
+    if args.action == "connect":
+        return bridge.main(args)
     try:
         settings = load_settings(args, command)
     except ValidationError as error:
