@@ -105,6 +105,8 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        # The labelled children of the per-request series, looked up once per (method, outcome).
+        self._request_series: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._handlers: dict[EventName, Callable[[Mapping[str, Any]], None]] = {
             "session.open": lambda _: self.sessions_opened.inc(),
             "session.close": lambda fields: self.sessions_closed.labels(fields["reason"]).inc(),
@@ -127,8 +129,13 @@ class Metrics:
 
     def _request(self, fields: Mapping[str, Any]) -> None:
         method = fields["method"] if fields["method"] in KNOWN_METHODS else "other"
-        self.request_seconds.labels(method).observe(fields["duration_ms"] / 1000)
-        self.requests.labels(method, fields["outcome"]).inc()
+        key = (method, fields["outcome"])
+        series = self._request_series.get(key)
+        if series is None:  # both label sets are closed: this cache stays small
+            series = self._request_series[key] = (self.request_seconds.labels(method), self.requests.labels(*key))
+        latency, count = series
+        latency.observe(fields["duration_ms"] / 1000)
+        count.inc()
         self.bytes_received.inc(fields["bytes_in"])
         self.bytes_sent.inc(fields["bytes_out"])
 

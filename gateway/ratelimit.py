@@ -26,8 +26,8 @@ import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
-from typing import Final, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, Literal, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -69,6 +69,7 @@ SWEEP_EVERY: Final = 4096
 PUBLIC_PREFIXES: Final = ("/.well-known/", "/health", "/ready", "/metrics")
 
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 def wall_clock() -> float:
@@ -197,6 +198,8 @@ class RateLimiter:
         self._audit = audit
         self._clock = clock
         self._last_failure_log = -math.inf
+        # This process's memory answers within the call and cannot hang: no deadline to arm.
+        self._deadline = None if isinstance(storage, LocalMovingWindow) else STORAGE_TIMEOUT
 
     def configured(self, name: LimitName) -> bool:
         return bool(self._limits.get(name))
@@ -217,20 +220,25 @@ class RateLimiter:
         check = self._strategy.hit if count else self._strategy.test
         for item in self._limits.get(name, ()):
             try:
-                async with asyncio.timeout(STORAGE_TIMEOUT):
-                    allowed = await check(item, name, key)
+                allowed = await self._ask(check(item, name, key))
             except (StorageError, TimeoutError, OSError) as exc:
                 self._storage_failed(exc, always_open=always_open)
                 return
             if not allowed:
                 await self.refuse(name, key, item)
 
+    async def _ask(self, call: Awaitable[T]) -> T:
+        """The storage's answer, within the storage deadline when it has one."""
+        if self._deadline is None:
+            return await call
+        async with asyncio.timeout(self._deadline):
+            return await call
+
     async def refuse(self, name: LimitName, key: str, item: RateLimitItem) -> None:
         """Audit the block and raise the 429 (503 for the global spawn rate) that reports it."""
         reset_in = float(item.get_expiry())
         try:
-            async with asyncio.timeout(STORAGE_TIMEOUT):
-                stats = await self._strategy.get_window_stats(item, name, key)
+            stats = await self._ask(self._strategy.get_window_stats(item, name, key))
             reset_in = max(stats.reset_time - self._clock(), 0.0)
         except (StorageError, TimeoutError, OSError):
             pass  # the window's full length is a safe upper bound
