@@ -16,6 +16,7 @@ the in-flight POSTs get the shutdown budget; then every child is stopped, in par
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -74,8 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_audit_log)
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_rate_limiter)
-    policy = ToolPolicy.from_settings(settings)
-    app[keys.TOOL_GUARD] = ToolGuard(policy, authenticator, settings.request_timeout) if policy is not None else None
+    app.cleanup_ctx.append(functools.partial(_tool_guard, authenticator=authenticator))
     app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)
@@ -105,6 +105,14 @@ async def _audit_log(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         audit.close()
+
+
+async def _tool_guard(app: web.Application, *, authenticator: Authenticator) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    policy = ToolPolicy.from_settings(settings)
+    guard = ToolGuard(policy, authenticator, settings.request_timeout, app[keys.AUDIT]) if policy is not None else None
+    app[keys.TOOL_GUARD] = guard
+    yield
 
 
 async def _rate_limiter(app: web.Application) -> AsyncIterator[None]:

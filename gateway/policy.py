@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from gateway import jsonrpc
+from gateway.audit import Audit
 from gateway.errors import GatewayError
 from gateway.jsonrpc import JsonObject, Kind, Message
 from gateway.sessions.child import ChildGone, StdinStalled
@@ -208,10 +209,11 @@ class Screening:
 class ToolGuard:
     """Applies a `ToolPolicy` to the messages of one POST, for one principal and one session."""
 
-    def __init__(self, policy: ToolPolicy, authenticator: Authenticator, list_timeout: float) -> None:
+    def __init__(self, policy: ToolPolicy, authenticator: Authenticator, list_timeout: float, audit: Audit) -> None:
         self.policy = policy
         self._authenticator = authenticator
         self._list_timeout = list_timeout
+        self._audit = audit
 
     async def screen(self, router: Router, messages: Sequence[Message], principal: Principal) -> Screening | None:
         """Decide on every `tools/list` and `tools/call` of a POST; None when none is in it.
@@ -239,7 +241,19 @@ class ToolGuard:
         return screening
 
     def record_denial(self, denial: Denial) -> None:
-        """The one place every refusal of a tool call passes through."""
+        """The one place every refusal of a tool call passes through.
+
+        A missing scope is audited as the authorization failure it is; a denied name is audited
+        with its request, as outcome `denied`, once the router has answered it.
+        """
+        if denial.reason == "scope":
+            self._audit.record(
+                "auth.fail",
+                principal=denial.principal,
+                reason="insufficient_scope",
+                tool=denial.tool,
+                scope=denial.scope,
+            )
         log.info(
             "tool call refused",
             extra={

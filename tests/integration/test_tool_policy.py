@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,9 +165,10 @@ async def test_lists_show_what_the_caller_may_use(gateway: Gateway, token: str, 
     ids=["write-without-scope", "destructive-without-scopes", "unannotated", "destructive-with-write-only"],
 )
 async def test_a_call_without_its_scope_is_403(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture, token: str, tool: str, scope: str
+    gateway: Gateway, caplog: pytest.LogCaptureFixture, tmp_path: Path, *, token: str, tool: str, scope: str
 ) -> None:
-    mcp = await gateway(token, **scoped())
+    audit_log = tmp_path / "audit.jsonl"
+    mcp = await gateway(token, **scoped(), audit_log=str(audit_log))
     message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": tool}}
     with caplog.at_level(logging.INFO, logger="gateway.policy"):
         async with mcp.http.post("/mcp", json=message, headers=mcp.headers()) as response:
@@ -180,6 +182,9 @@ async def test_a_call_without_its_scope_is_403(
     }
     assert ["tools/call", tool] not in await received(mcp)
     assert logged_denials(caplog) == [(tool, "scope", scope)]
+    audited = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    refusals = [(line["reason"], line["tool"], line["scope"]) for line in audited if line["event"] == "auth.fail"]
+    assert refusals == [("insufficient_scope", tool, scope)]
 
 
 @pytest.mark.parametrize(
