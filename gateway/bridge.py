@@ -464,7 +464,9 @@ class Bridge:
             )
 
     async def _send_initialize(self, message: Message, raw: bytes) -> None:
-        """Sent and answered before stdin is read further: nothing may overtake it."""
+        """Sent and answered before stdin is read further: nothing may overtake it. A session
+        the client started before is ended first: the server need not keep it until it expires."""
+        await self._end_session()
         self._initialize = dict(message.body)
         self.session_id = None
         self._version = None

@@ -123,6 +123,23 @@ async def test_an_expired_session_is_reinitialized_transparently(echo_gateway: t
     assert [json.loads(line)["id"] for line in bridge.stdout] == ["init", 1, 2]
 
 
+async def test_a_second_initialize_ends_the_first_session(echo_gateway: tuple[str, SessionStore]) -> None:
+    url, store = echo_gateway
+    async with running_bridge(url) as bridge:
+        await bridge.initialize()
+        first_pid = int(text_of(await bridge.request(1, "tools/call", tool_call("pid"))))
+        (first,) = list(store)
+
+        await bridge.initialize()  # a client reconnecting over the same bridge process
+        second_pid = int(text_of(await bridge.request(2, "tools/call", tool_call("pid"))))
+        (second,) = list(store)  # the first session was DELETEd, not left to expire
+
+        assert second.id != first.id
+        assert second_pid != first_pid
+        assert await eventually(lambda: first_pid not in child_pids()), child_pids()
+        assert await bridge.close_stdin() == 0
+
+
 async def test_stdin_eof_ends_the_session_and_the_process(echo_gateway: tuple[str, SessionStore]) -> None:
     url, store = echo_gateway
     async with running_bridge(url) as bridge:
