@@ -109,6 +109,8 @@ def default_token_env(name: str) -> str:
 
 
 def url_problems(url: str) -> list[str]:
+    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        return [f"URL {url!r} holds whitespace or control characters"]
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port out of range

@@ -71,6 +71,8 @@ _PYTHON_SPEC = re.compile(
 _NODE_SPEC = re.compile(
     r"^(?P<name>(?:@[a-z0-9][a-z0-9._~-]*/)?[a-z0-9][a-z0-9._~-]*)(?:@(?P<version>[A-Za-z0-9._~^<>=*|+-]+))?$"
 )
+_PYTHON_PINNED = re.compile(r"===?[A-Za-z0-9.+!_-]+$")
+_NODE_EXACT = re.compile(r"^\d+\.\d+\.\d+(?:[-+][A-Za-z0-9.+-]+)?$")
 _PYTHON_PROGRAMS = re.compile(r"^python(?:3(?:\.\d+)?)?$")
 _NPX_YES = frozenset({"-y", "--yes", "-q", "--quiet"})
 
@@ -96,6 +98,21 @@ class InstallPlan:
     argv: tuple[str, ...]
     node_bin: str = ""  # node: the bin to link; "" lets the build choose as npx would
     node_unscoped: str = ""  # node: the package's name without scope or version
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the package names one exact version (a range still floats)."""
+        if self.runtime == "python":
+            return bool(_PYTHON_PINNED.search(self.package))
+        match = _NODE_SPEC.match(self.package)
+        return bool(match and match["version"] and _NODE_EXACT.match(match["version"]))
+
+    @property
+    def package_name(self) -> str:
+        if self.runtime == "python":
+            return re.split(r"[\[=~!<>]", self.package, maxsplit=1)[0]
+        match = _NODE_SPEC.match(self.package)
+        return match["name"] if match else self.package
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,8 +317,9 @@ _PLACEHOLDER = re.compile(r"\{\{\s*([a-z][a-z0-9_]*)\s*\}\}")
 
 
 def render_template(text: str, values: Mapping[str, str], *, source: str) -> str:
-    """`{{name}}` replaced by `values[name]`. A line holding only a placeholder whose value is empty
-    is dropped. A placeholder without a value, or a stray `{{`/`}}`, is a `TemplateError`."""
+    """`{{name}}` replaced by `values[name]`. A line holding only a placeholder is a block: replaced by
+    the value's lines, or dropped when the value is empty. A placeholder without a value, or a stray
+    `{{`/`}}`, is a `TemplateError`."""
     missing = sorted({key for key in _PLACEHOLDER.findall(text) if key not in values})
     if missing:
         raise TemplateError(f"{source}: no value for {', '.join(missing)}")
@@ -310,7 +328,10 @@ def render_template(text: str, values: Mapping[str, str], *, source: str) -> str
     lines = []
     for line in text.splitlines(keepends=True):
         whole = _PLACEHOLDER.fullmatch(line.strip())
-        if whole is not None and values[whole.group(1)] == "":
+        if whole is not None:  # a block: inserted as whole lines, or no line at all
+            block = values[whole.group(1)]
+            if block:
+                lines.append(block if block.endswith("\n") else block + line[len(line.rstrip("\r\n")) :])
             continue
         lines.append(_PLACEHOLDER.sub(lambda match: values[match.group(1)], line))
     return "".join(lines)
@@ -365,6 +386,17 @@ def render_files(service: Service) -> dict[str, str]:
         else "",
         "client_sections": _client_sections(client_snippets),
     }
+    values["pin_note"] = (
+        ""
+        if plan.pinned
+        else _render(
+            "pin-note.tmpl",
+            {
+                "pin_example": f"{plan.package_name}{'==' if plan.runtime == 'python' else '@'}VERSION",
+                "pin_rule": "DL3013" if plan.runtime == "python" else "DL3016",
+            },
+        )
+    )
     values["auth_settings"] = _render(f"env.{service.auth}.tmpl", values)
     values["auth_readme"] = _render(f"README.auth-{service.auth}.tmpl", values)
     files = {
