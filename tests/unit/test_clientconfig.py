@@ -88,7 +88,13 @@ def test_claude_desktop_runs_the_bridge_with_the_token_in_env_only() -> None:
     assert via_remote["command"] == "npx"
     # mcp-remote's header form for clients that do not quote args: no space after the colon, and
     # the value (with its space) in the environment.
-    assert via_remote["args"] == ["-y", MCP_REMOTE_PACKAGE, URL, "--header", f"Authorization:${{{MCP_REMOTE_HEADER_VAR}}}"]
+    assert via_remote["args"] == [
+        "-y",
+        MCP_REMOTE_PACKAGE,
+        URL,
+        "--header",
+        f"Authorization:${{{MCP_REMOTE_HEADER_VAR}}}",
+    ]
     assert not any(" " in arg for arg in via_remote["args"])
     assert via_remote["env"] == {MCP_REMOTE_HEADER_VAR: f"Bearer {TOKEN_PLACEHOLDER}"}
 
@@ -217,7 +223,17 @@ def test_a_leading_digit_still_makes_a_variable_name() -> None:
         (["--url", URL, "--token", "two words"], "--token: a bearer token"),
         (["--url", URL, "--no-token", "--token", "x"], "--no-token excludes"),
     ],
-    ids=["scheme", "no-host", "credentials", "bad-port", "space", "name", "token-env", "token-chars", "no-token-and-token"],
+    ids=[
+        "scheme",
+        "no-host",
+        "credentials",
+        "bad-port",
+        "space",
+        "name",
+        "token-env",
+        "token-chars",
+        "no-token-and-token",
+    ],
 )
 def test_refusals(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     status, out, err = run(capsys, *argv, "--client", "cursor")
