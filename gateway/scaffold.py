@@ -174,9 +174,14 @@ def _node_spec_problems(spec: str) -> list[str]:
 
 
 def _python_package_of(program: str) -> str:
-    """`uvx`'s `tool@1.2` form is the requirement `tool==1.2`."""
+    """`uvx`'s `tool@1.2` form is the requirement `tool==1.2`; `tool@latest` is just `tool`."""
     name, at, version = program.partition("@")
-    return f"{name}=={version}" if at else name
+    return f"{name}=={version}" if at and version != "latest" else name
+
+
+def _without_latest(spec: str) -> str:
+    """npm's `pkg@latest` means what an unversioned `pkg` means: the newest release at build time."""
+    return spec.removesuffix("@latest")
 
 
 def _unwrap_python_runner(argv: list[str]) -> tuple[str | None, list[str]]:
@@ -261,6 +266,7 @@ def _plan_node(argv: list[str], package: str | None) -> InstallPlan:
     else:
         bin_name, args = program, argv[1:]
         package = package or program
+    package = _without_latest(package)
     if bin_name and not _PROGRAM.match(bin_name):
         raise ScaffoldError([f"{bin_name!r} is not a program name"])
     match = _NODE_SPEC.match(package)

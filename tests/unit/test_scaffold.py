@@ -373,6 +373,18 @@ PLANS = [
         "weather@^3",
         InstallPlan("node", "weather@^3", (NODE_SERVER,), node_unscoped="weather"),
     ),
+    (
+        "npx -y @scope/tools@latest",
+        None,
+        None,
+        InstallPlan("node", "@scope/tools", (NODE_SERVER,), node_unscoped="tools"),
+    ),
+    (
+        "uvx mcp-server-fetch@latest",
+        None,
+        None,
+        InstallPlan("python", "mcp-server-fetch", ("/opt/mcp-server/bin/mcp-server-fetch",)),
+    ),
 ]
 
 
@@ -393,6 +405,8 @@ PLANS = [
         "npx-package-eq",
         "node-program",
         "npx-package-override",
+        "npx-latest",
+        "uvx-latest",
     ],
 )
 def test_install_plan(command: str, runtime: Any, package: str | None, expected: InstallPlan) -> None:
