@@ -74,6 +74,7 @@ _NODE_SPEC = re.compile(
 _PYTHON_PINNED = re.compile(r"===?[A-Za-z0-9.+!_-]+$")
 _NODE_EXACT = re.compile(r"^\d+\.\d+\.\d+(?:[-+][A-Za-z0-9.+-]+)?$")
 _PYTHON_PROGRAMS = re.compile(r"^python(?:3(?:\.\d+)?)?$")
+_NODE_RUNNERS = frozenset({"npx", "node", "nodejs", "npm"})
 _NPX_YES = frozenset({"-y", "--yes", "-q", "--quiet"})
 
 
@@ -209,6 +210,8 @@ def _unwrap_python_runner(argv: list[str]) -> tuple[str | None, list[str]]:
 
 def _plan_python(argv: list[str], package: str | None) -> InstallPlan:
     program = argv[0]
+    if program in _NODE_RUNNERS:
+        raise ScaffoldError([f"{program!r} runs Node.js programs: use --runtime node"])
     if program in ("uvx", "pipx"):
         spec, argv = _unwrap_python_runner(argv)
         if package is None:
@@ -233,6 +236,8 @@ def _plan_python(argv: list[str], package: str | None) -> InstallPlan:
 
 def _plan_node(argv: list[str], package: str | None) -> InstallPlan:
     program = argv[0]
+    if program in ("uvx", "pipx") or _PYTHON_PROGRAMS.match(program):
+        raise ScaffoldError([f"{program!r} runs Python programs: use --runtime python"])
     bin_name = ""
     if program == "npx":
         rest = argv[1:]
@@ -256,7 +261,7 @@ def _plan_node(argv: list[str], package: str | None) -> InstallPlan:
             package = package or npx_package
         else:
             package, args = package or rest[0], rest[1:]
-    elif program in ("node", "npm", "nodejs") or not _PROGRAM.match(program):
+    elif program in _NODE_RUNNERS or not _PROGRAM.match(program):
         raise ScaffoldError(
             [
                 f"cannot install {shlex.join(argv)!r}: a local script is not a package. Give the command as "
@@ -275,7 +280,7 @@ def _plan_node(argv: list[str], package: str | None) -> InstallPlan:
 
 
 def infer_runtime(argv: Sequence[str]) -> Runtime:
-    return "node" if argv and argv[0] in ("npx", "node", "npm", "nodejs") else "python"
+    return "node" if argv and argv[0] in _NODE_RUNNERS else "python"
 
 
 def plan_install(command: str, runtime: Runtime | None = None, package: str | None = None) -> InstallPlan:

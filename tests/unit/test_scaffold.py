@@ -445,6 +445,8 @@ def test_pinned(plan: InstallPlan, pinned: bool) -> None:
         ("mcp-server-time", None, "git+https://example.com/x.git", "is not a Python requirement"),
         ("npx -y 'Bad Name'", None, None, "is not an npm package"),
         ("server 'unterminated", None, None, "cannot be parsed"),
+        ("npx -y pkg", "python", None, "'npx' runs Node.js programs: use --runtime node"),
+        ("uvx mcp-server-time", "node", None, "'uvx' runs Python programs: use --runtime python"),
     ],
     ids=[
         "relative-path",
@@ -460,6 +462,8 @@ def test_pinned(plan: InstallPlan, pinned: bool) -> None:
         "pip-url",
         "npm-bad-name",
         "unparsable",
+        "npx-as-python",
+        "uvx-as-node",
     ],
 )
 def test_commands_that_cannot_be_mapped(command: str, runtime: Any, package: str | None, message: str) -> None:
