@@ -1,5 +1,7 @@
-"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, `hash-token`, and
-`connect URL` (the stdio bridge for clients that cannot speak HTTP, see `gateway.bridge`).
+"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, `hash-token`,
+`connect URL` (the stdio bridge for clients that cannot speak HTTP, see `gateway.bridge`),
+`new-service NAME` (a deployable service folder, see `gateway.scaffold`) and `client-config`
+(what to paste into an MCP client, see `gateway.clientconfig`).
 
 Every setting has a flag named after it (`--max-sessions`, `--child-env KEY=VALUE`, …); flags
 override `MCP_GATEWAY_*` variables, which override the `.env` file. The server command follows
@@ -22,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from gateway import __version__, bridge, logs
+from gateway import __version__, bridge, clientconfig, logs, scaffold
 from gateway.app import create_app
 from gateway.auth.static import digest_of
 from gateway.auth.verifiers import AuthStartupError
@@ -76,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="Serve a remote Streamable HTTP MCP server as a stdio server, for clients that only launch stdio servers.",
     )
     bridge.add_arguments(connect)
+    new_service = commands.add_parser(
+        "new-service",
+        help="Write a folder that deploys one stdio MCP server behind mcp-gateway: Dockerfile, compose service, "
+        ".env.example, nginx snippets, client configs.",
+    )
+    scaffold.add_arguments(new_service)
+    client_config = commands.add_parser(
+        "client-config", help="Print what to paste into an MCP client (Claude, Cursor, VS Code) to reach a gateway."
+    )
+    clientconfig.add_arguments(client_config)
     return parser
 
 
@@ -113,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _hash_token()
     if args.action == "connect":
         return bridge.main(args)
+    if args.action == "new-service":
+        return scaffold.main(args)
+    if args.action == "client-config":
+        return clientconfig.main(args)
     try:
         settings = load_settings(args, command)
     except ValidationError as error:
