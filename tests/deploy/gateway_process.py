@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
@@ -20,7 +21,17 @@ from typing import Any, Final
 
 from aiohttp import ClientResponse, ClientSession
 
-from tests.conftest import ACCEPT_BOTH, LATEST, WAIT, JsonObj, descendants, echo_command, live_processes, parse_sse
+from tests.conftest import (
+    ACCEPT_BOTH,
+    LARGE_BODY,
+    LATEST,
+    WAIT,
+    JsonObj,
+    descendants,
+    echo_command,
+    live_processes,
+    parse_sse,
+)
 
 # Bytes of one stderr line the reader accepts (log records are short; this only bounds memory).
 LOG_LINE_LIMIT: Final = 1024 * 1024
@@ -119,10 +130,11 @@ class HttpMcp:
         self.url = url
         self.session_id: str | None = None
         self.version: str | None = None
+        self.extra_headers: dict[str, str] = {}  # sent with every request
         self._ids = 0
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": ACCEPT_BOTH}
+        headers = {"Content-Type": "application/json", "Accept": ACCEPT_BOTH, **self.extra_headers}
         if self.session_id is not None:
             headers["Mcp-Session-Id"] = self.session_id
         if self.version is not None:
@@ -143,7 +155,8 @@ class HttpMcp:
     def post(
         self, message: JsonObj | bytes, headers: Mapping[str, str] | None = None
     ) -> contextlib.AbstractAsyncContextManager[ClientResponse]:
-        data = message if isinstance(message, bytes) else json.dumps(message).encode()
+        body = message if isinstance(message, bytes) else json.dumps(message).encode()
+        data = io.BytesIO(body) if len(body) > LARGE_BODY else body  # aiohttp streams large bodies
         return self.http.post(self.url, data=data, headers=self.headers(headers))
 
     def get(self) -> contextlib.AbstractAsyncContextManager[ClientResponse]:
@@ -162,7 +175,7 @@ class HttpMcp:
         async with self.post({"jsonrpc": "2.0", "method": "notifications/initialized"}) as response:
             assert response.status == 202, await response.text()
 
-    async def call(self, message: JsonObj) -> tuple[int, list[JsonObj]]:
+    async def call(self, message: JsonObj | bytes) -> tuple[int, list[JsonObj]]:
         async with self.post(message) as response:
             return response.status, await messages_of(response)
 
