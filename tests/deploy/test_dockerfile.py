@@ -10,7 +10,6 @@ HEALTHCHECK probe itself is run, exactly as written, against a real gateway.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -159,7 +158,7 @@ def test_every_copied_path_exists_and_reaches_the_builder(base: Dockerfile) -> N
                 continue
             *paths, _ = instruction.arguments.split()
             sources.extend(paths)
-    assert sources == ["pyproject.toml", "README.md", "gateway"]
+    assert sources == ["pyproject.toml", "README.md", "gateway", "templates"]
     for source in sources:
         path = ROOT / source
         assert path.exists(), source
@@ -186,6 +185,17 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
         assert not dockerignored(path, rules), path
 
 
+def _source_of(package: str, setuptools: dict[str, Any]) -> str:
+    """The folder setuptools builds `package` from: its longest mapped prefix, else its dotted path."""
+    mapping: dict[str, str] = setuptools.get("package-dir", {})
+    parts = package.split(".")
+    for cut in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:cut])
+        if prefix in mapping:
+            return "/".join([mapping[prefix], *parts[cut:]])
+    return "/".join(parts)
+
+
 def test_the_builder_copies_everything_setuptools_reads(base: Dockerfile) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     copied = {
@@ -194,21 +204,18 @@ def test_the_builder_copies_everything_setuptools_reads(base: Dockerfile) -> Non
     setuptools = project["tool"]["setuptools"]
     assert project["project"]["readme"] in copied
     assert "pyproject.toml" in copied
-    # Packages found by the include globs, and where the dynamic version comes from.
-    packages = {path.parent.relative_to(ROOT).as_posix() for path in ROOT.glob("*/**/__init__.py")}
-    included = {
-        p
-        for p in packages
-        if any(fnmatch.fnmatch(p.replace("/", "."), g) for g in setuptools["packages"]["find"]["include"])
-    }
-    assert included
-    assert all(p.split("/")[0] in copied for p in included)
+    # Every listed package comes from a copied folder (package-dir maps some elsewhere), and so
+    # do the dynamic version and the package data.
+    packages = setuptools["packages"]
+    assert packages
+    for package in packages:
+        assert _source_of(package, setuptools).split("/")[0] in copied, package
     version_module = setuptools["dynamic"]["version"]["attr"].rsplit(".", 1)[0]
-    assert version_module.split(".")[0] in copied
+    assert _source_of(version_module, setuptools).split("/")[0] in copied
     for package, patterns in setuptools["package-data"].items():
+        source = _source_of(package, setuptools)
         for pattern in patterns:
-            assert list((ROOT / package).glob(pattern)), f"{package}/{pattern} is declared but missing"
-            assert package in copied
+            assert list((ROOT / source).glob(pattern)), f"{package}/{pattern} is declared but missing"
     assert "license-files" not in project["project"]
     assert not list(ROOT.glob("LICEN[CS]E*"))
 

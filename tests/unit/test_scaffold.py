@@ -46,7 +46,7 @@ HARDENING: Final[dict[str, Any]] = {
     "cap_drop": ["ALL"],
     "security_opt": ["no-new-privileges:true"],
     "expose": ["8080"],
-    "networks": ["proxy"],
+    "networks": ["proxy", "backend"],
 }
 # What a real secret looks like: a hex digest (SHA-1 and longer), or a long word mixing lower case,
 # upper case and digits the way generated tokens do. Setting names (upper case) and URLs are not.
@@ -173,6 +173,9 @@ def test_compose_service_is_hardened_and_on_the_proxy(rendered: tuple[str, str, 
         "MCP_GATEWAY_PUBLIC_URL": "https://tools.example.org",
         "MCP_GATEWAY_TRUSTED_PROXIES": "${PROXY_SUBNET:-172.30.0.0/24}",
         "MCP_GATEWAY_MAX_MESSAGE_BYTES": "16777216",
+        "MCP_GATEWAY_RATELIMIT_STORAGE": "${MCP_RATELIMIT_STORAGE:-memory://}",
+        "MCP_GATEWAY_LOG_FORMAT": "json",
+        "MCP_GATEWAY_AUDIT_LOG": "stdout",
     }
 
 
