@@ -196,8 +196,8 @@ def claude_desktop(target: Target) -> list[Snippet]:
             text=_json({"mcpServers": {target.name: bridge}}),
             filename="claude_desktop_config.json",
             notes=(
-                "Needs mcp-gateway on this machine (pip install mcp-gateway); give its absolute path "
-                "in `command` when the client does not search your PATH.",
+                "Needs mcp-gateway on this machine, installed from its repository (pipx install PATH-OR-URL); "
+                "give its absolute path in `command` when the client does not search your PATH.",
                 *token_note,
             ),
         ),
