@@ -1,4 +1,4 @@
-"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, `hash-token`, and
+"""Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, `hash-token`, `oauth-key`, and
 `connect URL` (the stdio bridge for clients that cannot speak HTTP, see `gateway.bridge`).
 
 Every setting has a flag named after it (`--max-sessions`, `--child-env KEY=VALUE`, …); flags
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from gateway import __version__, bridge, logs
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-token",
         help="Print the SHA-256 digest of a token read from stdin, for static_tokens (the token never goes in argv).",
     )
+    commands.add_parser(
+        "oauth-key", help="Print a new random key for oauth_session_key (the built-in authorization server)."
+    )
     connect = commands.add_parser(
         "connect",
         help="Serve a remote Streamable HTTP MCP server as a stdio server, for clients that only launch stdio servers.",
@@ -111,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "hash-token":
         return _hash_token()
+    if args.action == "oauth-key":
+        print(Fernet.generate_key().decode())
+        return 0
     if args.action == "connect":
         return bridge.main(args)
     try:
