@@ -20,6 +20,7 @@ from aiohttp.test_utils import unused_port
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import create_app, keys
+from gateway.oauth.clients import MAX_CIMD_BYTES, PublicResolver
 from gateway.oauth.server import OAuthServer
 from gateway.oauth.tokens import digest
 from tests.conftest import ACCEPT_BOTH, LATEST, WAIT
@@ -556,3 +557,103 @@ async def test_every_oauth_endpoint_is_rate_limited(oauth_gateway: Callable[...,
         async with gw.http.post(gw.base + "/oauth/token", data={"grant_type": "x"}) as response:
             statuses.append(response.status)
     assert statuses == [401, 401, 401, 429]
+
+
+# --- client metadata documents --------------------------------------------------------------------
+
+
+async def _document_server(aiohttp_server: ServerFactory, body: Callable[[str], bytes]) -> str:
+    app = web.Application()
+
+    async def document(request: web.Request) -> web.Response:
+        return web.Response(body=body(str(request.url)), content_type="application/json")
+
+    app.router.add_get("/client.json", document)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/client.json"))
+
+
+def _document(url: str, **extra: Any) -> bytes:
+    return json.dumps(
+        {"client_id": url, "client_name": "Document Client", "redirect_uris": [REDIRECT_URI], **extra}
+    ).encode()
+
+
+async def test_a_client_metadata_document_names_the_client(
+    oauth_gateway: Callable[..., Awaitable[Gateway]], aiohttp_server: ServerFactory
+) -> None:
+    url = await _document_server(aiohttp_server, _document)
+    gw = await oauth_gateway(oauth_cimd_allow_private=True)
+    verifier, challenge = pkce()
+    signin = await gw.browser.get(authorize_url(gw.base, url, challenge))
+    assert signin.status == 200, signin.text
+    assert "Document Client" in signin.text
+    consent = await gw.browser.submit(signin, token=SERVICE_TOKEN)
+    assert url in consent.text
+    done = await gw.browser.submit(consent, button="allow")
+    status, body = await gw.token(
+        grant_type="authorization_code",
+        code=done.redirect_params["code"],
+        redirect_uri=REDIRECT_URI,
+        client_id=url,
+        code_verifier=verifier,
+    )
+    assert status == 200, body
+    assert (await gw.mcp_status(body["access_token"]))[0] == 200
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [
+        "https://127.0.0.1/client.json",
+        "https://localhost/client.json",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/client.json",
+        "https://[::ffff:127.0.0.1]/client.json",
+        "http://example.com/client.json",
+        "https://example.com/",
+        "https://example.com/a/../client.json",
+        "https://user:pw@example.com/client.json",
+    ],
+    ids=["loopback", "localhost", "link-local", "ipv6-loopback", "mapped", "http", "no-path", "dots", "userinfo"],
+)
+async def test_client_metadata_urls_that_are_refused_before_any_fetch(
+    oauth_gateway: Callable[..., Awaitable[Gateway]], client_id: str
+) -> None:
+    gw = await oauth_gateway()
+    _, challenge = pkce()
+    step = await gw.browser.get(authorize_url(gw.base, client_id, challenge))
+    assert step.status == 401
+    assert "Location" not in step.headers
+
+
+async def test_a_host_name_resolving_to_loopback_is_refused() -> None:
+    resolver = PublicResolver()
+    with pytest.raises(OSError, match="no public address"):
+        await resolver.resolve("localhost", 443)
+    await resolver.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (lambda url: _document(url, padding="x" * MAX_CIMD_BYTES), "larger than"),
+        (lambda url: _document("https://elsewhere.example.com/client.json"), "own URL"),
+        (lambda url: _document(url, client_secret="s"), "secret"),
+        (lambda url: _document(url, redirect_uris=["http://evil.example.com/cb"]), "loopback"),
+        (lambda url: b"not json", "not JSON"),
+    ],
+    ids=["oversized", "other-client-id", "secret", "bad-redirect", "not-json"],
+)
+async def test_bad_client_metadata_documents_are_refused(
+    oauth_gateway: Callable[..., Awaitable[Gateway]],
+    aiohttp_server: ServerFactory,
+    body: Callable[[str], bytes],
+    reason: str,
+) -> None:
+    url = await _document_server(aiohttp_server, body)
+    gw = await oauth_gateway(oauth_cimd_allow_private=True)
+    _, challenge = pkce()
+    step = await gw.browser.get(authorize_url(gw.base, url, challenge))
+    assert step.status == 401
+    assert reason in step.text
