@@ -192,7 +192,7 @@ class Tokens:
         if not await self._store.first_use("refresh", key, self._refresh_ttl):
             await self.revoke_family(family)
             raise ReusedToken("refresh token", family)
-        state = await self._store.get("family", family)
+        state = await self._live(family)
         if state is None:
             raise OAuthError("invalid_grant", "The grant was revoked or has expired")
         grant = Grant(**{name: state[name] for name in Grant.__dataclass_fields__})
@@ -243,15 +243,24 @@ class Tokens:
         return claims
 
     async def revoke_family(self, family: str) -> None:
+        # The tombstone outlives the family: a redemption racing this revocation (its family
+        # written just after the delete) is still dead.
+        await self._store.put("revoked", family, {"at": time.time()}, self._refresh_ttl)
         await self._store.delete("family", family)
         self._families[family] = (time.monotonic() + FAMILY_CHECK_TTL, None)
+
+    async def _live(self, family: str) -> dict[str, Any] | None:
+        state = await self._store.get("family", family)
+        if state is not None and await self._store.get("revoked", family) is not None:
+            return None
+        return state
 
     async def family(self, family: str) -> dict[str, Any] | None:
         """The family's record while it lives (cached `FAMILY_CHECK_TTL`); raises `StorageError`."""
         cached = self._families.get(family)
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        state = await self._store.get("family", family)
+        state = await self._live(family)
         if len(self._families) >= FAMILY_CACHE_ENTRIES:
             self._families.clear()
         self._families[family] = (time.monotonic() + FAMILY_CHECK_TTL, state)
