@@ -20,6 +20,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -31,11 +32,18 @@ from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
 from gateway.auth.identity import IdentityIssuer
+from gateway.auth.jwt import LEEWAY_SECONDS
 from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.auth.verifiers import AuthStartupError, build_verifier, check_startup_token
 from gateway.clientip import client_ip_middleware
 from gateway.errors import error_middleware
 from gateway.metrics import Metrics
+from gateway.oauth import routes as oauth_routes
+from gateway.oauth.clients import ClientRegistry, cimd_session
+from gateway.oauth.keyset import KeySet, derive_fernet
+from gateway.oauth.server import Endpoints, OAuthServer, session_cookie
+from gateway.oauth.storage import StorageError, open_store
+from gateway.oauth.tokens import GrantVerifier, OwnTokensFirst, Tokens
 from gateway.policy import ToolGuard, ToolPolicy
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.guard import OrphanGuard
@@ -48,6 +56,12 @@ log = logging.getLogger("gateway")
 
 # Bytes of slack over the message cap for the HTTP body (whitespace, a batch's brackets).
 BODY_SLACK = 64 * 1024
+# Keys derived from oauth_session_key, one per use.
+COOKIE_KEY_PURPOSE = "mcp-gateway oauth session cookie"
+SECRETS_KEY_PURPOSE = "mcp-gateway oauth stored secrets"
+# A generated signing key stays published this long after it stops signing: longer than any
+# access token it signed can live (plus the clock leeway), and than a JWKS cache keeps a set.
+JWKS_CACHE_SECONDS = 300
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -56,17 +70,19 @@ def create_app(settings: Settings) -> web.Application:
         resource_metadata=settings.resource_metadata_url,
         required_scopes=frozenset(settings.required_scopes),
     )
-    app = web.Application(
-        client_max_size=settings.max_message_bytes + BODY_SLACK,
-        middlewares=[
-            requestid.request_id_middleware,
-            error_middleware,
-            client_ip_middleware(settings.proxy_networks()),
-            ratelimit.ip_middleware(settings.mcp_path),
-            auth_middleware(authenticator),
-            ratelimit.principal_middleware(settings.mcp_path),
-        ],
-    )
+    middlewares = [
+        requestid.request_id_middleware,
+        error_middleware,
+        client_ip_middleware(settings.proxy_networks()),
+        ratelimit.ip_middleware(settings.mcp_path),
+        auth_middleware(authenticator),
+        ratelimit.principal_middleware(settings.mcp_path),
+    ]
+    if settings.oauth_server and settings.oauth_session_key is not None:
+        cookie_key = derive_fernet(settings.oauth_session_key.get_secret_value(), COOKIE_KEY_PURPOSE)
+        secure = settings.base_url.startswith("https://")
+        middlewares.insert(4, oauth_routes.browser_session_middleware(session_cookie(cookie_key, secure=secure)))
+    app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[keys.SETTINGS] = settings
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
     app[keys.STARTED_AT] = time.monotonic()
@@ -77,6 +93,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_rate_limiter)
     app.cleanup_ctx.append(functools.partial(_tool_guard, authenticator=authenticator))
     app.cleanup_ctx.append(_identity_provider)
+    app.cleanup_ctx.append(_oauth_server)
     app.cleanup_ctx.append(_orphan_guard)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
@@ -85,6 +102,8 @@ def create_app(settings: Settings) -> web.Application:
     cors.install(app, settings.mcp_path)
     health.add_routes(app)
     discovery.add_routes(app, settings.mcp_path)
+    if settings.oauth_server:
+        oauth_routes.add_routes(app, dynamic_registration=settings.oauth_dynamic_registration)
     registry = app[keys.METRICS]
     if registry is not None and settings.metrics_on_main_listener:
         app.router.add_get(metrics.PATH, metrics.handler(registry, _metrics_token(settings)))
@@ -173,6 +192,79 @@ async def _identity_provider(app: web.Application) -> AsyncIterator[None]:
             if refresher is not None:
                 refresher.cancel()
                 await asyncio.gather(refresher, return_exceptions=True)
+
+
+async def _oauth_server(app: web.Application) -> AsyncIterator[None]:
+    """The built-in authorization server, when it is on: its storage, keys and HTTP client; from
+    here on the MCP endpoint also accepts the tokens it issues."""
+    settings = app[keys.SETTINGS]
+    if not settings.oauth_server or settings.oauth_session_key is None:
+        app[keys.OAUTH] = None
+        yield
+        return
+    master = settings.oauth_session_key.get_secret_value()
+    secrets_key = derive_fernet(master, SECRETS_KEY_PURPOSE)
+    store = open_store(settings.oauth_storage_url)
+    http = cimd_session(allow_private=settings.oauth_cimd_allow_private, user_agent=f"mcp-gateway/{__version__}")
+    maintainer: asyncio.Task[None] | None = None
+    try:
+        keyset = KeySet(
+            store,
+            secrets_key,
+            files=settings.oauth_signing_key_files,
+            rotation=settings.oauth_signing_key_rotation,
+            overlap=settings.oauth_access_token_ttl + LEEWAY_SECONDS + JWKS_CACHE_SECONDS,
+        )
+        try:
+            await store.open()
+            await keyset.load()
+        except StorageError as exc:
+            raise AuthStartupError(f"the OAuth storage cannot be used: {exc}") from None
+        tokens = Tokens(
+            store,
+            keyset,
+            secrets_key,
+            issuer=settings.base_url,
+            resource=settings.resource_url,
+            access_ttl=settings.oauth_access_token_ttl,
+            refresh_ttl=settings.oauth_refresh_token_ttl,
+        )
+        configured = app[keys.VERIFIER]
+        server = OAuthServer(
+            endpoints=Endpoints(settings.base_url),
+            resource=settings.resource_url,
+            service=urlsplit(settings.base_url).netloc,
+            store=store,
+            keys=keyset,
+            tokens=tokens,
+            clients=ClientRegistry(store, http, allow_private=settings.oauth_cimd_allow_private),
+            cimd_http=http,
+            signin_verifier=configured,
+            signin_methods=tuple(settings.oauth_signin_methods),
+            offered_scopes=offered_scopes(settings),
+            token_to_env=settings.oauth_token_to_env,
+            dynamic_registration=settings.oauth_dynamic_registration,
+        )
+        app[keys.OAUTH] = server
+        own = GrantVerifier(tokens, token_to_env=settings.oauth_token_to_env)
+        app[keys.VERIFIER] = OwnTokensFirst(settings.base_url, own, configured)
+        app[keys.AS_METADATA] = AuthorizationServerMetadata(http, settings.base_url, server.metadata())
+        if not settings.oauth_signing_key_files:
+            maintainer = asyncio.get_running_loop().create_task(keyset.maintain())
+        yield
+    finally:
+        if maintainer is not None:
+            maintainer.cancel()
+            await asyncio.gather(maintainer, return_exceptions=True)
+        await http.close()
+        await store.aclose()
+
+
+def offered_scopes(settings: Settings) -> tuple[str, ...]:
+    """Scopes the built-in server can grant: the advertised ones and every scope the gateway checks."""
+    scopes = [*settings.scopes_supported, *settings.required_scopes]
+    scopes += [scope for scope in (settings.tool_scope_write, settings.tool_scope_destructive) if scope]
+    return tuple(sorted(set(scopes)))
 
 
 async def _orphan_guard(app: web.Application) -> AsyncIterator[None]:

@@ -49,7 +49,29 @@ EventName = Literal[
     "child.spawn",
     "child.exit",
     "child.violation",
+    "oauth.register",
+    "oauth.signin",
+    "oauth.signin_fail",
+    "oauth.consent",
+    "oauth.authorize",
+    "oauth.grant",
+    "oauth.refresh",
+    "oauth.reuse",
+    "oauth.revoke",
+    "oauth.refused",
 ]
+OAUTH_EVENTS: Final[tuple[EventName, ...]] = (
+    "oauth.register",
+    "oauth.signin",
+    "oauth.signin_fail",
+    "oauth.consent",
+    "oauth.authorize",
+    "oauth.grant",
+    "oauth.refresh",
+    "oauth.reuse",
+    "oauth.revoke",
+    "oauth.refused",
+)
 # Fields whose values the gateway makes itself, in formats that cannot carry a secret; every other
 # string is redacted (trace ids are 32 hex digits, which the redaction rules would mask, and
 # skipping what needs no redaction keeps an audit line cheap).
@@ -68,6 +90,11 @@ _OWN_FIELDS: Final = frozenset(
         "reason",
         "kind",
         "signal",
+        "family",
+        "consent",
+        "decision",
+        "endpoint",
+        "error",
     }
 )
 

@@ -1,7 +1,7 @@
 """Command line: `mcp-gateway serve [options] -- CMD [ARGS…]`, `check`, `hash-token`,
-`connect URL` (the stdio bridge for clients that cannot speak HTTP, see `gateway.bridge`),
-`new-service NAME` (a deployable service folder, see `gateway.scaffold`) and `client-config`
-(what to paste into an MCP client, see `gateway.clientconfig`).
+`oauth-key`, `connect URL` (the stdio bridge for clients that cannot speak HTTP, see
+`gateway.bridge`), `new-service NAME` (a deployable service folder, see `gateway.scaffold`) and
+`client-config` (what to paste into an MCP client, see `gateway.clientconfig`).
 
 Every setting has a flag named after it (`--max-sessions`, `--child-env KEY=VALUE`, …); flags
 override `MCP_GATEWAY_*` variables, which override the `.env` file. The server command follows
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from gateway import __version__, bridge, clientconfig, logs, scaffold
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-token",
         help="Print the SHA-256 digest of a token read from stdin, for static_tokens (the token never goes in argv).",
     )
+    commands.add_parser(
+        "oauth-key", help="Print a new random key for oauth_session_key (the built-in authorization server)."
+    )
     connect = commands.add_parser(
         "connect",
         help="Serve a remote Streamable HTTP MCP server as a stdio server, for clients that only launch stdio servers.",
@@ -123,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.action == "hash-token":
         return _hash_token()
+    if args.action == "oauth-key":
+        print(Fernet.generate_key().decode())
+        return 0
     if args.action == "connect":
         return bridge.main(args)
     if args.action == "new-service":

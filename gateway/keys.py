@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp_session import Session as BrowserSession
 
 from gateway.audit import Audit
 from gateway.auth import Principal, TokenVerifier
 from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.jsonrpc import RequestId
 from gateway.metrics import Metrics
+from gateway.oauth.server import OAuthServer
 from gateway.policy import ToolGuard
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionStore
@@ -31,6 +33,8 @@ STARTED_AT = web.AppKey("started_at", float)
 AUDIT = web.AppKey("audit", Audit)
 METRICS = web.AppKey[Metrics | None]("metrics")
 LIMITER = web.AppKey["RateLimiter"]("rate_limiter")
+# The built-in authorization server; None unless `oauth_server` is on.
+OAUTH = web.AppKey[OAuthServer | None]("oauth_server")
 # The tool policy; None when none is configured, and then no message is screened.
 TOOL_GUARD = web.AppKey[ToolGuard | None]("tool_guard")
 
@@ -38,7 +42,11 @@ TOOL_GUARD = web.AppKey[ToolGuard | None]("tool_guard")
 CLIENT_IP = web.RequestKey("client_ip", str)
 # Per request: who is calling (set by the auth middleware on the MCP endpoint).
 PRINCIPAL = web.RequestKey("principal", Principal)
-# Per request: the bearer token it authenticated with (absent when authentication is off).
+# Per request: the token a child may receive (token_env): the bearer token it authenticated with,
+# or for a token issued by the built-in authorization server the user's stored service token
+# (absent when authentication is off, or there is none).
 BEARER = web.RequestKey("bearer", str)
 # Per request: the JSON-RPC id a POST's refusal should answer, once the body has been read.
 ANSWERING = web.RequestKey[RequestId | None]("answering")
+# Per request to the sign-in pages: the browser's encrypted-cookie session (oauth/routes.py).
+BROWSER_SESSION = web.RequestKey("browser_session", BrowserSession)

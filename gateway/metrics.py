@@ -31,7 +31,7 @@ from prometheus_client import (
 )
 
 from gateway import __version__
-from gateway.audit import EventName
+from gateway.audit import OAUTH_EVENTS, EventName
 
 log = logging.getLogger("gateway.metrics")
 
@@ -105,6 +105,12 @@ class Metrics:
             ["kind"],
             registry=registry,
         )
+        self.oauth_events = Counter(
+            f"{NAMESPACE}_oauth_events",
+            "Events of the built-in authorization server (grants, refreshes, refusals, ...), by event",
+            ["event"],
+            registry=registry,
+        )
         # The labelled children of the per-request series, looked up once per (method, outcome).
         self._request_series: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._handlers: dict[EventName, Callable[[Mapping[str, Any]], None]] = {
@@ -116,6 +122,12 @@ class Metrics:
             "auth.fail": lambda fields: self.auth_failures.labels(fields["reason"]).inc(),
             "child.violation": lambda fields: self.child_violations.labels(fields["kind"]).inc(),
         }
+        for event in OAUTH_EVENTS:
+            self._handlers[event] = self._oauth_counter(event)
+
+    def _oauth_counter(self, event: EventName) -> Callable[[Mapping[str, Any]], None]:
+        series = self.oauth_events.labels(event.removeprefix("oauth."))
+        return lambda _: series.inc()
 
     def watch(self, sessions: Callable[[], int], children: Callable[[], int]) -> None:
         """Read the live gauges from the session store at each scrape."""

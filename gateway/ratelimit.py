@@ -4,6 +4,8 @@ Each limit has a stable name and is checked at one place:
 - `requests_ip` (every MCP request) and the `auth_failures_ip` gate, before authentication, so
   an address that keeps presenting bad tokens is refused without the verifier being asked;
 - `public_ip` for discovery, health and metrics (the unauthenticated paths);
+- `oauth_ip` for the built-in authorization server's endpoints (`/oauth/…`), and its sign-in
+  form shares the failed-authentication gate: a pasted token that is refused counts as one;
 - `requests_principal` once the caller is known (not for the anonymous principal);
 - `sessions_ip`, `sessions_principal` and the global `spawn` rate when `initialize` would start
   a child (the expensive part).
@@ -46,7 +48,14 @@ from gateway.settings import MEMORY_SCHEMES
 log = logging.getLogger("gateway.ratelimit")
 
 LimitName = Literal[
-    "requests_ip", "requests_principal", "auth_failures_ip", "sessions_ip", "sessions_principal", "public_ip", "spawn"
+    "requests_ip",
+    "requests_principal",
+    "auth_failures_ip",
+    "sessions_ip",
+    "sessions_principal",
+    "public_ip",
+    "oauth_ip",
+    "spawn",
 ]
 LIMIT_NAMES: Final[tuple[LimitName, ...]] = (
     "requests_ip",
@@ -55,6 +64,7 @@ LIMIT_NAMES: Final[tuple[LimitName, ...]] = (
     "sessions_ip",
     "sessions_principal",
     "public_ip",
+    "oauth_ip",
     "spawn",
 )
 # A storage call slower than this counts as a storage failure: a hanging Redis must not hang requests.
@@ -67,6 +77,7 @@ FAILURE_LOG_INTERVAL: Final = 30.0
 # addresses seen once, without a background task).
 SWEEP_EVERY: Final = 4096
 PUBLIC_PREFIXES: Final = ("/.well-known/", "/health", "/ready", "/metrics")
+OAUTH_PREFIX: Final = "/oauth/"
 
 Clock = Callable[[], float]
 T = TypeVar("T")
@@ -311,6 +322,8 @@ def ip_middleware(mcp_path: str) -> Middleware:
                 raise
         if request.path.startswith(PUBLIC_PREFIXES):
             await limiter.hit("public_ip", address, always_open=True)
+        elif request.path.startswith(OAUTH_PREFIX):
+            await limiter.hit("oauth_ip", address)
         return await handler(request)
 
     return limit_by_address

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from limits import RateLimitItem, parse_many
@@ -103,6 +104,17 @@ def _uses(info: ValidationInfo, verifier: str) -> bool:
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E ).
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+
+
+def _p256_problem(path: Path) -> str | None:
+    """Why `path` is not a PEM P-256 (ES256) private key; None when it is one."""
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"cannot load a private key from {str(path)!r}: {exc}"
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
+        return f"{str(path)!r} is not a P-256 (ES256) private key"
+    return None
 
 
 def is_loopback_host(host: str) -> bool:
@@ -240,6 +252,47 @@ class Settings(BaseSettings):
         default_factory=list, description="Scopes advertised in the protected-resource metadata."
     )
     resource_documentation: HttpUrl | None = Field(None, description="A page about this server, for resource metadata.")
+    oauth_server: bool = Field(
+        False, description="Run the built-in OAuth 2.1 authorization server (see 'Built-in authorization server')."
+    )
+    oauth_session_key: SecretStr | None = Field(
+        None,
+        description="oauth_server: a Fernet key (`mcp-gateway oauth-key`) encrypting its cookie and stored secrets.",
+    )
+    data_dir: Path = Field(Path("data"), description="Directory for the gateway's state (created when needed).")
+    oauth_storage: str | None = Field(
+        None,
+        description="oauth_server: sqlite:///path/to/file.db (default: <data_dir>/oauth.sqlite3) or redis://host/0.",
+    )
+    oauth_signing_key_files: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="oauth_server: PEM P-256 private keys; the first signs, the others are published only "
+        "(default: keys generated, kept encrypted in the storage, rotated).",
+    )
+    oauth_signing_key_rotation: float = Field(
+        30 * 86400.0, ge=3600, description="oauth_server: seconds a generated signing key signs before a new one does."
+    )
+    oauth_access_token_ttl: int = Field(
+        900, ge=300, le=3600, description="oauth_server: access token lifetime, seconds (5 to 60 minutes)."
+    )
+    oauth_refresh_token_ttl: int = Field(
+        14 * 86400, ge=3600, description="oauth_server: seconds a refresh token stays usable (each use rotates it)."
+    )
+    oauth_signin_methods: Annotated[list[Literal["token"]], NoDecode] = Field(
+        ["token"], description="oauth_server: how users sign in: token (paste the service token the verifier checks)."
+    )
+    oauth_dynamic_registration: bool = Field(
+        True, description="oauth_server: accept RFC 7591 dynamic client registration (deprecated, still common)."
+    )
+    oauth_cimd_allow_private: bool = Field(
+        False,
+        description="oauth_server, tests only: fetch client metadata documents from loopback and private addresses "
+        "(and over http from loopback).",
+    )
+    oauth_token_to_env: bool = Field(
+        False,
+        description="oauth_server: with token_env, a child of an OAuth client gets the service token its user pasted.",
+    )
     max_sessions_per_principal: int = Field(32, ge=1, description="Most concurrent sessions one principal may hold.")
     max_sessions_per_ip: int = Field(
         64, ge=1, description="Most concurrent sessions one client address (an IPv6 /64) may hold."
@@ -260,6 +313,9 @@ class Settings(BaseSettings):
     ratelimit_sessions_principal: str = Field("60/minute", description="Sessions started per authenticated principal.")
     ratelimit_public_ip: str = Field(
         "300/minute", description="Discovery, health and metrics requests per client address."
+    )
+    ratelimit_oauth_ip: str = Field(
+        "120/minute", description="Requests to the built-in authorization server's endpoints per client address."
     )
     ratelimit_spawn: str = Field("20/second", description="Child processes started per second, gateway-wide.")
     child_rlimit_as_mb: int | None = Field(None, ge=16, description="Address-space limit of each child, MiB.")
@@ -322,6 +378,8 @@ class Settings(BaseSettings):
         "auth_chain",
         "tool_allow",
         "tool_deny",
+        "oauth_signing_key_files",
+        "oauth_signin_methods",
         mode="before",
     )
     @classmethod
@@ -338,7 +396,7 @@ class Settings(BaseSettings):
     def _check_path(cls, value: str) -> str:
         if not value.startswith("/") or value.endswith("/") or "//" in value or "?" in value or "#" in value:
             raise ValueError("must start with '/', not end with '/', and hold no '//', '?' or '#'")
-        if value in RESERVED_PATHS or value.startswith("/.well-known/"):
+        if value in RESERVED_PATHS or value.startswith(("/.well-known/", "/oauth/")):
             raise ValueError(f"{value!r} is reserved by the gateway")
         return value
 
@@ -475,13 +533,8 @@ class Settings(BaseSettings):
     @field_validator("identity_key_file")
     @classmethod
     def _check_identity_key(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            try:
-                key = serialization.load_pem_private_key(value.read_bytes(), password=None)
-            except (OSError, ValueError, TypeError) as exc:
-                raise ValueError(f"cannot load a private key from {str(value)!r}: {exc}") from None
-            if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-                raise ValueError(f"{str(value)!r} is not a P-256 (ES256) private key")
+        if value is not None and (problem := _p256_problem(value)):
+            raise ValueError(problem)
         return value
 
     @field_validator("child_env_claims")
@@ -528,6 +581,51 @@ class Settings(BaseSettings):
         bad = [url for url in value if not url.startswith(("https://", "http://"))]
         if bad:
             raise ValueError(f"issuer URLs look like 'https://auth.example.com', got {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("oauth_token_to_env")
+    @classmethod
+    def _check_oauth_server(cls, value: bool, info: ValidationInfo) -> bool:
+        """The built-in authorization server's settings, checked together (every problem at once)."""
+        data = info.data
+        if not data.get("oauth_server"):
+            return value
+        problems = []
+        public_url = data.get("public_url")
+        if public_url is None:
+            problems.append("needs public_url: it is the issuer, and its MCP URL the tokens' audience")
+        elif public_url.scheme != "https" and not is_loopback_host(public_url.host or ""):
+            problems.append("public_url must be https (plain http only on a loopback address, for development)")
+        key = data.get("oauth_session_key")
+        if key is None:
+            problems.append("needs oauth_session_key (generate one with `mcp-gateway oauth-key`)")
+        else:
+            try:
+                Fernet(key.get_secret_value())
+            except ValueError:
+                problems.append("oauth_session_key is not a Fernet key (32 bytes, URL-safe base64)")
+        if data.get("authorization_servers"):
+            problems.append("it is this resource's authorization server: leave authorization_servers empty")
+        methods = data.get("oauth_signin_methods") or []
+        if not methods:
+            problems.append("needs at least one sign-in method (oauth_signin_methods)")
+        if "token" in methods and not (_uses(info, "static") or _uses(info, "whoami")):
+            problems.append("token sign-in checks the pasted token with the static or whoami verifier: set auth")
+        storage = data.get("oauth_storage")
+        if storage is not None and not storage.startswith(("sqlite:///", "redis://", "rediss://")):
+            problems.append("oauth_storage is sqlite:///path/file.db or redis://host:6379/0")
+        if storage is None:
+            data_dir = data.get("data_dir")
+            if data_dir is not None and not (data_dir.is_dir() or data_dir.parent.is_dir()):
+                problems.append(f"data_dir {str(data_dir)!r} cannot be created: its parent is not a directory")
+        for path in data.get("oauth_signing_key_files") or []:
+            problem = _p256_problem(path)
+            if problem:
+                problems.append(problem)
+        if value and not (data.get("token_env") and "token" in methods):
+            problems.append("oauth_token_to_env needs token_env and the token sign-in method")
+        if problems:
+            raise ValueError("oauth_server: " + "; ".join(problems))
         return value
 
     @field_validator("tool_allow", "tool_deny")
@@ -581,6 +679,7 @@ class Settings(BaseSettings):
         "ratelimit_sessions_ip",
         "ratelimit_sessions_principal",
         "ratelimit_public_ip",
+        "ratelimit_oauth_ip",
         "ratelimit_spawn",
     )
     @classmethod
@@ -655,6 +754,18 @@ class Settings(BaseSettings):
     def resource_metadata_url(self) -> str:
         """RFC 9728 metadata URL, in its path-inserted form."""
         return f"{self.base_url}{PRM_PATH}{self.mcp_path}"
+
+    @property
+    def advertised_authorization_servers(self) -> list[str]:
+        """The issuers the protected-resource metadata names: this gateway's, when it is one."""
+        return [self.base_url] if self.oauth_server else self.authorization_servers
+
+    @property
+    def oauth_storage_url(self) -> str:
+        """Where the built-in authorization server keeps its state."""
+        if self.oauth_storage is not None:
+            return self.oauth_storage
+        return f"sqlite:///{(self.data_dir / 'oauth.sqlite3').resolve()}"
 
     def all_static_tokens(self) -> list[StaticToken]:
         from_file = _read_tokens_file(self.static_tokens_file) if self.static_tokens_file is not None else []

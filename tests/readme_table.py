@@ -25,7 +25,7 @@ def _default(name: str) -> str:
     value = field.get_default(call_default_factory=True)
     if value is None or value in ([], {}):
         return "—"
-    return "`" + (value if isinstance(value, str) else json.dumps(value)) + "`"
+    return "`" + (value if isinstance(value, str) else json.dumps(value, default=str)) + "`"
 
 
 def table() -> str:

@@ -23,6 +23,11 @@ class Principal:
     subject: str
     scopes: frozenset[str] = frozenset()
     claims: Mapping[str, Any] = field(default_factory=dict)
+    # The token was issued by this gateway's own authorization server: it is never handed to a
+    # child; `credential` (the service token its user signed in with, when the operator opted in)
+    # is what a child may receive instead.
+    delegated: bool = False
+    credential: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> str:

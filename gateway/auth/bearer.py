@@ -149,7 +149,10 @@ class Authenticator:
             )
             raise self._refusal("insufficient_scope")
         log.debug("authenticated", extra={"subject": principal.subject, "token": fingerprint(token)})
-        request[keys.BEARER] = token
+        # A token this gateway issued never reaches a child: at most the user's own service token does.
+        child_token = principal.credential if principal.delegated else token
+        if child_token is not None:
+            request[keys.BEARER] = child_token
         audit.record("auth.ok", principal=principal, scopes=sorted(principal.scopes), fingerprint=fingerprint(token))
         return principal
 

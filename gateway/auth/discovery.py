@@ -23,11 +23,12 @@ CACHE_CONTROL: Final = "public, max-age=3600"
 
 
 def protected_resource_metadata(settings: Settings) -> bytes | None:
-    if not settings.authorization_servers:
+    servers = settings.advertised_authorization_servers
+    if not servers:
         return None
     document: dict[str, Any] = {
         "resource": settings.resource_url,
-        "authorization_servers": settings.authorization_servers,
+        "authorization_servers": servers,
         "bearer_methods_supported": ["header"],
     }
     if settings.scopes_supported:

@@ -1,0 +1,115 @@
+"""The authorization server's storage: both backends behave alike (expiry, single use), the
+SQLite default survives a restart (keys, grants and refresh tokens), and Redis serves a whole
+flow with reuse detection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer, unused_port
+
+from gateway import create_app
+from gateway.oauth.storage import OAuthStore, SqliteStore, open_store
+from tests.conftest import WAIT
+from tests.integration.test_oauth_server import Gateway
+from tests.integration.test_ratelimit_redis import REDIS, RedisServer
+from tests.oauth_helpers import Browser, oauth_settings
+
+ServerFactory = Any
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    if REDIS is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path)
+    server.start()
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OAuthStore]:
+    url = f"sqlite:///{tmp_path / 'oauth.db'}" if request.param == "sqlite" else request.getfixturevalue("redis_url")
+    opened = open_store(url)
+    await opened.open()
+    yield opened
+    await opened.aclose()
+
+
+async def test_records_expire_and_first_use_is_once(store: OAuthStore) -> None:
+    await store.put("kind", "a", {"n": 1}, None)
+    await store.put("kind", "b", {"n": 2}, 0.2)
+    await store.put("other", "c", {"n": 3}, None)
+    assert await store.get("kind", "a") == {"n": 1}
+    assert sorted(record["n"] for record in await store.values("kind")) == [1, 2]
+    await asyncio.sleep(0.4)
+    assert await store.get("kind", "b") is None
+    assert [record["n"] for record in await store.values("kind")] == [1]
+    assert await store.first_use("kind", "a", 10) is True
+    assert await store.first_use("kind", "a", 10) is False
+    racing = await asyncio.gather(*(store.first_use("kind", "race", 10) for _ in range(8)))
+    assert racing.count(True) == 1
+    await store.delete("kind", "a")
+    assert await store.get("kind", "a") is None
+
+
+async def test_sqlite_file_is_private(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state" / "oauth.db")
+    await store.open()
+    await store.aclose()
+    assert (tmp_path / "state" / "oauth.db").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+
+
+async def _gateway(aiohttp_server: ServerFactory, port: int, **settings: Any) -> tuple[Gateway, TestServer]:
+    app = create_app(oauth_settings(port, **settings))
+    server: TestServer = await aiohttp_server(app, port=port)
+    http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT))
+    return Gateway(f"http://127.0.0.1:{port}", app, http, Browser()), server
+
+
+async def test_grants_survive_a_restart(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+    port = unused_port()
+    key = "k" * 43 + "="
+    settings = {"oauth_session_key": key, "data_dir": tmp_path / "data"}
+    gw, server = await _gateway(aiohttp_server, port, **settings)
+    client = await gw.register()
+    tokens = await gw.tokens(client["client_id"])
+    jwks = gw.oauth.keys.jwks()
+    await gw.http.close()
+    await gw.browser.close()
+    await server.close()
+    assert (tmp_path / "data" / "oauth.sqlite3").exists()
+
+    again, server = await _gateway(aiohttp_server, port, **settings)
+    assert again.oauth.keys.jwks() == jwks  # the same signing key, read back
+    assert (await again.mcp_status(tokens["access_token"]))[0] == 200
+    status, body = await again.token(
+        grant_type="refresh_token", refresh_token=tokens["refresh_token"], client_id=client["client_id"]
+    )
+    assert status == 200, body
+    await again.http.close()
+    await again.browser.close()
+
+
+async def test_a_flow_on_redis(aiohttp_server: ServerFactory, redis_url: str) -> None:
+    gw, _ = await _gateway(aiohttp_server, unused_port(), oauth_storage=redis_url)
+    client = await gw.register()
+    tokens = await gw.tokens(client["client_id"])
+    assert (await gw.mcp_status(tokens["access_token"]))[0] == 200
+    refresh = {
+        "grant_type": "refresh_token",
+        "refresh_token": tokens["refresh_token"],
+        "client_id": client["client_id"],
+    }
+    assert (await gw.token(**refresh))[0] == 200
+    assert (await gw.token(**refresh))[0] == 400  # reused: the family is revoked
+    assert (await gw.mcp_status(tokens["access_token"]))[0] == 401
+    await gw.http.close()
+    await gw.browser.close()

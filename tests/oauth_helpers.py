@@ -1,0 +1,153 @@
+"""Helpers for tests of the built-in authorization server: settings around the echo server, a
+"browser" (an aiohttp client with a cookie jar) that follows the sign-in and consent forms, and
+PKCE values."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
+
+import aiohttp
+from cryptography.fernet import Fernet
+
+from gateway.auth.static import digest_of
+from gateway.settings import Settings
+from tests.conftest import WAIT, make_settings
+
+SERVICE_TOKEN = "alice-service-token-1234"
+OTHER_TOKEN = "bob-service-token-5678"
+REDIRECT_URI = "http://localhost:3030/callback"
+
+
+def oauth_settings(port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "auth": "static",
+        "static_tokens": [
+            {"principal": "alice", "sha256": digest_of(SERVICE_TOKEN)},
+            {"principal": "bob", "sha256": digest_of(OTHER_TOKEN)},
+        ],
+        "public_url": f"http://127.0.0.1:{port}",
+        "oauth_server": True,
+        "oauth_session_key": Fernet.generate_key().decode(),
+        "port": port,
+    }
+    values.update(overrides)
+    return make_settings(**values)
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    return verifier, challenge
+
+
+@dataclass
+class Form:
+    action: str
+    fields: dict[str, str] = field(default_factory=dict)
+    buttons: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Forms(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[Form] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = {key: value or "" for key, value in attrs}
+        if tag == "form":
+            self.forms.append(Form(action=named.get("action", "")))
+        elif tag == "input" and self.forms and "name" in named:
+            self.forms[-1].fields[named["name"]] = named.get("value", "")
+        elif tag == "button" and self.forms and "name" in named:
+            self.forms[-1].buttons.append((named["name"], named.get("value", "")))
+
+
+def forms_of(html: str) -> list[Form]:
+    parser = _Forms()
+    parser.feed(html)
+    return parser.forms
+
+
+@dataclass
+class Step:
+    status: int
+    text: str
+    headers: Any
+    url: str
+
+    @property
+    def location(self) -> str:
+        return str(self.headers["Location"])
+
+    @property
+    def redirect_params(self) -> dict[str, str]:
+        return {key: values[0] for key, values in parse_qs(urlsplit(self.location).query).items()}
+
+    @property
+    def form(self) -> Form:
+        [form] = forms_of(self.text)
+        return form
+
+
+class Browser:
+    """A person at a browser: follows the pages by their forms, one request at a time."""
+
+    def __init__(self) -> None:
+        self.http = aiohttp.ClientSession(
+            cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=aiohttp.ClientTimeout(total=WAIT)
+        )
+        self.log: list[str] = []
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def get(self, url: str) -> Step:
+        async with self.http.get(url, allow_redirects=False) as response:
+            step = Step(response.status, await response.text(), response.headers, url)
+        self.log.append(f"GET {urlsplit(url).path} → {step.status}")
+        return step
+
+    async def submit(self, page: Step, form: Form | None = None, *, button: str | None = None, **values: str) -> Step:
+        form = form or page.form
+        data = dict(form.fields)
+        if button is not None:
+            name, value = next((n, v) for n, v in form.buttons if v == button)
+            data[name] = value
+        data.update(values)
+        url = urljoin(page.url, form.action)
+        async with self.http.post(url, data=data, allow_redirects=False) as response:
+            step = Step(response.status, await response.text(), response.headers, url)
+        self.log.append(f"POST {urlsplit(url).path} {sorted(set(data) - {'csrf', 'request'})} → {step.status}")
+        return step
+
+    async def sign_in_and_consent(self, authorization_url: str, token: str = SERVICE_TOKEN) -> dict[str, str]:
+        """The whole browser part: authorize page → sign in → allow; the redirect's parameters."""
+        signin = await self.get(authorization_url)
+        assert signin.status == 200, signin.text
+        consent = await self.submit(signin, token=token)
+        if consent.status == 302:  # consent remembered
+            return consent.redirect_params
+        assert consent.status == 200, consent.text
+        done = await self.submit(consent, button="allow")
+        assert done.status == 302, done.text
+        return done.redirect_params
+
+
+def authorize_url(base: str, client_id: str, challenge: str, **overrides: str | None) -> str:
+    params: dict[str, str | None] = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": REDIRECT_URI,
+        "state": secrets.token_urlsafe(12),
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "resource": base + "/mcp",
+    }
+    params.update(overrides)
+    return base + "/oauth/authorize?" + urlencode({k: v for k, v in params.items() if v is not None})

@@ -1,0 +1,106 @@
+"""Settings of the built-in authorization server: every problem reported before serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
+
+from gateway.auth.static import digest_of
+from gateway.cli import main
+from tests.conftest import make_settings
+
+KEY = Fernet.generate_key().decode()
+STATIC = {"auth": "static", "static_tokens": [{"principal": "a", "sha256": digest_of("t")}]}
+
+
+def _settings(**overrides: Any) -> Any:
+    values = {**STATIC, "oauth_server": True, "public_url": "https://mcp.example.com", "oauth_session_key": KEY}
+    return make_settings(**{**values, **overrides})
+
+
+def test_a_complete_configuration() -> None:
+    settings = _settings()
+    assert settings.advertised_authorization_servers == ["https://mcp.example.com"]
+    assert settings.oauth_storage_url.startswith("sqlite:///")
+    assert settings.oauth_storage_url.endswith("/data/oauth.sqlite3")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"public_url": None}, "needs public_url"),
+        ({"public_url": "http://mcp.example.com"}, "must be https"),
+        ({"oauth_session_key": None}, "needs oauth_session_key"),
+        ({"oauth_session_key": "not-a-key"}, "not a Fernet key"),
+        ({"auth": "none", "static_tokens": []}, "static or whoami verifier"),
+        ({"authorization_servers": ["https://auth.example.com"]}, "leave authorization_servers empty"),
+        ({"oauth_storage": "postgres://db"}, "sqlite:///"),
+        ({"oauth_token_to_env": True}, "needs token_env"),
+        ({"oauth_access_token_ttl": 30}, "greater than or equal to 300"),
+        ({"oauth_access_token_ttl": 7200}, "less than or equal to 3600"),
+        ({"oauth_signin_methods": "password"}, "oauth_signin_methods"),
+    ],
+    ids=[
+        "no-url",
+        "http",
+        "no-key",
+        "bad-key",
+        "no-verifier",
+        "external-as",
+        "storage",
+        "to-env",
+        "short",
+        "long",
+        "m",
+    ],
+)
+def test_configuration_problems(overrides: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        _settings(**overrides)
+
+
+def test_plain_http_is_allowed_on_loopback_only() -> None:
+    assert _settings(public_url="http://127.0.0.1:8080").oauth_server
+
+
+def test_every_problem_at_once() -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(public_url=None, oauth_session_key=None, auth="none", static_tokens=[])
+    text = str(caught.value)
+    assert "needs public_url" in text
+    assert "needs oauth_session_key" in text
+    assert "static or whoami" in text
+
+
+def test_signing_key_files_must_be_p256(tmp_path: Path) -> None:
+    good = tmp_path / "good.pem"
+    good.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    assert _settings(oauth_signing_key_files=[good]).oauth_signing_key_files == [good]
+    rsa_key = tmp_path / "rsa.pem"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    with pytest.raises(ValidationError, match="not a P-256"):
+        _settings(oauth_signing_key_files=[good, rsa_key])
+
+
+def test_the_mcp_path_cannot_take_the_oauth_prefix() -> None:
+    with pytest.raises(ValidationError, match="reserved"):
+        make_settings(mcp_path="/oauth/mcp")
+
+
+def test_oauth_key_command_prints_a_fernet_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["oauth-key"]) == 0
+    Fernet(capsys.readouterr().out.strip())
