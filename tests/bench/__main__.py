@@ -34,8 +34,10 @@ ECHO_WARMUP_CALLS: Final = 200
 ECHO_CALLS: Final = 2000
 ECHO_ROUNDS: Final = 4  # the measured calls alternate between the sides in this many rounds
 CONCURRENCY_LEVELS: Final = (1, 8, 32)
-THROUGHPUT_WARMUP: Final = 0.5  # seconds of calls before the measured window
-THROUGHPUT_DURATION: Final = 3.0
+THROUGHPUT_WARMUP: Final = 0.5  # seconds of calls before each measured window
+THROUGHPUT_DURATION: Final = 2.0  # seconds measured per round and side
+# Rounds alternate between the sides, so a slow spell on the machine hits both alike.
+THROUGHPUT_ROUNDS: Final = 3
 BIG_SIZES: Final = (2 * MiB, 8 * MiB, 32 * MiB)
 BIG_RUNS: Final = 5
 IDLE_SESSIONS: Final = 100
@@ -87,11 +89,17 @@ async def measure_throughput(results: Results, open_gateway: Opener, open_floor:
         workloads.open_sessions(open_gateway, most, parallel=SPAWN_PARALLEL) as gateway_sessions,
         workloads.open_sessions(open_floor, most, parallel=SPAWN_PARALLEL) as floor_sessions,
     ):
+        sides = ((results.gateway, gateway_sessions), (results.floor, floor_sessions))
         for level in CONCURRENCY_LEVELS:
-            for side, sessions in ((results.gateway, gateway_sessions), (results.floor, floor_sessions)):
-                side.throughput[level] = await workloads.throughput(
-                    sessions[:level], warmup=THROUGHPUT_WARMUP, duration=THROUGHPUT_DURATION
-                )
+            rounds: tuple[list[workloads.Throughput], ...] = ([], [])
+            for _ in range(THROUGHPUT_ROUNDS):
+                for measured, (_, sessions) in zip(rounds, sides, strict=True):
+                    window = await workloads.throughput(
+                        sessions[:level], warmup=THROUGHPUT_WARMUP, duration=THROUGHPUT_DURATION
+                    )
+                    measured.append(window)
+            for (side, _), measured in zip(sides, rounds, strict=True):
+                side.throughput[level] = workloads.Throughput.combined(measured)
 
 
 async def measure_big_results(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
@@ -144,8 +152,9 @@ def method_notes() -> list[str]:
         "notifications/initialized (202); floor: spawn, initialize and initialized over the pipe.",
         f"2. one session per side, {ECHO_CALLS} sequential tools/call echo after {ECHO_WARMUP_CALLS} warm-up "
         f"calls, alternating between the sides in {ECHO_ROUNDS} rounds.",
-        f"3. {levels} sessions, one sequential caller each, {THROUGHPUT_DURATION:g} s measured after "
-        f"{THROUGHPUT_WARMUP:g} s warm-up; floor: as many echo processes driven from one asyncio loop.",
+        f"3. {levels} sessions, one sequential caller each; {THROUGHPUT_ROUNDS} rounds alternating between the "
+        f"sides, each {THROUGHPUT_DURATION:g} s measured after {THROUGHPUT_WARMUP:g} s warm-up; floor: as many "
+        "echo processes driven from one asyncio loop.",
         f"4. tools/call big, POST to parsed result; median of {BIG_RUNS} runs.",
         f"5. VmRSS of the gateway process alone (children excluded), {IDLE_SESSIONS} sessions initialized "
         "and idle, each still holding its keep-alive connection.",

@@ -76,6 +76,14 @@ class Throughput:
     calls_per_second: float
     latencies: list[int]
 
+    @classmethod
+    def combined(cls, rounds: Sequence[Throughput]) -> Throughput:
+        """Equal-length rounds as one measurement: the mean rate, every latency."""
+        return cls(
+            sum(r.calls_per_second for r in rounds) / len(rounds),
+            [latency for r in rounds for latency in r.latencies],
+        )
+
 
 async def throughput(sessions: Sequence[Session], *, warmup: float, duration: float) -> Throughput:
     """One sequential echo caller per session, all at once, for `warmup` + `duration` seconds.
