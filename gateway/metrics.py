@@ -12,10 +12,12 @@ without a token it is not served at all: session counts and principals' activity
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
+import itertools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from aiohttp import web
@@ -29,6 +31,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from gateway import __version__
 from gateway.audit import OAUTH_EVENTS, EventName
@@ -60,6 +64,60 @@ SPAWN_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 REQUEST_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+class RequestSeries(Collector):
+    """The series every MCP request updates: counts by method and outcome, latency by method,
+    bytes in and out.
+
+    Kept as plain numbers and turned into metric families only when scraped. The event loop is
+    their one writer, so they need none of the locking (and none of the half-dozen calls per
+    update) that prometheus-client's own metric types spend on every request.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str], int] = {}
+        self._buckets: dict[str, list[int]] = {}  # by method: observations per bucket, +Inf last
+        self._sums: dict[str, float] = {}
+        self._bytes_in = 0
+        self._bytes_out = 0
+
+    def observe(self, fields: Mapping[str, Any]) -> None:
+        method = fields["method"] if fields["method"] in KNOWN_METHODS else "other"
+        key = (method, fields["outcome"])
+        self._counts[key] = self._counts.get(key, 0) + 1
+        seconds = fields["duration_ms"] / 1000
+        buckets = self._buckets.get(method)
+        if buckets is None:
+            buckets = self._buckets[method] = [0] * (len(REQUEST_BUCKETS) + 1)
+        buckets[bisect.bisect_left(REQUEST_BUCKETS, seconds)] += 1  # the first bound >= seconds: `le`
+        self._sums[method] = self._sums.get(method, 0.0) + seconds
+        self._bytes_in += fields["bytes_in"]
+        self._bytes_out += fields["bytes_out"]
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            f"{NAMESPACE}_requests", "MCP requests, by method and outcome", labels=["method", "outcome"]
+        )
+        for labels, count in sorted(self._counts.items()):
+            requests.add_metric(labels, count)
+        yield requests
+        latency = HistogramMetricFamily(
+            f"{NAMESPACE}_request_duration_seconds",
+            "MCP request latency through the gateway, by method",
+            labels=["method"],
+        )
+        bounds = [*(repr(bound) for bound in REQUEST_BUCKETS), "+Inf"]  # as prometheus-client writes them
+        for method, counts in sorted(self._buckets.items()):
+            cumulative = list(itertools.accumulate(counts))
+            latency.add_metric([method], list(zip(bounds, cumulative, strict=True)), self._sums[method])
+        yield latency
+        yield CounterMetricFamily(
+            f"{NAMESPACE}_received_bytes", "Bytes of MCP requests received from clients", value=self._bytes_in
+        )
+        yield CounterMetricFamily(
+            f"{NAMESPACE}_sent_bytes", "Bytes of MCP responses sent to clients", value=self._bytes_out
+        )
+
+
 class Metrics:
     """The gateway's metrics, updated from audit events."""
 
@@ -77,22 +135,8 @@ class Metrics:
         self.spawn_seconds = Histogram(
             f"{NAMESPACE}_spawn_seconds", "Time to start a child process", buckets=SPAWN_BUCKETS, registry=registry
         )
-        self.request_seconds = Histogram(
-            f"{NAMESPACE}_request_duration_seconds",
-            "MCP request latency through the gateway, by method",
-            ["method"],
-            buckets=REQUEST_BUCKETS,
-            registry=registry,
-        )
-        self.requests = Counter(
-            f"{NAMESPACE}_requests", "MCP requests, by method and outcome", ["method", "outcome"], registry=registry
-        )
-        self.bytes_received = Counter(
-            f"{NAMESPACE}_received_bytes", "Bytes of MCP requests received from clients", registry=registry
-        )
-        self.bytes_sent = Counter(
-            f"{NAMESPACE}_sent_bytes", "Bytes of MCP responses sent to clients", registry=registry
-        )
+        self.requests = RequestSeries()
+        registry.register(self.requests)
         self.ratelimit_blocks = Counter(
             f"{NAMESPACE}_ratelimit_blocks", "Requests refused by a rate limit, by limit", ["limit"], registry=registry
         )
@@ -111,13 +155,11 @@ class Metrics:
             ["event"],
             registry=registry,
         )
-        # The labelled children of the per-request series, looked up once per (method, outcome).
-        self._request_series: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self._handlers: dict[EventName, Callable[[Mapping[str, Any]], None]] = {
             "session.open": lambda _: self.sessions_opened.inc(),
             "session.close": lambda fields: self.sessions_closed.labels(fields["reason"]).inc(),
             "child.spawn": lambda fields: self.spawn_seconds.observe(fields["spawn_ms"] / 1000),
-            "mcp.request": self._request,
+            "mcp.request": self.requests.observe,
             "ratelimit.block": lambda fields: self.ratelimit_blocks.labels(fields["limit"]).inc(),
             "auth.fail": lambda fields: self.auth_failures.labels(fields["reason"]).inc(),
             "child.violation": lambda fields: self.child_violations.labels(fields["kind"]).inc(),
@@ -138,18 +180,6 @@ class Metrics:
         handler = self._handlers.get(event)
         if handler is not None:
             handler(fields)
-
-    def _request(self, fields: Mapping[str, Any]) -> None:
-        method = fields["method"] if fields["method"] in KNOWN_METHODS else "other"
-        key = (method, fields["outcome"])
-        series = self._request_series.get(key)
-        if series is None:  # both label sets are closed: this cache stays small
-            series = self._request_series[key] = (self.request_seconds.labels(method), self.requests.labels(*key))
-        latency, count = series
-        latency.observe(fields["duration_ms"] / 1000)
-        count.inc()
-        self.bytes_received.inc(fields["bytes_in"])
-        self.bytes_sent.inc(fields["bytes_out"])
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

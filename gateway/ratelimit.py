@@ -128,6 +128,10 @@ class LocalMovingWindow(Storage, MovingWindowSupport):
         return events
 
     async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        return self.acquire_now(key, limit, expiry, amount)
+
+    def acquire_now(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """`acquire_entry` without the coroutine: the gateway's own checks call this directly."""
         now = self._clock()
         self._hits += 1
         if self._hits % SWEEP_EVERY == 0:
@@ -139,6 +143,10 @@ class LocalMovingWindow(Storage, MovingWindowSupport):
         return True
 
     async def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        return self.window_now(key, expiry)
+
+    def window_now(self, key: str, expiry: int) -> tuple[float, int]:
+        """The oldest hit in `key`'s window (now, when empty) and how many hits it holds."""
         now = self._clock()
         events = self._window(key, expiry, now)
         return (events[0] if events else now), len(events)
@@ -181,6 +189,15 @@ class LocalMovingWindow(Storage, MovingWindowSupport):
         self._counters.pop(key, None)
 
 
+def _local_check(local: LocalMovingWindow, item: RateLimitItem, name: str, key: str, *, count: bool) -> bool:
+    """What `limits`' moving-window `hit` (count) and `test` answer, asked of local memory
+    directly: the same storage keys, so `refuse` reads the same window through `limits`."""
+    storage_key, expiry = item.key_for(name, key), item.get_expiry()
+    if count:
+        return local.acquire_now(storage_key, item.amount, expiry)
+    return local.window_now(storage_key, expiry)[1] <= item.amount - 1
+
+
 def build_storage(uri: str, clock: Clock = wall_clock) -> Storage:
     if uri in MEMORY_SCHEMES:
         return LocalMovingWindow(clock)
@@ -209,8 +226,10 @@ class RateLimiter:
         self._audit = audit
         self._clock = clock
         self._last_failure_log = -math.inf
-        # This process's memory answers within the call and cannot hang: no deadline to arm.
-        self._deadline = None if isinstance(storage, LocalMovingWindow) else STORAGE_TIMEOUT
+        # This process's memory answers within the call and cannot fail or hang: it is asked
+        # directly, with no deadline to arm.
+        self._local = storage if isinstance(storage, LocalMovingWindow) else None
+        self._deadline = None if self._local is not None else STORAGE_TIMEOUT
 
     def configured(self, name: LimitName) -> bool:
         return bool(self._limits.get(name))
@@ -230,6 +249,10 @@ class RateLimiter:
     async def _check(self, name: LimitName, key: str, *, count: bool, always_open: bool) -> None:
         check = self._strategy.hit if count else self._strategy.test
         for item in self._limits.get(name, ()):
+            if self._local is not None:
+                if not _local_check(self._local, item, name, key, count=count):
+                    await self.refuse(name, key, item)
+                continue
             try:
                 allowed = await self._ask(check(item, name, key))
             except (StorageError, TimeoutError, OSError) as exc:
