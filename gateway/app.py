@@ -1,8 +1,10 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
 Middleware order (outermost first): the request id (so every response, refusals included, names
-its request), error rendering, the client's address, then authentication of the MCP endpoint (so
-every refusal, 401s included, is rendered the same way). CORS and request-id headers are added as
+its request), error rendering (and, with the built-in authorization server, error pages for the
+pages a browser visits), the client's address, the per-address rate limits (then the sign-in
+pages' cookie), then authentication of the MCP endpoint (so every refusal, 401s included, is
+rendered the same way). CORS and request-id headers are added as
 responses are prepared, so streamed responses carry them too. Resources are `cleanup_ctx`
 pairs, set up in order and torn down in reverse: the audit log (it records the configuration
 first and the last child's exit last), the metrics listener when it has a port of its own, the
@@ -81,7 +83,9 @@ def create_app(settings: Settings) -> web.Application:
     if settings.oauth_server and settings.oauth_session_key is not None:
         cookie_key = derive_fernet(settings.oauth_session_key.get_secret_value(), COOKIE_KEY_PURPOSE)
         secure = settings.base_url.startswith("https://")
-        middlewares.insert(4, oauth_routes.browser_session_middleware(session_cookie(cookie_key, secure=secure)))
+        cookie = oauth_routes.browser_session_middleware(session_cookie(cookie_key, secure=secure))
+        # Pages get their refusals as pages (outside the rate limits); the cookie is read after them.
+        middlewares[2:4] = [oauth_routes.browser_error_pages, *middlewares[2:4], cookie]
     app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[keys.SETTINGS] = settings
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)

@@ -9,7 +9,9 @@ endpoints speak JSON (errors.py) and allow any origin, as browser-based clients 
 
 Rate limits: every `/oauth/` request counts against `oauth_ip` (ratelimit.py); a pasted token
 that is refused counts as a failed authentication of the address, and once those are spent the
-form refuses before asking the verifier.
+form refuses before asking the verifier. A person at a browser sees a refusal of the gateway's
+own (a 429 with `Retry-After`, a rate-limit storage that fails closed) as an error page
+(`browser_error_pages`), never as the JSON-RPC body the MCP endpoint answers with.
 """
 
 from __future__ import annotations
@@ -143,6 +145,29 @@ def _redirect(location: str) -> web.Response:
 
 
 # --- the browser session ------------------------------------------------------------------------
+
+
+# What an error page says for the gateway's own refusals of a page (else the error's message).
+PAGE_TEXT: Final[dict[str, str]] = {
+    "rate_limited": "Too many attempts from your network. Wait a little and try again.",
+    "ratelimit_unavailable": "The sign-in cannot be checked right now. Try again in a moment.",
+}
+
+
+@web.middleware
+async def browser_error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The gateway's refusals of the pages a browser visits, rendered as an error page with the
+    refusal's status and headers (`Retry-After` included); other paths keep their JSON bodies."""
+    if request.path not in BROWSER_PATHS:
+        return await handler(request)
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        headers = dict(error.headers or {})
+        if error.retry_after is not None:
+            headers["Retry-After"] = str(error.retry_after)
+        text = PAGE_TEXT.get(error.code, error.message)
+        return error_page(error.code, text, status=error.status, headers=headers)
 
 
 def browser_session_middleware(storage: EncryptedCookieStorage) -> Middleware:

@@ -273,7 +273,9 @@ async def test_a_wrong_service_token_is_refused_counted_and_audited(
         step = await gw.browser.submit(signin, token="not-a-token-of-this-service")
         statuses.append(step.status)
     assert statuses == [401, 401, 429]
-    assert "was not accepted" in step.text or statuses[-1] == 429
+    assert step.headers["Content-Type"].startswith("text/html")  # a page, not a JSON-RPC body
+    assert int(step.headers["Retry-After"]) >= 1
+    assert "Too many attempts" in step.text
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     failures = [line for line in lines if line["event"] == "oauth.signin_fail"]
     assert len(failures) == 2
@@ -467,6 +469,38 @@ async def test_every_oauth_endpoint_is_rate_limited(oauth_gateway: Callable[...,
         async with gw.http.post(gw.base + "/oauth/token", data={"grant_type": "x"}) as response:
             statuses.append(response.status)
     assert statuses == [401, 401, 401, 429]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "page"),
+    [
+        ("GET", "/oauth/authorize", True),
+        ("POST", "/oauth/signin", True),
+        ("POST", "/oauth/consent", True),
+        ("POST", "/oauth/token", False),
+        ("POST", "/oauth/register", False),
+        ("POST", "/oauth/revoke", False),
+    ],
+    ids=["authorize", "signin", "consent", "token", "register", "revoke"],
+)
+async def test_a_rate_limited_page_is_a_page_and_an_endpoint_keeps_json(
+    oauth_gateway: Callable[..., Awaitable[Gateway]], method: str, path: str, page: bool
+) -> None:
+    gw = await oauth_gateway(ratelimit_oauth_ip="1/minute")
+    for _ in range(2):
+        async with gw.browser.http.request(method, gw.base + path, allow_redirects=False) as response:
+            status, headers, text = response.status, response.headers, await response.text()
+    assert status == 429
+    assert int(headers["Retry-After"]) >= 1
+    assert headers["RateLimit-Remaining"] == "0"
+    if page:
+        assert headers["Content-Type"].startswith("text/html")
+        assert "Too many attempts" in text
+        assert headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+    else:
+        assert headers["Content-Type"].startswith("application/json")
+        assert "error" in json.loads(text)
 
 
 # --- client metadata documents --------------------------------------------------------------------
