@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -20,7 +21,7 @@ from gateway import keys
 from gateway.auth.static import digest_of
 from gateway.oauth.server import OAuthServer
 from gateway.settings import Settings
-from tests.conftest import ACCEPT_BOTH, LATEST, WAIT, make_settings
+from tests.conftest import ACCEPT_BOTH, LATEST, WAIT, make_settings, parse_sse
 
 SERVICE_TOKEN = "alice-service-token-1234"
 OTHER_TOKEN = "bob-service-token-5678"
@@ -219,3 +220,25 @@ class Gateway:
                 async with self.http.delete(self.resource, headers=delete):
                     pass
             return response.status, challenge
+
+    async def child_environment(self, access_token: str) -> dict[str, str]:
+        """The environment of the child a session with `access_token` gets (the echo server's `env` tool)."""
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": ACCEPT_BOTH}
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        }
+        async with self.http.post(self.resource, json=initialize, headers=headers) as response:
+            assert response.status == 200
+            headers["Mcp-Session-Id"] = response.headers["Mcp-Session-Id"]
+            headers["MCP-Protocol-Version"] = LATEST
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "env", "arguments": {}}}
+        async with self.http.post(self.resource, json=call, headers=headers) as response:
+            text = await response.text()
+            messages = [json.loads(data) for _, data in parse_sse(text)] if "data:" in text else [json.loads(text)]
+        async with self.http.delete(self.resource, headers=headers):
+            pass
+        environment: dict[str, str] = json.loads(messages[-1]["result"]["content"][0]["text"])
+        return environment

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway import create_app
 from gateway.oauth.clients import MAX_CIMD_BYTES, PublicResolver
 from gateway.oauth.tokens import digest
-from tests.conftest import ACCEPT_BOTH, LATEST, parse_sse
 from tests.oauth_helpers import (
     REDIRECT_URI,
     SERVICE_TOKEN,
@@ -606,28 +605,6 @@ async def test_bad_client_metadata_documents_are_refused(
 # --- what a child learns ------------------------------------------------------------------------
 
 
-async def _child_environment(gw: Gateway, access_token: str) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {access_token}", "Accept": ACCEPT_BOTH}
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    async with gw.http.post(gw.resource, json=initialize, headers=headers) as response:
-        assert response.status == 200
-        headers["Mcp-Session-Id"] = response.headers["Mcp-Session-Id"]
-        headers["MCP-Protocol-Version"] = LATEST
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "env", "arguments": {}}}
-    async with gw.http.post(gw.resource, json=call, headers=headers) as response:
-        text = await response.text()
-        messages = [json.loads(data) for _, data in parse_sse(text)] if "data:" in text else [json.loads(text)]
-    async with gw.http.delete(gw.resource, headers=headers):
-        pass
-    environment: dict[str, str] = json.loads(messages[-1]["result"]["content"][0]["text"])
-    return environment
-
-
 @pytest.mark.parametrize("opted_in", [True, False], ids=["token-to-env", "default"])
 async def test_a_child_gets_the_pasted_service_token_only_with_the_opt_in(
     oauth_gateway: Callable[..., Awaitable[Gateway]], opted_in: bool
@@ -635,7 +612,7 @@ async def test_a_child_gets_the_pasted_service_token_only_with_the_opt_in(
     gw = await oauth_gateway(token_env="UPSTREAM_TOKEN", oauth_token_to_env=opted_in)
     client = await gw.register()
     tokens = await gw.tokens(client["client_id"])
-    environment = await _child_environment(gw, tokens["access_token"])
+    environment = await gw.child_environment(tokens["access_token"])
     assert environment.get("UPSTREAM_TOKEN") == (SERVICE_TOKEN if opted_in else None)
     assert tokens["access_token"] not in json.dumps(environment)  # the gateway's own token never
     stored = json.dumps(await gw.oauth.store.values("family"))
