@@ -491,10 +491,13 @@ class Settings(BaseSettings):
     @field_validator("oauth_oidc_scopes", mode="before")
     @classmethod
     def _parse_scopes(cls, value: Any) -> Any:
-        """Scopes as a JSON array, or separated by spaces or commas (`openid email profile`)."""
+        """Scopes as a JSON array, or separated by spaces or commas (`openid email profile`), also
+        within each repeated flag."""
         if isinstance(value, str):
             text = value.strip()
-            return json.loads(text) if text.startswith("[") else text.replace(",", " ").split()
+            value = json.loads(text) if text.startswith("[") else [text]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return [scope for item in value for scope in item.replace(",", " ").split()]
         return value
 
     @field_validator("mcp_path")

@@ -164,6 +164,15 @@ def test_oidc_configuration_problems(overrides: dict[str, Any], problem: str) ->
         _settings(**{**OIDC, **overrides})
 
 
+@pytest.mark.parametrize(
+    "given",
+    ["openid email", "openid,email", '["openid", "email"]', ["openid email"], ["openid", "email"]],
+    ids=["spaces", "commas", "json", "one-flag", "repeated-flag"],
+)
+def test_oidc_scopes_are_read_in_every_spelling(given: Any) -> None:
+    assert _settings(**OIDC, oauth_oidc_scopes=given).oauth_oidc_scopes == ["openid", "email"]
+
+
 def test_an_allow_list_of_subjects_or_every_account_will_do() -> None:
     subjects = {**OIDC, "oauth_oidc_allowed_domains": [], "oauth_oidc_allowed_subjects": "1234,5678"}
     assert _settings(**subjects).oauth_oidc_allowed_subjects == ["1234", "5678"]
