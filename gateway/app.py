@@ -1,8 +1,10 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
 Middleware order (outermost first): the request id (so every response, refusals included, names
-its request), error rendering, the client's address, then authentication of the MCP endpoint (so
-every refusal, 401s included, is rendered the same way). CORS and request-id headers are added as
+its request), error rendering (and, with the built-in authorization server, error pages for the
+pages a browser visits), the client's address, the per-address rate limits (then the sign-in
+pages' cookie), then authentication of the MCP endpoint (so every refusal, 401s included, is
+rendered the same way). CORS and request-id headers are added as
 responses are prepared, so streamed responses carry them too. Resources are `cleanup_ctx`
 pairs, set up in order and torn down in reverse: the audit log (it records the configuration
 first and the last child's exit last), the metrics listener when it has a port of its own, the
@@ -41,6 +43,7 @@ from gateway.metrics import Metrics
 from gateway.oauth import routes as oauth_routes
 from gateway.oauth.clients import ClientRegistry, cimd_session
 from gateway.oauth.keyset import KeySet, derive_fernet
+from gateway.oauth.oidc import AllowList, ClientCredentials, OidcProvider
 from gateway.oauth.server import Endpoints, OAuthServer, session_cookie
 from gateway.oauth.storage import StorageError, open_store
 from gateway.oauth.tokens import GrantVerifier, OwnTokensFirst, Tokens
@@ -81,7 +84,9 @@ def create_app(settings: Settings) -> web.Application:
     if settings.oauth_server and settings.oauth_session_key is not None:
         cookie_key = derive_fernet(settings.oauth_session_key.get_secret_value(), COOKIE_KEY_PURPOSE)
         secure = settings.base_url.startswith("https://")
-        middlewares.insert(4, oauth_routes.browser_session_middleware(session_cookie(cookie_key, secure=secure)))
+        cookie = oauth_routes.browser_session_middleware(session_cookie(cookie_key, secure=secure))
+        # Pages get their refusals as pages (outside the rate limits); the cookie is read after them.
+        middlewares[2:4] = [oauth_routes.browser_error_pages, *middlewares[2:4], cookie]
     app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[keys.SETTINGS] = settings
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
@@ -103,7 +108,11 @@ def create_app(settings: Settings) -> web.Application:
     health.add_routes(app)
     discovery.add_routes(app, settings.mcp_path)
     if settings.oauth_server:
-        oauth_routes.add_routes(app, dynamic_registration=settings.oauth_dynamic_registration)
+        oauth_routes.add_routes(
+            app,
+            dynamic_registration=settings.oauth_dynamic_registration,
+            oidc="oidc" in settings.oauth_signin_methods,
+        )
     registry = app[keys.METRICS]
     if registry is not None and settings.metrics_on_main_listener:
         app.router.add_get(metrics.PATH, metrics.handler(registry, _metrics_token(settings)))
@@ -195,8 +204,9 @@ async def _identity_provider(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _oauth_server(app: web.Application) -> AsyncIterator[None]:
-    """The built-in authorization server, when it is on: its storage, keys and HTTP client; from
-    here on the MCP endpoint also accepts the tokens it issues."""
+    """The built-in authorization server, when it is on: its storage, keys, HTTP clients and
+    background tasks (key rotation; the OpenID provider's discovery, when users sign in with one);
+    from here on the MCP endpoint also accepts the tokens it issues."""
     settings = app[keys.SETTINGS]
     if not settings.oauth_server or settings.oauth_session_key is None:
         app[keys.OAUTH] = None
@@ -206,7 +216,13 @@ async def _oauth_server(app: web.Application) -> AsyncIterator[None]:
     secrets_key = derive_fernet(master, SECRETS_KEY_PURPOSE)
     store = open_store(settings.oauth_storage_url)
     http = cimd_session(allow_private=settings.oauth_cimd_allow_private, user_agent=f"mcp-gateway/{__version__}")
-    maintainer: asyncio.Task[None] | None = None
+    # The OpenID provider is configured, not named by a request: an ordinary client reaches it.
+    oidc_http = (
+        aiohttp.ClientSession(headers={"User-Agent": f"mcp-gateway/{__version__}"})
+        if "oidc" in settings.oauth_signin_methods
+        else None
+    )
+    tasks: list[asyncio.Task[None]] = []
     try:
         keyset = KeySet(
             store,
@@ -220,6 +236,7 @@ async def _oauth_server(app: web.Application) -> AsyncIterator[None]:
             await keyset.load()
         except StorageError as exc:
             raise AuthStartupError(f"the OAuth storage cannot be used: {exc}") from None
+        oidc = await _oidc_provider(settings, oidc_http) if oidc_http is not None else None
         tokens = Tokens(
             store,
             keyset,
@@ -240,6 +257,7 @@ async def _oauth_server(app: web.Application) -> AsyncIterator[None]:
             clients=ClientRegistry(store, http, allow_private=settings.oauth_cimd_allow_private),
             cimd_http=http,
             signin_verifier=configured,
+            oidc=oidc,
             signin_methods=tuple(settings.oauth_signin_methods),
             offered_scopes=offered_scopes(settings),
             token_to_env=settings.oauth_token_to_env,
@@ -249,15 +267,53 @@ async def _oauth_server(app: web.Application) -> AsyncIterator[None]:
         own = GrantVerifier(tokens, token_to_env=settings.oauth_token_to_env)
         app[keys.VERIFIER] = OwnTokensFirst(settings.base_url, own, configured)
         app[keys.AS_METADATA] = AuthorizationServerMetadata(http, settings.base_url, server.metadata())
+        loop = asyncio.get_running_loop()
         if not settings.oauth_signing_key_files:
-            maintainer = asyncio.get_running_loop().create_task(keyset.maintain())
+            tasks.append(loop.create_task(keyset.maintain()))
+        if oidc is not None:
+            tasks.append(loop.create_task(oidc.refresh_forever()))
         yield
     finally:
-        if maintainer is not None:
-            maintainer.cancel()
-            await asyncio.gather(maintainer, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if oidc_http is not None:
+            await oidc_http.close()
         await http.close()
         await store.aclose()
+
+
+async def _oidc_provider(settings: Settings, http: aiohttp.ClientSession) -> OidcProvider:
+    """The upstream OpenID provider users may sign in with, its discovery document and keys read
+    (a provider that does not answer stops startup)."""
+    if settings.oauth_oidc_issuer is None or settings.oauth_oidc_client_id is None:  # pragma: no cover
+        raise AuthStartupError("oidc sign-in needs oauth_oidc_issuer and oauth_oidc_client_id")  # Settings ensure it
+    secret = settings.oauth_oidc_client_secret
+    emails = settings.oauth_oidc_subject_claim == "email"
+    provider = OidcProvider(
+        http,
+        issuer=settings.oauth_oidc_issuer,
+        client=ClientCredentials(
+            settings.oauth_oidc_client_id,
+            secret.get_secret_value() if secret is not None else None,
+            settings.oauth_oidc_client_auth,
+        ),
+        redirect_uri=Endpoints(settings.base_url).oidc_callback,
+        scopes=settings.oauth_oidc_scopes,
+        subject_claim=settings.oauth_oidc_subject_claim,
+        allow=AllowList.of(
+            settings.oauth_oidc_allowed_subjects,
+            settings.oauth_oidc_allowed_domains,
+            any_account=settings.oauth_oidc_allow_any_account,
+            emails=emails,
+        ),
+        name=settings.oauth_oidc_name,
+    )
+    try:
+        await provider.load()
+    except ValueError as exc:
+        raise AuthStartupError(f"the OpenID provider {settings.oauth_oidc_issuer} cannot be used: {exc}") from None
+    return provider
 
 
 def offered_scopes(settings: Settings) -> tuple[str, ...]:

@@ -168,7 +168,7 @@ def _hash_token() -> int:
 
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    if settings.auth == "none" and not is_loopback_host(settings.host):
+    if settings.auth == "none" and not settings.oauth_server and not is_loopback_host(settings.host):
         log.warning(
             "SERVING WITHOUT AUTHENTICATION on %s: anyone who can reach it can run the MCP server "
             "(allow_remote_unauthenticated is set)",

@@ -18,6 +18,7 @@ import shlex
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
@@ -115,6 +116,61 @@ def _p256_problem(path: Path) -> str | None:
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         return f"{str(path)!r} is not a P-256 (ES256) private key"
     return None
+
+
+_DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
+OIDC_SETTINGS: Final = (
+    "oauth_oidc_issuer",
+    "oauth_oidc_client_id",
+    "oauth_oidc_client_secret",
+    "oauth_oidc_allowed_domains",
+    "oauth_oidc_allowed_subjects",
+)
+
+
+def oidc_url_problem(url: str, what: str) -> str | None:
+    """Why `url` cannot be an OpenID provider's URL: https, or plain http on a loopback address."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username is not None:
+        return f"{what} is an absolute https URL, got {url!r}"
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return f"{what} must be https (plain http only on a loopback address, for development), got {url!r}"
+    if parts.query or parts.fragment:
+        return f"{what} has no query or fragment, got {url!r}"
+    return None
+
+
+def _oidc_problems(data: dict[str, Any], *, offered: bool) -> list[str]:
+    """The OpenID sign-in settings' problems (the built-in server is on)."""
+    if not offered:
+        given = [name for name in OIDC_SETTINGS if data.get(name)]
+        return [f"{', '.join(given)} set, but oidc is not in oauth_signin_methods"] if given else []
+    problems = []
+    issuer = data.get("oauth_oidc_issuer")
+    if not issuer:
+        problems.append("oidc sign-in needs oauth_oidc_issuer (the OpenID provider's issuer URL)")
+    elif problem := oidc_url_problem(issuer, "oauth_oidc_issuer"):
+        problems.append(problem)
+    if not data.get("oauth_oidc_client_id"):
+        problems.append("oidc sign-in needs oauth_oidc_client_id (register this gateway with the provider)")
+    scopes = data.get("oauth_oidc_scopes") or []
+    if "openid" not in scopes:
+        problems.append("oauth_oidc_scopes must include openid")
+    bad = [scope for scope in scopes if not _SCOPE_TOKEN.fullmatch(scope)]
+    if bad:
+        problems.append(f"oauth_oidc_scopes: not scope tokens: {', '.join(map(repr, bad))}")
+    domains = data.get("oauth_oidc_allowed_domains") or []
+    bad = [domain for domain in domains if not _DOMAIN.fullmatch(domain)]
+    if bad:
+        problems.append(f"oauth_oidc_allowed_domains are domains like example.com, got {', '.join(map(repr, bad))}")
+    if (domains or data.get("oauth_oidc_subject_claim") == "email") and "email" not in scopes:
+        problems.append("email domains and email subjects need the email scope in oauth_oidc_scopes")
+    if not (domains or data.get("oauth_oidc_allowed_subjects") or data.get("oauth_oidc_allow_any_account")):
+        problems.append(
+            "oidc sign-in needs an allow-list: oauth_oidc_allowed_domains and/or oauth_oidc_allowed_subjects "
+            "(or oauth_oidc_allow_any_account, when every account of the provider is on your team)"
+        )
+    return problems
 
 
 def is_loopback_host(host: str) -> bool:
@@ -278,8 +334,47 @@ class Settings(BaseSettings):
     oauth_refresh_token_ttl: int = Field(
         14 * 86400, ge=3600, description="oauth_server: seconds a refresh token stays usable (each use rotates it)."
     )
-    oauth_signin_methods: Annotated[list[Literal["token"]], NoDecode] = Field(
-        ["token"], description="oauth_server: how users sign in: token (paste the service token the verifier checks)."
+    oauth_signin_methods: Annotated[list[Literal["token", "oidc"]], NoDecode] = Field(
+        ["token"],
+        description="oauth_server: how users sign in: token (paste the service token the verifier checks) and/or "
+        "oidc (with an OpenID provider).",
+    )
+    oauth_oidc_issuer: str | None = Field(
+        None,
+        description="oidc: the OpenID provider's issuer URL, exactly as its discovery document names it "
+        "(https; plain http only on a loopback address, for development).",
+    )
+    oauth_oidc_name: str | None = Field(
+        None, description="oidc: the provider's name on the sign-in button (default: the issuer's host)."
+    )
+    oauth_oidc_client_id: str | None = Field(
+        None,
+        description="oidc: this gateway's client ID at the provider, whose redirect URI is "
+        "<public_url>/oauth/oidc/callback.",
+    )
+    oauth_oidc_client_secret: SecretStr | None = Field(
+        None, description="oidc: its client secret (leave unset for a public client: PKCE alone)."
+    )
+    oauth_oidc_client_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic", description="oidc: how the client secret reaches the provider's token endpoint."
+    )
+    oauth_oidc_scopes: Annotated[list[str], NoDecode] = Field(
+        ["openid", "email", "profile"], description="oidc: scopes asked of the provider (openid is required)."
+    )
+    oauth_oidc_subject_claim: Literal["sub", "email"] = Field(
+        "sub", description="oidc: the ID token claim that names the user: sub, or email (verified emails only)."
+    )
+    oauth_oidc_allowed_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="oidc: email domains whose users may sign in (exact match; the email must be verified).",
+    )
+    oauth_oidc_allowed_subjects: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="oidc: users who may sign in, as values of the subject claim."
+    )
+    oauth_oidc_allow_any_account: bool = Field(
+        False,
+        description="oidc: every account the provider signs in may sign in here (only for a provider that holds "
+        "your team alone).",
     )
     oauth_dynamic_registration: bool = Field(
         True, description="oauth_server: accept RFC 7591 dynamic client registration (deprecated, still common)."
@@ -380,6 +475,8 @@ class Settings(BaseSettings):
         "tool_deny",
         "oauth_signing_key_files",
         "oauth_signin_methods",
+        "oauth_oidc_allowed_domains",
+        "oauth_oidc_allowed_subjects",
         mode="before",
     )
     @classmethod
@@ -389,6 +486,18 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("oauth_oidc_scopes", mode="before")
+    @classmethod
+    def _parse_scopes(cls, value: Any) -> Any:
+        """Scopes as a JSON array, or separated by spaces or commas (`openid email profile`), also
+        within each repeated flag."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [text]
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return [scope for item in value for scope in item.replace(",", " ").split()]
         return value
 
     @field_validator("mcp_path")
@@ -624,6 +733,7 @@ class Settings(BaseSettings):
                 problems.append(problem)
         if value and not (data.get("token_env") and "token" in methods):
             problems.append("oauth_token_to_env needs token_env and the token sign-in method")
+        problems += _oidc_problems(data, offered="oidc" in methods)
         if problems:
             raise ValueError("oauth_server: " + "; ".join(problems))
         return value
@@ -645,7 +755,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{value!r} is not one OAuth scope token (RFC 6749: visible ASCII but no quote or backslash)"
             )
-        if info.data.get("auth") == "none":
+        if info.data.get("auth") == "none" and not info.data.get("oauth_server"):
             raise ValueError("a tool scope needs authentication: with auth none no caller holds any scope")
         return value
 
@@ -664,7 +774,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_bind(cls, value: bool, info: ValidationInfo) -> bool:
         host = info.data.get("host")
-        auth = info.data.get("auth", "none")
+        # The built-in authorization server authenticates on its own (its tokens), even with auth none.
+        auth = "oauth" if info.data.get("oauth_server") else info.data.get("auth", "none")
         if host is not None and not is_loopback_host(host) and auth == "none" and not value:
             raise ValueError(
                 f"host {host!r} is not loopback and no authentication is configured; configure a verifier "

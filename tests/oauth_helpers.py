@@ -1,11 +1,12 @@
 """Helpers for tests of the built-in authorization server: settings around the echo server, a
-"browser" (an aiohttp client with a cookie jar) that follows the sign-in and consent forms, and
-PKCE values."""
+"browser" (an aiohttp client with a cookie jar) that follows the sign-in and consent forms, PKCE
+values, and `Gateway`: a served gateway with the client-side steps of a flow."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
@@ -13,11 +14,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import aiohttp
+from aiohttp import web
 from cryptography.fernet import Fernet
 
+from gateway import keys
 from gateway.auth.static import digest_of
+from gateway.oauth.server import OAuthServer
 from gateway.settings import Settings
-from tests.conftest import WAIT, make_settings
+from tests.conftest import ACCEPT_BOTH, LATEST, WAIT, make_settings, parse_sse
 
 SERVICE_TOKEN = "alice-service-token-1234"
 OTHER_TOKEN = "bob-service-token-5678"
@@ -129,6 +133,8 @@ class Browser:
     async def sign_in_and_consent(self, authorization_url: str, token: str = SERVICE_TOKEN) -> dict[str, str]:
         """The whole browser part: authorize page → sign in → allow; the redirect's parameters."""
         signin = await self.get(authorization_url)
+        if signin.status == 302:  # still signed in, consent remembered
+            return signin.redirect_params
         assert signin.status == 200, signin.text
         consent = await self.submit(signin, token=token)
         if consent.status == 302:  # consent remembered
@@ -151,3 +157,88 @@ def authorize_url(base: str, client_id: str, challenge: str, **overrides: str | 
     }
     params.update(overrides)
     return base + "/oauth/authorize?" + urlencode({k: v for k, v in params.items() if v is not None})
+
+
+@dataclass
+class Gateway:
+    base: str
+    app: web.Application
+    http: aiohttp.ClientSession
+    browser: Browser
+
+    @property
+    def resource(self) -> str:
+        return self.base + "/mcp"
+
+    @property
+    def oauth(self) -> OAuthServer:
+        server = self.app[keys.OAUTH]
+        assert server is not None
+        return server
+
+    async def register(self, **metadata: Any) -> dict[str, Any]:
+        body = {"redirect_uris": [REDIRECT_URI], "client_name": "Test Client", **metadata}
+        async with self.http.post(self.base + "/oauth/register", json=body) as response:
+            assert response.status == 201, await response.text()
+            result: dict[str, Any] = await response.json()
+            return result
+
+    async def token(self, **form: str) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(self.base + "/oauth/token", data=form) as response:
+            assert response.headers["Cache-Control"] == "no-store"
+            return response.status, await response.json()
+
+    async def code(self, client_id: str, challenge: str, token: str = SERVICE_TOKEN) -> dict[str, str]:
+        return await self.browser.sign_in_and_consent(authorize_url(self.base, client_id, challenge), token)
+
+    async def tokens(self, client_id: str) -> dict[str, Any]:
+        verifier, challenge = pkce()
+        redirect = await self.code(client_id, challenge)
+        status, body = await self.token(
+            grant_type="authorization_code",
+            code=redirect["code"],
+            redirect_uri=REDIRECT_URI,
+            client_id=client_id,
+            code_verifier=verifier,
+            resource=self.resource,
+        )
+        assert status == 200, body
+        return body
+
+    async def mcp_status(self, access_token: str) -> tuple[int, str]:
+        message = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        }
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": ACCEPT_BOTH}
+        async with self.http.post(self.resource, json=message, headers=headers) as response:
+            challenge = response.headers.get("WWW-Authenticate", "")
+            if response.status == 200 and "Mcp-Session-Id" in response.headers:
+                delete = {**headers, "Mcp-Session-Id": response.headers["Mcp-Session-Id"]}
+                async with self.http.delete(self.resource, headers=delete):
+                    pass
+            return response.status, challenge
+
+    async def child_environment(self, access_token: str) -> dict[str, str]:
+        """The environment of the child a session with `access_token` gets (the echo server's `env` tool)."""
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": ACCEPT_BOTH}
+        initialize = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        }
+        async with self.http.post(self.resource, json=initialize, headers=headers) as response:
+            assert response.status == 200
+            headers["Mcp-Session-Id"] = response.headers["Mcp-Session-Id"]
+            headers["MCP-Protocol-Version"] = LATEST
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "env", "arguments": {}}}
+        async with self.http.post(self.resource, json=call, headers=headers) as response:
+            text = await response.text()
+            messages = [json.loads(data) for _, data in parse_sse(text)] if "data:" in text else [json.loads(text)]
+        async with self.http.delete(self.resource, headers=headers):
+            pass
+        environment: dict[str, str] = json.loads(messages[-1]["result"]["content"][0]["text"])
+        return environment

@@ -4,9 +4,10 @@ Two sources. Configured PEM files: the first signs, the others are only publishe
 operator rotates by adding the new key second, waiting out the overlap, then swapping and later
 removing the old one. Or (the default) keys generated here and kept in the OAuth storage with
 their private half encrypted: the newest signs; when it has signed for `rotation` seconds a new
-one is made, and each key stays published for `overlap` seconds after it stops signing, longer
-than any token it signed can live. Replicas sharing a store converge on the newest key when they
-reload (`maintain`, every `KEY_RELOAD_INTERVAL`).
+one is made. A key stops signing when its successor is made and stays published — and accepted —
+for `overlap` seconds after that, longer than any token it signed can live; then it is dropped
+from the set (and from the store), and a token it signed is refused. Replicas sharing a store
+converge on the newest key when they reload (`maintain`, every `KEY_RELOAD_INTERVAL`).
 
 Key ids are RFC 7638 thumbprints, so the same key always has the same id.
 """
@@ -96,6 +97,11 @@ class KeySet:
     def signing(self) -> SigningKey:
         return self._keys[0]
 
+    @property
+    def overlap(self) -> float:
+        """Seconds a generated key stays published after its successor starts signing."""
+        return self._overlap
+
     async def load(self) -> None:
         """Read the keys; generate (and store) one when none is current. Raises `StorageError`."""
         if self._files:
@@ -110,21 +116,29 @@ class KeySet:
             except (InvalidToken, KeyError, ValueError, TypeError):
                 log.warning("skipping a stored signing key that cannot be read (was oauth_session_key changed?)")
         keys.sort(key=lambda key: key.created, reverse=True)
-        if not keys or time.time() - keys[0].created >= self._rotation:
+        now = time.time()
+        if not keys or now - keys[0].created >= self._rotation:
             fresh = await self._generate()
             log.info("new OAuth signing key", extra={"kid": fresh.kid})
+            if keys:  # the retired key stays stored exactly as long as it stays published
+                await self._store_key(keys[0], self._overlap)
             keys.insert(0, fresh)
-        self._keys = keys
+        # A key is published from its creation until `overlap` after its successor's.
+        self._keys = [
+            key for index, key in enumerate(keys) if index == 0 or now < keys[index - 1].created + self._overlap
+        ]
 
     async def _generate(self) -> SigningKey:
-        private = ec.generate_private_key(ec.SECP256R1())
-        key = SigningKey.of(private, time.time())
-        pem = private.private_bytes(
+        key = SigningKey.of(ec.generate_private_key(ec.SECP256R1()), time.time())
+        await self._store_key(key, self._rotation + self._overlap)
+        return key
+
+    async def _store_key(self, key: SigningKey, ttl: float) -> None:
+        pem = key.private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         record = {"pem": self._secrets.encrypt(pem).decode(), "created": key.created}
-        await self._store.put(KIND, key.kid, record, self._rotation + self._overlap)
-        return key
+        await self._store.put(KIND, key.kid, record, ttl)
 
     async def maintain(self) -> None:
         """Reload and rotate periodically, for as long as the gateway serves."""

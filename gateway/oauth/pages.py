@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import html
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from string import Template
 from typing import Final
@@ -56,9 +56,15 @@ def origin_of(url: str) -> str | None:
 
 
 def page(
-    template: str, *, title: str, status: int = 200, form_targets: Iterable[str] = (), **values: object
+    template: str,
+    *,
+    title: str,
+    status: int = 200,
+    form_targets: Iterable[str] = (),
+    headers: Mapping[str, str] | None = None,
+    **values: object,
 ) -> web.Response:
-    """A complete page: `template` inside the layout, with the security headers."""
+    """A complete page: `template` inside the layout, with the security headers (and `headers`)."""
     nonce = secrets.token_urlsafe(16)
     body = fragment(template, **values)
     document = _template("layout.html").substitute(title=html.escape(title), nonce=nonce, body=body)
@@ -67,8 +73,8 @@ def page(
         f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self'; "
         f"form-action 'self'{' ' + targets if targets else ''}; frame-ancestors 'none'; base-uri 'none'"
     )
-    headers = {**SECURITY_HEADERS, "Content-Security-Policy": csp}
-    return web.Response(status=status, text=document, content_type="text/html", charset="utf-8", headers=headers)
+    sent = {**(headers or {}), **SECURITY_HEADERS, "Content-Security-Policy": csp}
+    return web.Response(status=status, text=document, content_type="text/html", charset="utf-8", headers=sent)
 
 
 ERROR_HEADINGS: Final = {
@@ -81,6 +87,8 @@ ERROR_HEADINGS: Final = {
 }
 
 
-def error_page(code: str, description: str, *, status: int) -> web.Response:
+def error_page(code: str, description: str, *, status: int, headers: Mapping[str, str] | None = None) -> web.Response:
     heading = ERROR_HEADINGS.get(status, "Something went wrong")
-    return page("error.html", title=heading, status=status, heading=heading, description=description, code=code)
+    return page(
+        "error.html", title=heading, status=status, headers=headers, heading=heading, description=description, code=code
+    )

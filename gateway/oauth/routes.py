@@ -2,14 +2,20 @@
 
 The browser part — authorize, sign-in, consent — keeps its state in the encrypted session
 cookie: a CSRF token checked on every form, the pending authorization requests (by a random id,
-a few at a time, each for `PENDING_LIFETIME`), and the signed-in user. Errors before the client
-and its redirect URI are verified are shown as a page; after, they go back to the client as a
-redirect carrying `error`, `state` and `iss` (RFC 9207). The token, registration and revocation
+a few at a time, each for `PENDING_LIFETIME`), and the signed-in user. A user signs in by pasting
+their service token (checked by the configured verifier) or with the upstream OpenID provider
+(oidc.py): the sign-in form sends the browser there with a `state`, `nonce` and PKCE verifier
+stored in the pending request, and `/oauth/oidc/callback` takes them back out — once — before it
+redeems the code, so a replayed or forged callback finds nothing to continue. Errors before the
+client and its redirect URI are verified are shown as a page; after, they go back to the client
+as a redirect carrying `error`, `state` and `iss` (RFC 9207). The token, registration and revocation
 endpoints speak JSON (errors.py) and allow any origin, as browser-based clients need.
 
 Rate limits: every `/oauth/` request counts against `oauth_ip` (ratelimit.py); a pasted token
 that is refused counts as a failed authentication of the address, and once those are spent the
-form refuses before asking the verifier.
+form refuses before asking the verifier. A person at a browser sees a refusal of the gateway's
+own (a 429 with `Retry-After`, a rate-limit storage that fails closed) as an error page
+(`browser_error_pages`), never as the JSON-RPC body the MCP endpoint answers with.
 """
 
 from __future__ import annotations
@@ -36,18 +42,20 @@ from gateway.auth.static import ISSUER as STATIC_ISSUER
 from gateway.errors import GatewayError
 from gateway.oauth.clients import MAX_REGISTRATION_BYTES, Client, ClientRegistry
 from gateway.oauth.errors import NO_STORE, OAuthError, json_response
+from gateway.oauth.oidc import OidcError
 from gateway.oauth.pages import Markup, error_page, fragment, page
 from gateway.oauth.server import (
     BROWSER_PATHS,
     CONSENT_TTL,
     JWKS_PATH,
+    OIDC_CALLBACK_PATH,
     PENDING_LIFETIME,
     PREFIX,
     SIGNIN_LIFETIME,
     OAuthServer,
 )
 from gateway.oauth.storage import StorageError
-from gateway.oauth.tokens import Grant, ReusedToken
+from gateway.oauth.tokens import Grant, ReusedToken, s256
 from gateway.ratelimit import address_key
 
 log = logging.getLogger("gateway.oauth")
@@ -59,11 +67,13 @@ CORS: Final = {"Access-Control-Allow-Origin": "*"}
 FORM_TYPE: Final = "application/x-www-form-urlencoded"
 
 
-def add_routes(app: web.Application, *, dynamic_registration: bool) -> None:
+def add_routes(app: web.Application, *, dynamic_registration: bool, oidc: bool) -> None:
     app.router.add_get(JWKS_PATH, handle_jwks)
     app.router.add_get(PREFIX + "authorize", handle_authorize)
     app.router.add_post(PREFIX + "signin", handle_signin)
     app.router.add_post(PREFIX + "consent", handle_consent)
+    if oidc:
+        app.router.add_get(OIDC_CALLBACK_PATH, handle_oidc_callback)
     app.router.add_post(PREFIX + "token", handle_token)
     app.router.add_post(PREFIX + "revoke", handle_revoke)
     app.router.add_route("OPTIONS", PREFIX + "token", handle_preflight)
@@ -80,9 +90,12 @@ def _server(request: web.Request) -> OAuthServer:
     return server
 
 
-def _audit(request: web.Request, event: Any, *, subject: str | None = None, **fields: Any) -> None:
+def _audit(
+    request: web.Request, event: Any, *, subject: str | None = None, issuer: str | None = None, **fields: Any
+) -> None:
+    """Record `event`; the user is `subject` of `issuer` (an OpenID provider), else of this server."""
     server = _server(request)
-    principal = Principal(issuer=server.issuer, subject=subject) if subject is not None else None
+    principal = Principal(issuer=issuer or server.issuer, subject=subject) if subject is not None else None
     request.app[keys.AUDIT].record(event, principal=principal, **fields)
 
 
@@ -143,6 +156,29 @@ def _redirect(location: str) -> web.Response:
 
 
 # --- the browser session ------------------------------------------------------------------------
+
+
+# What an error page says for the gateway's own refusals of a page (else the error's message).
+PAGE_TEXT: Final[dict[str, str]] = {
+    "rate_limited": "Too many attempts from your network. Wait a little and try again.",
+    "ratelimit_unavailable": "The sign-in cannot be checked right now. Try again in a moment.",
+}
+
+
+@web.middleware
+async def browser_error_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The gateway's refusals of the pages a browser visits, rendered as an error page with the
+    refusal's status and headers (`Retry-After` included); other paths keep their JSON bodies."""
+    if request.path not in BROWSER_PATHS:
+        return await handler(request)
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        headers = dict(error.headers or {})
+        if error.retry_after is not None:
+            headers["Retry-After"] = str(error.retry_after)
+        text = PAGE_TEXT.get(error.code, error.message)
+        return error_page(error.code, text, status=error.status, headers=headers)
 
 
 def browser_session_middleware(storage: EncryptedCookieStorage) -> Middleware:
@@ -273,7 +309,7 @@ async def _continue(request: web.Request, session: Session, request_id: str, cli
     if user is None:
         return _signin_page(server, session, request_id, client)
     scope = server.grantable_scope(pending["scope"], user.get("scopes"))
-    remembered = await server.store.get("consent", _consent_key(user["subject"], client.client_id))
+    remembered = await server.store.get("consent", _consent_key(user, client.client_id))
     if (
         remembered is not None
         and remembered.get("redirect_uri") == pending["redirect_uri"]
@@ -298,7 +334,7 @@ async def _continue(request: web.Request, session: Session, request_id: str, cli
         redirect_uri=pending["redirect_uri"],
         scopes=scope or "none (the access your sign-in gives)",
         resource=server.resource,
-        subject=user["subject"],
+        subject=user.get("label") or user["subject"],
         csrf=_csrf(session),
         request=request_id,
     )
@@ -315,23 +351,30 @@ def _signin_page(
 ) -> web.Response:
     pending = _pending(session, request_id)
     methods = []
+    # A form may end in a redirect: to the app (consent remembered), or to the OpenID provider.
+    targets = [pending["redirect_uri"]]
+    if server.oidc is not None and "oidc" in server.signin_methods:
+        methods.append(fragment("signin_oidc.html", csrf=_csrf(session), request=request_id, provider=server.oidc.name))
+        targets.append(server.oidc.endpoints.authorization)
     if "token" in server.signin_methods:
         methods.append(fragment("signin_token.html", csrf=_csrf(session), request=request_id))
     return page(
         "signin.html",
         title=f"Sign in to {server.service}",
         status=status,
-        form_targets=[pending["redirect_uri"]],  # a remembered consent redirects straight to the app
+        form_targets=targets,
         service=server.service,
         client_name=client.name,
         resource=server.resource,
         message=fragment("message.html", text=message) if message else "",
-        methods=Markup("\n".join(methods)),
+        methods=Markup("\n<hr>\n".join(methods)),
     )
 
 
-def _consent_key(subject: str, client_id: str) -> str:
-    return f"{subject}\x1f{client_id}"
+def _consent_key(user: dict[str, Any], client_id: str) -> str:
+    """Consents are per user and client; a user of an OpenID provider is named with its issuer."""
+    issuer = user.get("issuer")
+    return f"{issuer}\x1f{user['subject']}\x1f{client_id}" if issuer else f"{user['subject']}\x1f{client_id}"
 
 
 async def _issue_code(
@@ -358,6 +401,7 @@ async def _issue_code(
         resource=server.resource,
         method=user["method"],
         credential=credential,
+        issuer=user.get("issuer"),
     )
     code = await server.tokens.issue_code(grant, redirect_uri=pending["redirect_uri"], challenge=pending["challenge"])
     await server.clients.touch(client)
@@ -365,6 +409,7 @@ async def _issue_code(
         request,
         "oauth.authorize",
         subject=user["subject"],
+        issuer=user.get("issuer"),
         client_id=client.client_id,
         redirect_uri=pending["redirect_uri"],
         scope=scope,
@@ -394,12 +439,17 @@ async def handle_signin(request: web.Request) -> web.Response:
         return error_page(error.code, error.description, status=error.status)
     except StorageError:
         return _unavailable_page()
-    if form.get("method", "token") != "token" or "token" not in server.signin_methods or server.signin_verifier is None:
+    method = form.get("method", "token")
+    if method not in server.signin_methods:
         return error_page("invalid_request", "This sign-in method is not offered", status=400)
-    token = form.get("token", "").strip()
     limiter = request.app[keys.LIMITER]
     address = address_key(request[keys.CLIENT_IP])
     await limiter.spent("auth_failures_ip", address)
+    if method == "oidc" and server.oidc is not None:
+        return _start_oidc(server, session, request_id)
+    if method != "token" or server.signin_verifier is None:  # pragma: no cover - settings ensure it
+        return error_page("invalid_request", "This sign-in method is not offered", status=400)
+    token = form.get("token", "").strip()
     try:
         principal = await server.signin_verifier.verify(token) if token else None
     except AuthError as error:
@@ -439,6 +489,88 @@ async def handle_signin(request: web.Request) -> web.Response:
     return await _continue(request, session, request_id, client)
 
 
+def _start_oidc(server: OAuthServer, session: Session, request_id: str) -> web.Response:
+    """Send the browser to the OpenID provider, remembering this sign-in's secrets in its pending
+    request (a new attempt replaces an unfinished one)."""
+    if server.oidc is None:  # pragma: no cover - the caller checks
+        raise OAuthError("invalid_request", "This sign-in method is not offered")
+    flow = {
+        "state": secrets.token_urlsafe(32),
+        "nonce": secrets.token_urlsafe(32),
+        "verifier": secrets.token_urlsafe(48),
+    }
+    session["pending"][request_id]["oidc"] = flow
+    session.changed()
+    location = server.oidc.authorization_url(state=flow["state"], nonce=flow["nonce"], challenge=s256(flow["verifier"]))
+    return _redirect(location)
+
+
+def _take_oidc_flow(session: Session, state: str) -> tuple[str, dict[str, str]]:
+    """The pending request a provider's answer with `state` continues, and that sign-in's secrets,
+    removed from the session: a second answer with the same state finds nothing."""
+    for request_id, entry in (session.get("pending") or {}).items():
+        flow = entry.get("oidc") if isinstance(entry, dict) else None
+        if isinstance(flow, dict) and hmac.compare_digest(str(flow.get("state", "")).encode(), state.encode()):
+            del entry["oidc"]
+            session.changed()
+            _pending(session, request_id)  # expired requests end here
+            return request_id, flow
+    raise OidcError("unknown_state", "no sign-in of this browser is waiting for this state")
+
+
+async def handle_oidc_callback(request: web.Request) -> web.Response:
+    """The OpenID provider's answer: the code (or error) for a sign-in this browser started."""
+    server = _server(request)
+    session = await get_session(request)
+    limiter = request.app[keys.LIMITER]
+    address = address_key(request[keys.CLIENT_IP])
+    await limiter.spent("auth_failures_ip", address)
+    client_id: str | None = None
+    try:
+        oidc = server.oidc
+        if oidc is None:  # pragma: no cover - the route exists only with the provider
+            raise OidcError("unavailable", "no OpenID provider is configured")
+        params = _single(list(request.query.items()))
+        request_id, flow = _take_oidc_flow(session, params.get("state", ""))
+        client_id = _pending(session, request_id)["client_id"]
+        if "iss" in params and params["iss"] != oidc.issuer:  # RFC 9207: a mix-up of providers
+            raise OidcError("wrong_issuer", "the answer's iss is not the provider's")
+        if "error" in params:
+            raise OidcError("provider_refused", f"the provider answered error={params['error'][:64]!r}")
+        code = params.get("code")
+        if not code:
+            raise OidcError("provider_refused", "the answer has no code")
+        client = await server.clients.find(client_id)
+        user = await oidc.sign_in(code=code, verifier=flow["verifier"], nonce=flow["nonce"])
+    except OidcError as error:
+        _audit(request, "oauth.signin_fail", client_id=client_id, method="oidc", reason=error.code, detail=error.detail)
+        if error.code == "unavailable":
+            log.warning("OpenID provider unavailable: %s", error.detail)
+        else:
+            with contextlib.suppress(GatewayError):  # the refusal shows on the next attempt
+                await limiter.hit("auth_failures_ip", address)
+        return error_page(error.code, error.text, status=error.status)
+    except OAuthError as error:
+        _audit(request, "oauth.refused", endpoint="oidc_callback", error=error.code, detail=error.description)
+        return error_page(error.code, error.description, status=error.status)
+    except StorageError:
+        return _unavailable_page()
+    session["user"] = {
+        "subject": user.subject,
+        "issuer": user.issuer,
+        "label": user.label,
+        "method": "oidc",
+        "at": time.time(),
+        "scopes": None,
+    }
+    session["csrf"] = secrets.token_urlsafe(24)  # a new CSRF token with the new sign-in
+    _audit(request, "oauth.signin", subject=user.subject, issuer=user.issuer, client_id=client_id, method="oidc")
+    try:
+        return await _continue(request, session, request_id, client)
+    except StorageError:
+        return _unavailable_page()
+
+
 async def handle_consent(request: web.Request) -> web.Response:
     try:
         server, session, form, request_id, client = await _browser_form(request)
@@ -446,16 +578,17 @@ async def handle_consent(request: web.Request) -> web.Response:
         user = _signed_in(session)
         if user is None:
             return _signin_page(server, session, request_id, client, message="Your sign-in expired. Sign in again.")
+        who = {"subject": user["subject"], "issuer": user.get("issuer")}
         if form.get("decision") != "allow":
             session["pending"].pop(request_id)
             session.changed()
-            _audit(request, "oauth.consent", subject=user["subject"], client_id=client.client_id, decision="deny")
+            _audit(request, "oauth.consent", **who, client_id=client.client_id, decision="deny")
             denied = OAuthError("access_denied", "The user did not allow the connection")
             return _redirect(_error_location(server, pending["redirect_uri"], denied, pending["state"]))
         scope = server.grantable_scope(pending["scope"], user.get("scopes"))
         record = {"scope": scope, "redirect_uri": pending["redirect_uri"], "at": time.time()}
-        await server.store.put("consent", _consent_key(user["subject"], client.client_id), record, CONSENT_TTL)
-        _audit(request, "oauth.consent", subject=user["subject"], client_id=client.client_id, decision="allow")
+        await server.store.put("consent", _consent_key(user, client.client_id), record, CONSENT_TTL)
+        _audit(request, "oauth.consent", **who, client_id=client.client_id, decision="allow")
         return await _issue_code(
             request, session, request_id=request_id, client=client, user=user, scope=scope, remembered=False
         )
@@ -559,6 +692,7 @@ async def handle_token(request: web.Request) -> web.Response:
         request,
         event,
         subject=issued.grant.subject,
+        issuer=issued.grant.issuer,
         client_id=client_id,
         scope=issued.grant.scope,
         family=issued.family,

@@ -1,5 +1,6 @@
 """The built-in authorization server's state, built once from settings: storage, keys, clients,
-tokens, the sign-in verifier and the browser-session cookie, plus its RFC 8414 metadata.
+tokens, the sign-in methods (the verifier of pasted service tokens, the upstream OpenID provider)
+and the browser-session cookie, plus its RFC 8414 metadata.
 
 Endpoints live under `/oauth/` (routes.py); the metadata and JWKS under `/.well-known/`. The
 issuer is the configured public URL, and the only resource it issues tokens for is this
@@ -22,12 +23,15 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from gateway.auth import TokenVerifier
 from gateway.oauth.clients import AUTH_METHODS, ClientRegistry
 from gateway.oauth.keyset import KeySet
+from gateway.oauth.oidc import OidcProvider
 from gateway.oauth.storage import OAuthStore
 from gateway.oauth.tokens import Tokens
 
 PREFIX: Final = "/oauth/"
+# Where the upstream OpenID provider sends the browser back (the redirect URI registered there).
+OIDC_CALLBACK_PATH: Final = PREFIX + "oidc/callback"
 # The pages a browser visits (the other endpoints are for clients, and never see a cookie).
-BROWSER_PATHS: Final = frozenset({PREFIX + "authorize", PREFIX + "signin", PREFIX + "consent"})
+BROWSER_PATHS: Final = frozenset({PREFIX + "authorize", PREFIX + "signin", PREFIX + "consent", OIDC_CALLBACK_PATH})
 JWKS_PATH: Final = "/.well-known/jwks.json"
 COOKIE_NAME: Final = "mcp-gateway-oauth"
 # A browser sign-in (and the cookie holding it) lasts this long.
@@ -62,6 +66,10 @@ class Endpoints:
     def jwks(self) -> str:
         return f"{self.issuer}{JWKS_PATH}"
 
+    @property
+    def oidc_callback(self) -> str:
+        return f"{self.issuer}{OIDC_CALLBACK_PATH}"
+
 
 def session_cookie(secret: Any, *, secure: bool) -> EncryptedCookieStorage:
     """The encrypted browser-session cookie (see the module docstring for its attributes)."""
@@ -89,6 +97,7 @@ class OAuthServer:
     clients: ClientRegistry
     cimd_http: aiohttp.ClientSession
     signin_verifier: TokenVerifier | None
+    oidc: OidcProvider | None  # the upstream OpenID provider, when users may sign in with it
     signin_methods: tuple[str, ...]
     offered_scopes: tuple[str, ...]
     token_to_env: bool

@@ -12,7 +12,10 @@ Invariants:
   seen at most `FAMILY_CHECK_TTL` seconds ago by this process (a revocation made here is seen at
   once);
 - codes and refresh tokens are filed under their SHA-256 digest; the user's service token, kept
-  only with the token-to-env opt-in, is encrypted.
+  only with the token-to-env opt-in, is encrypted;
+- a grant names who signed its user in: this server (a service token) or an upstream OpenID
+  provider, whose issuer is then the principal's issuer at the MCP endpoint, so a provider's user
+  and a token user of the same name are never one principal.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final
 
 import jwt as pyjwt
@@ -61,6 +64,13 @@ class Grant:
     resource: str
     method: str  # how the user signed in
     credential: str | None = None  # the encrypted service token (token-to-env opt-in only)
+    # The OpenID provider that signed the user in; None when this server did (a service token).
+    issuer: str | None = None
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Grant:
+        """The grant a stored code or family record holds (records older than a field lack it)."""
+        return cls(**{name: record[name] for name in cls.__dataclass_fields__ if name in record})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +158,7 @@ class Tokens:
             raise OAuthError("invalid_grant", "code_verifier does not match the code challenge")
         if resource is not None and resource != record["resource"]:
             raise OAuthError("invalid_target", "resource differs from the authorization request's")
-        grant = Grant(**{name: record[name] for name in Grant.__dataclass_fields__})
+        grant = Grant.of(record)
         family = record["family"]
         await self._store.put("family", family, {**asdict(grant), "created": time.time()}, self._refresh_ttl)
         return await self._issue(grant, family, refresh=refresh)
@@ -195,14 +205,14 @@ class Tokens:
         state = await self._live(family)
         if state is None:
             raise OAuthError("invalid_grant", "The grant was revoked or has expired")
-        grant = Grant(**{name: state[name] for name in Grant.__dataclass_fields__})
+        grant = Grant.of(state)
         if resource is not None and resource != grant.resource:
             raise OAuthError("invalid_target", "resource differs from the grant's")
         if scope is not None:
             asked = set(scope.split())
             if not asked <= set(grant.scope.split()):
                 raise OAuthError("invalid_scope", "A refresh cannot widen the granted scope")
-            grant = Grant(grant.subject, grant.client_id, " ".join(sorted(asked)), grant.resource, grant.method)
+            grant = replace(grant, scope=" ".join(sorted(asked)))
         await self._store.put("family", family, state, self._refresh_ttl)  # the family lives on
         return await self._issue(grant, family, refresh=True)
 
@@ -295,8 +305,11 @@ class GrantVerifier:
         credential = None
         if self._token_to_env and isinstance(sealed := state.get("credential"), str):
             credential = self._tokens.unseal(sealed)
+        # A user an OpenID provider signed in is that provider's subject: never the same
+        # principal as a service-token user of the same name.
+        upstream = state.get("issuer")
         return Principal(
-            issuer=principal.issuer,
+            issuer=upstream if isinstance(upstream, str) else principal.issuer,
             subject=principal.subject,
             scopes=principal.scopes,
             claims=principal.claims,

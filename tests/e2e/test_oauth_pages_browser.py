@@ -1,7 +1,9 @@
 """The sign-in, consent and error pages in a real headless browser (Debian's chromium, driven
 over the DevTools protocol): they render under their strict CSP without a violation (the
 nonce'd stylesheet applies, nothing else loads), the forms work without any script of ours, and
-a screenshot of each page is kept in `build/test-artifacts/oauth/`.
+a screenshot of each page is kept in `build/test-artifacts/oauth/`. Signing in with an OpenID
+provider (a fake one on another loopback port) goes from the sign-in form to the provider and back
+to the consent page: the page's CSP lets its form end in the redirect to the provider.
 
 Skipped, saying why, when chromium is not installed (`apt-get install chromium`)."""
 
@@ -24,6 +26,7 @@ from aiohttp.test_utils import unused_port
 from gateway import create_app
 from tests.conftest import WAIT
 from tests.oauth_helpers import REDIRECT_URI, SERVICE_TOKEN, authorize_url, oauth_settings, pkce
+from tests.oidc_provider import FakeProvider
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "oauth"
@@ -168,4 +171,40 @@ async def test_pages_in_headless_chromium(aiohttp_server: ServerFactory, tmp_pat
         assert "Unknown client" in await page.evaluate("document.body.innerText")
         await page.screenshot("error")
         assert page.csp_violations() == []
-    assert sorted(path.name for path in ARTIFACTS.glob("*.png")) >= ["consent.png", "error.png", "signin.png"]
+    assert {"consent.png", "error.png", "signin.png"} <= {path.name for path in ARTIFACTS.glob("*.png")}
+
+
+async def test_oidc_sign_in_in_headless_chromium(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+    provider = FakeProvider()
+    await provider.start(aiohttp_server)
+    port = unused_port()
+    settings = oauth_settings(
+        port,
+        oauth_signin_methods="token,oidc",
+        oauth_oidc_issuer=provider.issuer,
+        oauth_oidc_name="Example ID",
+        oauth_oidc_client_id=provider.client_id,
+        oauth_oidc_client_secret=provider.client_secret,
+        oauth_oidc_allowed_domains="example.com",
+    )
+    await aiohttp_server(create_app(settings), port=port)
+    base = f"http://127.0.0.1:{port}"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base + "/oauth/register", json={"redirect_uris": [REDIRECT_URI], "client_name": "Claude"}) as r,
+    ):
+        client_id = (await r.json())["client_id"]
+    _, challenge = pkce()
+    async with chromium(tmp_path) as page:
+        await page.load("navigate", url=authorize_url(base, client_id, challenge))
+        buttons = await page.evaluate("[...document.querySelectorAll('button')].map(b => b.textContent)")
+        assert buttons == ["Sign in with Example ID", "Sign in"]
+        await page.screenshot("signin-oidc")
+        await page.load(
+            "submit", script="document.querySelector('input[name=method][value=oidc]').form.requestSubmit();"
+        )
+        assert await page.evaluate("document.title") == "Allow Claude?"
+        assert "alice@example.com" in await page.evaluate("document.body.innerText")
+        assert len(provider.token_requests) == 1
+        await page.screenshot("consent-oidc")
+        assert page.csp_violations() == []

@@ -7,119 +7,28 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import unused_port
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway import create_app, keys
+from gateway import create_app
 from gateway.oauth.clients import MAX_CIMD_BYTES, PublicResolver
-from gateway.oauth.server import OAuthServer
 from gateway.oauth.tokens import digest
-from tests.conftest import ACCEPT_BOTH, LATEST, WAIT, parse_sse
 from tests.oauth_helpers import (
     REDIRECT_URI,
     SERVICE_TOKEN,
-    Browser,
+    Gateway,
     authorize_url,
     oauth_settings,
     pkce,
 )
 
 ServerFactory = Any
-
-
-@dataclass
-class Gateway:
-    base: str
-    app: web.Application
-    http: aiohttp.ClientSession
-    browser: Browser
-
-    @property
-    def resource(self) -> str:
-        return self.base + "/mcp"
-
-    @property
-    def oauth(self) -> OAuthServer:
-        server = self.app[keys.OAUTH]
-        assert server is not None
-        return server
-
-    async def register(self, **metadata: Any) -> dict[str, Any]:
-        body = {"redirect_uris": [REDIRECT_URI], "client_name": "Test Client", **metadata}
-        async with self.http.post(self.base + "/oauth/register", json=body) as response:
-            assert response.status == 201, await response.text()
-            result: dict[str, Any] = await response.json()
-            return result
-
-    async def token(self, **form: str) -> tuple[int, dict[str, Any]]:
-        async with self.http.post(self.base + "/oauth/token", data=form) as response:
-            assert response.headers["Cache-Control"] == "no-store"
-            return response.status, await response.json()
-
-    async def code(self, client_id: str, challenge: str, token: str = SERVICE_TOKEN) -> dict[str, str]:
-        return await self.browser.sign_in_and_consent(authorize_url(self.base, client_id, challenge), token)
-
-    async def tokens(self, client_id: str) -> dict[str, Any]:
-        verifier, challenge = pkce()
-        redirect = await self.code(client_id, challenge)
-        status, body = await self.token(
-            grant_type="authorization_code",
-            code=redirect["code"],
-            redirect_uri=REDIRECT_URI,
-            client_id=client_id,
-            code_verifier=verifier,
-            resource=self.resource,
-        )
-        assert status == 200, body
-        return body
-
-    async def mcp_status(self, access_token: str) -> tuple[int, str]:
-        message = {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-        }
-        headers = {"Authorization": f"Bearer {access_token}", "Accept": ACCEPT_BOTH}
-        async with self.http.post(self.resource, json=message, headers=headers) as response:
-            challenge = response.headers.get("WWW-Authenticate", "")
-            if response.status == 200 and "Mcp-Session-Id" in response.headers:
-                delete = {**headers, "Mcp-Session-Id": response.headers["Mcp-Session-Id"]}
-                async with self.http.delete(self.resource, headers=delete):
-                    pass
-            return response.status, challenge
-
-
-@pytest.fixture
-async def oauth_gateway(aiohttp_server: ServerFactory) -> AsyncIterator[Callable[..., Awaitable[Gateway]]]:
-    opened: list[Gateway] = []
-
-    async def start(**overrides: Any) -> Gateway:
-        port = unused_port()
-        app = create_app(oauth_settings(port, **overrides))
-        await aiohttp_server(app, port=port)
-        gateway = Gateway(
-            f"http://127.0.0.1:{port}",
-            app,
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)),
-            Browser(),
-        )
-        opened.append(gateway)
-        return gateway
-
-    yield start
-    for gateway in opened:
-        await gateway.http.close()
-        await gateway.browser.close()
 
 
 async def test_metadata_names_every_endpoint(oauth_gateway: Callable[..., Awaitable[Gateway]]) -> None:
@@ -363,7 +272,9 @@ async def test_a_wrong_service_token_is_refused_counted_and_audited(
         step = await gw.browser.submit(signin, token="not-a-token-of-this-service")
         statuses.append(step.status)
     assert statuses == [401, 401, 429]
-    assert "was not accepted" in step.text or statuses[-1] == 429
+    assert step.headers["Content-Type"].startswith("text/html")  # a page, not a JSON-RPC body
+    assert int(step.headers["Retry-After"]) >= 1
+    assert "Too many attempts" in step.text
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
     failures = [line for line in lines if line["event"] == "oauth.signin_fail"]
     assert len(failures) == 2
@@ -559,6 +470,38 @@ async def test_every_oauth_endpoint_is_rate_limited(oauth_gateway: Callable[...,
     assert statuses == [401, 401, 401, 429]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "page"),
+    [
+        ("GET", "/oauth/authorize", True),
+        ("POST", "/oauth/signin", True),
+        ("POST", "/oauth/consent", True),
+        ("POST", "/oauth/token", False),
+        ("POST", "/oauth/register", False),
+        ("POST", "/oauth/revoke", False),
+    ],
+    ids=["authorize", "signin", "consent", "token", "register", "revoke"],
+)
+async def test_a_rate_limited_page_is_a_page_and_an_endpoint_keeps_json(
+    oauth_gateway: Callable[..., Awaitable[Gateway]], method: str, path: str, page: bool
+) -> None:
+    gw = await oauth_gateway(ratelimit_oauth_ip="1/minute")
+    for _ in range(2):
+        async with gw.browser.http.request(method, gw.base + path, allow_redirects=False) as response:
+            status, headers, text = response.status, response.headers, await response.text()
+    assert status == 429
+    assert int(headers["Retry-After"]) >= 1
+    assert headers["RateLimit-Remaining"] == "0"
+    if page:
+        assert headers["Content-Type"].startswith("text/html")
+        assert "Too many attempts" in text
+        assert headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'none'" in headers["Content-Security-Policy"]
+    else:
+        assert headers["Content-Type"].startswith("application/json")
+        assert "error" in json.loads(text)
+
+
 # --- client metadata documents --------------------------------------------------------------------
 
 
@@ -662,28 +605,6 @@ async def test_bad_client_metadata_documents_are_refused(
 # --- what a child learns ------------------------------------------------------------------------
 
 
-async def _child_environment(gw: Gateway, access_token: str) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {access_token}", "Accept": ACCEPT_BOTH}
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {"protocolVersion": LATEST, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-    }
-    async with gw.http.post(gw.resource, json=initialize, headers=headers) as response:
-        assert response.status == 200
-        headers["Mcp-Session-Id"] = response.headers["Mcp-Session-Id"]
-        headers["MCP-Protocol-Version"] = LATEST
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "env", "arguments": {}}}
-    async with gw.http.post(gw.resource, json=call, headers=headers) as response:
-        text = await response.text()
-        messages = [json.loads(data) for _, data in parse_sse(text)] if "data:" in text else [json.loads(text)]
-    async with gw.http.delete(gw.resource, headers=headers):
-        pass
-    environment: dict[str, str] = json.loads(messages[-1]["result"]["content"][0]["text"])
-    return environment
-
-
 @pytest.mark.parametrize("opted_in", [True, False], ids=["token-to-env", "default"])
 async def test_a_child_gets_the_pasted_service_token_only_with_the_opt_in(
     oauth_gateway: Callable[..., Awaitable[Gateway]], opted_in: bool
@@ -691,7 +612,7 @@ async def test_a_child_gets_the_pasted_service_token_only_with_the_opt_in(
     gw = await oauth_gateway(token_env="UPSTREAM_TOKEN", oauth_token_to_env=opted_in)
     client = await gw.register()
     tokens = await gw.tokens(client["client_id"])
-    environment = await _child_environment(gw, tokens["access_token"])
+    environment = await gw.child_environment(tokens["access_token"])
     assert environment.get("UPSTREAM_TOKEN") == (SERVICE_TOKEN if opted_in else None)
     assert tokens["access_token"] not in json.dumps(environment)  # the gateway's own token never
     stored = json.dumps(await gw.oauth.store.values("family"))

@@ -16,9 +16,8 @@ from aiohttp.test_utils import TestServer, unused_port
 from gateway import create_app
 from gateway.oauth.storage import OAuthStore, SqliteStore, open_store
 from tests.conftest import WAIT
-from tests.integration.test_oauth_server import Gateway
 from tests.integration.test_ratelimit_redis import REDIS, RedisServer
-from tests.oauth_helpers import Browser, oauth_settings
+from tests.oauth_helpers import Browser, Gateway, oauth_settings
 
 ServerFactory = Any
 

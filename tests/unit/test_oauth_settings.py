@@ -104,3 +104,96 @@ def test_the_mcp_path_cannot_take_the_oauth_prefix() -> None:
 def test_oauth_key_command_prints_a_fernet_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["oauth-key"]) == 0
     Fernet(capsys.readouterr().out.strip())
+
+
+OIDC = {
+    "oauth_signin_methods": "oidc",
+    "oauth_oidc_issuer": "https://accounts.example.com",
+    "oauth_oidc_client_id": "gateway",
+    "oauth_oidc_allowed_domains": "example.com",
+}
+
+
+def test_an_oidc_configuration() -> None:
+    settings = _settings(**OIDC, auth="none", static_tokens=[], oauth_oidc_scopes="openid email")
+    assert settings.oauth_signin_methods == ["oidc"]
+    assert settings.oauth_oidc_scopes == ["openid", "email"]
+    assert settings.oauth_oidc_allowed_domains == ["example.com"]
+    assert settings.oauth_oidc_subject_claim == "sub"
+    both = _settings(**{**OIDC, "oauth_signin_methods": "token,oidc"}, oauth_oidc_client_secret="provider-secret-xyz")
+    assert both.oauth_signin_methods == ["token", "oidc"]
+    assert "provider-secret-xyz" not in both.model_dump_json()
+
+
+def test_oidc_sign_in_protects_a_public_bind_without_a_verifier() -> None:
+    wildcard = "0.0.0.0"  # noqa: S104 - the point of the test
+    assert _settings(**OIDC, auth="none", static_tokens=[], host=wildcard).host == wildcard
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"oauth_oidc_issuer": None}, "needs oauth_oidc_issuer"),
+        ({"oauth_oidc_issuer": "http://accounts.example.com"}, "must be https"),
+        ({"oauth_oidc_issuer": "accounts.example.com"}, "absolute https URL"),
+        ({"oauth_oidc_issuer": "https://accounts.example.com/?tenant=1"}, "no query"),
+        ({"oauth_oidc_client_id": None}, "needs oauth_oidc_client_id"),
+        ({"oauth_oidc_scopes": "email profile"}, "must include openid"),
+        ({"oauth_oidc_scopes": "openid profile"}, "need the email scope"),
+        ({"oauth_oidc_allowed_domains": "@example.com"}, "domains like example.com"),
+        ({"oauth_oidc_allowed_domains": []}, "needs an allow-list"),
+        ({"oauth_oidc_subject_claim": "name"}, "oauth_oidc_subject_claim"),
+        ({"oauth_signin_methods": "token"}, "oidc is not in oauth_signin_methods"),
+    ],
+    ids=[
+        "no-issuer",
+        "http-issuer",
+        "relative-issuer",
+        "issuer-query",
+        "no-client",
+        "no-openid",
+        "no-email-scope",
+        "bad-domain",
+        "no-allow-list",
+        "claim",
+        "not-offered",
+    ],
+)
+def test_oidc_configuration_problems(overrides: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        _settings(**{**OIDC, **overrides})
+
+
+@pytest.mark.parametrize(
+    "given",
+    ["openid email", "openid,email", '["openid", "email"]', ["openid email"], ["openid", "email"]],
+    ids=["spaces", "commas", "json", "one-flag", "repeated-flag"],
+)
+def test_oidc_scopes_are_read_in_every_spelling(given: Any) -> None:
+    assert _settings(**OIDC, oauth_oidc_scopes=given).oauth_oidc_scopes == ["openid", "email"]
+
+
+def test_an_allow_list_of_subjects_or_every_account_will_do() -> None:
+    subjects = {**OIDC, "oauth_oidc_allowed_domains": [], "oauth_oidc_allowed_subjects": "1234,5678"}
+    assert _settings(**subjects).oauth_oidc_allowed_subjects == ["1234", "5678"]
+    anyone = {**OIDC, "oauth_oidc_allowed_domains": [], "oauth_oidc_allow_any_account": True}
+    assert _settings(**anyone).oauth_oidc_allow_any_account
+
+
+def test_a_loopback_issuer_may_be_plain_http() -> None:
+    assert (
+        _settings(**{**OIDC, "oauth_oidc_issuer": "http://127.0.0.1:9000"}).oauth_oidc_issuer == "http://127.0.0.1:9000"
+    )
+
+
+def test_every_oidc_problem_at_once() -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(
+            oauth_signin_methods="oidc",
+            oauth_oidc_issuer="http://idp.example.com",
+            oauth_oidc_scopes="profile",
+            oauth_session_key=None,
+        )
+    text = str(caught.value)
+    for problem in ("needs oauth_session_key", "must be https", "oauth_oidc_client_id", "openid", "allow-list"):
+        assert problem in text
