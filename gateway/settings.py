@@ -893,7 +893,25 @@ class Settings(BaseSettings):
         data = self.model_dump(mode="json")
         # A plugin's options are free-form and may hold its credentials: show only their names.
         data["plugin_options"] = dict.fromkeys(self.plugin_options, "**********")
+        # Storage URLs carry their passwords in the user-info part (redis://:secret@host/0).
+        for name, value in data.items():
+            if isinstance(value, str) and "://" in value:
+                data[name] = mask_url_password(value)
         return data
+
+
+def mask_url_password(url: str) -> str:
+    """`url` with the password of its user-info, if any, replaced by asterisks."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return parts._replace(netloc=f"{user}:**********@{host}").geturl()
 
 
 def describe_errors(error: ValidationError) -> list[str]:

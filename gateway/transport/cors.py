@@ -20,7 +20,12 @@ ALLOW_HEADERS: Final = (
     "Accept, Authorization, Content-Type, Last-Event-ID, MCP-Protocol-Version, Mcp-Session-Id, "
     "X-Request-ID, traceparent"
 )
-EXPOSE_HEADERS: Final = "Mcp-Session-Id, WWW-Authenticate, X-Request-ID"
+# What a browser client may read of an answer: the session, the auth challenge, the request id,
+# and when to retry after a rate limit.
+EXPOSE_HEADERS: Final = (
+    "Mcp-Session-Id, WWW-Authenticate, X-Request-ID, "
+    "Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy"
+)
 PREFLIGHT_MAX_AGE: Final = "600"  # seconds a browser may cache a preflight answer
 
 

@@ -242,7 +242,8 @@ async def test_cors_for_allowed_browser_origins(gateway: Gateway) -> None:
     async with mcp.http.post("/mcp", json=init, headers=headers) as response:
         assert response.status == 200
         assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
-        assert "Mcp-Session-Id" in response.headers["Access-Control-Expose-Headers"]
+        exposed = {name.strip() for name in response.headers["Access-Control-Expose-Headers"].split(",")}
+        assert {"Mcp-Session-Id", "WWW-Authenticate", "Retry-After", "RateLimit-Reset"} <= exposed
         session = response.headers["Mcp-Session-Id"]
     stream_headers = {"Origin": "https://app.example", "Mcp-Session-Id": session}
     async with mcp.http.get("/mcp", headers=stream_headers) as stream:

@@ -92,8 +92,9 @@ def test_cli_check_prints_effective_configuration_redacted(capsys: pytest.Captur
 
 
 def test_check_masks_every_secret(capsys: pytest.CaptureFixture[str]) -> None:
-    secrets = {"client-secret-1", "startup-token-2", "plugin-key-3"}
+    secrets = {"client-secret-1", "startup-token-2", "plugin-key-3", "redis-password-4"}
     env = {
+        "MCP_GATEWAY_RATELIMIT_STORAGE": "async+redis://limiter:redis-password-4@redis.internal:6379/0",
         "MCP_GATEWAY_AUTH": "introspection",
         "MCP_GATEWAY_INTROSPECTION_URL": "https://auth.example/introspect",
         "MCP_GATEWAY_INTROSPECTION_CLIENT_ID": "gw",
@@ -108,6 +109,7 @@ def test_check_masks_every_secret(capsys: pytest.CaptureFixture[str]) -> None:
     printed = capsys.readouterr().out
     assert not any(secret in printed for secret in secrets)
     assert json.loads(printed)["plugin_options"] == {"api_key": "**********"}
+    assert json.loads(printed)["ratelimit_storage"] == "async+redis://limiter:**********@redis.internal:6379/0"
 
 
 def test_cli_check_reports_problems_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
