@@ -4,6 +4,7 @@ process inspection for leak checks. Every test talks HTTP to the real app and re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -242,6 +243,25 @@ def descendants(root: int) -> set[int]:
 def group_members(pgids: set[int]) -> set[int]:
     """Live processes in any of the given process groups (children keep it after reparenting)."""
     return {pid for pid, _, pgid in live_processes() if pgid in pgids}
+
+
+async def startup_log(stderr: asyncio.StreamReader) -> list[JsonObj]:
+    """A gateway subprocess's JSON log records up to the one that names its URL (within WAIT)."""
+    records: list[JsonObj] = []
+    async with asyncio.timeout(WAIT):
+        while "url" not in (records[-1] if records else {}):
+            line = await stderr.readline()
+            assert line, f"the gateway exited before serving: {records}"
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    return records
+
+
+async def drain_log(stderr: asyncio.StreamReader, log: list[JsonObj]) -> None:
+    """Keep reading a gateway subprocess's stderr (a full pipe would block it), keeping its JSON records."""
+    while line := await stderr.readline():
+        with contextlib.suppress(ValueError):
+            log.append(json.loads(line))
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 import aiohttp
 from aiohttp import web
 from cryptography.fernet import Fernet
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from gateway import keys
 from gateway.auth.static import digest_of
@@ -242,3 +243,23 @@ class Gateway:
             pass
         environment: dict[str, str] = json.loads(messages[-1]["result"]["content"][0]["text"])
         return environment
+
+
+class MemoryTokenStorage:
+    """The MCP SDK OAuth client's token storage, in memory: one test's client, one test's tokens."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client = client_info

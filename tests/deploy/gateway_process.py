@@ -28,9 +28,11 @@ from tests.conftest import (
     WAIT,
     JsonObj,
     descendants,
+    drain_log,
     echo_command,
     live_processes,
     parse_sse,
+    startup_log,
 )
 
 # Bytes of one stderr line the reader accepts (log records are short; this only bounds memory).
@@ -53,13 +55,6 @@ class GatewayProcess:
         """Process groups of the gateway's live descendants (each child leads its own)."""
         mine = descendants(self.process.pid)
         return {pgid for pid, _, pgid in live_processes() if pid in mine}
-
-
-async def _drain(stream: asyncio.StreamReader, log: list[JsonObj]) -> None:
-    """Keep reading the gateway's stderr (a full pipe would block it)."""
-    while line := await stream.readline():
-        with contextlib.suppress(ValueError):
-            log.append(json.loads(line))
 
 
 @contextlib.asynccontextmanager
@@ -89,19 +84,13 @@ async def running_gateway(workdir: Path, settings: Mapping[str, str]) -> AsyncIt
         limit=LOG_LINE_LIMIT,
     )
     assert process.stderr is not None
-    startup: list[JsonObj] = []
     drain: asyncio.Task[None] | None = None
     gateway: GatewayProcess | None = None
     try:
-        async with asyncio.timeout(WAIT):
-            while "url" not in (startup[-1] if startup else {}):
-                line = await process.stderr.readline()
-                assert line, f"the gateway exited before serving: {startup}"
-                with contextlib.suppress(ValueError):
-                    startup.append(json.loads(line))
+        startup = await startup_log(process.stderr)
         gateway = GatewayProcess(process, startup[-1]["url"])
         gateway.log.extend(startup)
-        drain = asyncio.get_running_loop().create_task(_drain(process.stderr, gateway.log))
+        drain = asyncio.get_running_loop().create_task(drain_log(process.stderr, gateway.log))
         yield gateway
     finally:
         groups = gateway.process_groups() if gateway is not None else set()

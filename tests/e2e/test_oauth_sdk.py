@@ -16,33 +16,15 @@ from aiohttp.test_utils import unused_port
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 from pydantic import AnyUrl
 
 from gateway import create_app
-from tests.oauth_helpers import REDIRECT_URI, Browser, oauth_settings
+from tests.oauth_helpers import REDIRECT_URI, Browser, MemoryTokenStorage, oauth_settings
 
 ServerFactory = Any
 # Parameters worth showing in the recorded sequence (never a secret's value).
 SHOWN_PARAMS = ("response_type", "client_id", "code_challenge_method", "resource", "scope")
-
-
-class MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
 
 
 def recorder(sequence: list[str]) -> Any:
@@ -76,7 +58,7 @@ async def test_sdk_oauth_client_full_flow(aiohttp_server: ServerFactory) -> None
         params = callbacks[-1]
         return AuthorizationCodeResult(code=params["code"], state=params["state"], iss=params["iss"])
 
-    storage = MemoryStorage()
+    storage = MemoryTokenStorage()
     provider = OAuthClientProvider(
         server_url=url,
         client_metadata=OAuthClientMetadata(redirect_uris=[AnyUrl(REDIRECT_URI)], client_name="SDK test client"),

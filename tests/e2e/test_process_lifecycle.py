@@ -27,11 +27,13 @@ from tests.conftest import (
     WAIT,
     JsonObj,
     descendants,
+    drain_log,
     echo_command,
     eventually,
     group_members,
     live_processes,
     parse_sse,
+    startup_log,
 )
 
 pytestmark = pytest.mark.slow
@@ -155,13 +157,6 @@ class GatewayProcess:
         return self.process.returncode
 
 
-async def _drain_log(stream: asyncio.StreamReader, log: list[JsonObj]) -> None:
-    """Keep reading the gateway's stderr (a full pipe would block it), parsing its JSON records."""
-    while line := await stream.readline():
-        with contextlib.suppress(ValueError):
-            log.append(json.loads(line))
-
-
 @contextlib.asynccontextmanager
 async def running_gateway(*server_flags: str, options: Sequence[str] = ()) -> AsyncIterator[GatewayProcess]:
     """Start the gateway on a free port with the echo server; kill everything left on the way out."""
@@ -170,22 +165,16 @@ async def running_gateway(*server_flags: str, options: Sequence[str] = ()) -> As
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     assert process.stderr is not None
-    startup: list[JsonObj] = []
     drain: asyncio.Task[None] | None = None
     gateway: GatewayProcess | None = None
     try:
-        async with asyncio.timeout(WAIT):
-            while "url" not in (startup[-1] if startup else {}):
-                line = await process.stderr.readline()
-                assert line, f"the gateway exited before serving: {startup}"
-                with contextlib.suppress(ValueError):
-                    startup.append(json.loads(line))
+        startup = await startup_log(process.stderr)
         assert startup[-1]["msg"].startswith("serving ")
         guards = [pid for pid in descendants(process.pid) if is_guard(pid)]
         assert len(guards) == 1, f"expected one orphan guard, found {guards}"
         gateway = GatewayProcess(process, startup[-1]["url"], guards[0])
         gateway.log.extend(startup)
-        drain = asyncio.get_running_loop().create_task(_drain_log(process.stderr, gateway.log))
+        drain = asyncio.get_running_loop().create_task(drain_log(process.stderr, gateway.log))
         yield gateway
     finally:
         if process.returncode is None:

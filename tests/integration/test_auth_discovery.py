@@ -14,13 +14,14 @@ from aiohttp.test_utils import TestServer, unused_port
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import OAuthClientMetadata
 from pydantic import AnyUrl
 
 from gateway import create_app
 from gateway.auth.static import digest_of
 from gateway.auth.verifiers import AuthStartupError
 from tests.conftest import Mcp, make_settings
+from tests.oauth_helpers import MemoryTokenStorage
 
 Gateway = Callable[..., Awaitable[Mcp]]
 ServerFactory = Any
@@ -105,24 +106,6 @@ class _Stop(Exception):
     """Ends the OAuth flow once the authorization URL is known (no browser in a test)."""
 
 
-class _MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
-
-
 async def test_sdk_oauth_client_discovers_through_the_gateway(aiohttp_server: ServerFactory) -> None:
     """401 → our resource metadata → the authorization server's metadata → registration → the
     authorization URL, which names our resource: the SDK's OAuth client finds its way."""
@@ -169,7 +152,7 @@ async def test_sdk_oauth_client_discovers_through_the_gateway(aiohttp_server: Se
     provider = OAuthClientProvider(
         server_url=url,
         client_metadata=OAuthClientMetadata(redirect_uris=[AnyUrl("http://localhost:3030/callback")], client_name="t"),
-        storage=_MemoryStorage(),
+        storage=MemoryTokenStorage(),
         redirect_handler=redirect,
         callback_handler=callback,
     )
