@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
@@ -60,17 +61,8 @@ EventName = Literal[
     "oauth.revoke",
     "oauth.refused",
 ]
-OAUTH_EVENTS: Final[tuple[EventName, ...]] = (
-    "oauth.register",
-    "oauth.signin",
-    "oauth.signin_fail",
-    "oauth.consent",
-    "oauth.authorize",
-    "oauth.grant",
-    "oauth.refresh",
-    "oauth.reuse",
-    "oauth.revoke",
-    "oauth.refused",
+OAUTH_EVENTS: Final[tuple[EventName, ...]] = tuple(
+    name for name in typing.get_args(EventName) if name.startswith("oauth.")
 )
 # Fields whose values the gateway makes itself, in formats that cannot carry a secret; every other
 # string is redacted (trace ids are 32 hex digits, which the redaction rules would mask, and

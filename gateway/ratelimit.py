@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import math
 import time
+import typing
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal, TypeVar
 
@@ -57,16 +58,7 @@ LimitName = Literal[
     "oauth_ip",
     "spawn",
 ]
-LIMIT_NAMES: Final[tuple[LimitName, ...]] = (
-    "requests_ip",
-    "requests_principal",
-    "auth_failures_ip",
-    "sessions_ip",
-    "sessions_principal",
-    "public_ip",
-    "oauth_ip",
-    "spawn",
-)
+LIMIT_NAMES: Final[tuple[LimitName, ...]] = typing.get_args(LimitName)
 # A storage call slower than this counts as a storage failure: a hanging Redis must not hang requests.
 STORAGE_TIMEOUT: Final = 0.5
 # Retry-After when the storage is down and the policy is closed.
