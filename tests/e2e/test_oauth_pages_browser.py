@@ -137,15 +137,22 @@ async def chromium(tmp_path: Path) -> AsyncIterator[DevTools]:
             await asyncio.wait_for(process.wait(), WAIT)
 
 
-async def test_pages_in_headless_chromium(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
-    port = unused_port()
-    await aiohttp_server(create_app(oauth_settings(port)), port=port)
-    base = f"http://127.0.0.1:{port}"
+async def register_client(base: str) -> str:
+    """Register the client the browser signs in for, as a client app would; its client id."""
     async with (
         aiohttp.ClientSession() as http,
         http.post(base + "/oauth/register", json={"redirect_uris": [REDIRECT_URI], "client_name": "Claude"}) as r,
     ):
-        client_id = (await r.json())["client_id"]
+        assert r.status == 201, await r.text()
+        client_id: str = (await r.json())["client_id"]
+        return client_id
+
+
+async def test_pages_in_headless_chromium(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+    port = unused_port()
+    await aiohttp_server(create_app(oauth_settings(port)), port=port)
+    base = f"http://127.0.0.1:{port}"
+    client_id = await register_client(base)
     _, challenge = pkce()
     async with chromium(tmp_path) as page:
         await page.load("navigate", url=authorize_url(base, client_id, challenge))
@@ -189,11 +196,7 @@ async def test_oidc_sign_in_in_headless_chromium(aiohttp_server: ServerFactory, 
     )
     await aiohttp_server(create_app(settings), port=port)
     base = f"http://127.0.0.1:{port}"
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(base + "/oauth/register", json={"redirect_uris": [REDIRECT_URI], "client_name": "Claude"}) as r,
-    ):
-        client_id = (await r.json())["client_id"]
+    client_id = await register_client(base)
     _, challenge = pkce()
     async with chromium(tmp_path) as page:
         await page.load("navigate", url=authorize_url(base, client_id, challenge))
