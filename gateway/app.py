@@ -1,8 +1,10 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
-Middleware order (outermost first): the request id (so every response, refusals included, names
+Middleware order (outermost first): request tracking (the connection's read deadlines and the
+shutdown drain see each request, see `gateway.connections`), the request id (so every response, refusals included, names
 its request), error rendering (and, with the built-in authorization server, error pages for the
-pages a browser visits), the client's address, the per-address rate limits (then the sign-in
+pages a browser visits), with a public URL the `Host` check (421 for a request naming another
+host, before it is counted or authenticated), the client's address, the per-address rate limits (then the sign-in
 pages' cookie), then authentication of the MCP endpoint (so every refusal, 401s included, is
 rendered the same way). CORS and request-id headers are added as
 responses are prepared, so streamed responses carry them too. Resources are `cleanup_ctx`
@@ -10,9 +12,9 @@ pairs, set up in order and torn down in reverse: the audit log (it records the c
 first and the last child's exit last), the metrics listener when it has a port of its own, the
 identity provider's side (verifier and discovery; a backend that does not answer stops startup
 before anything is spawned), then the orphan guard (so it outlives every child), then the
-session store. On shutdown the store
-stops taking sessions and ends open GET streams so that aiohttp's graceful drain can finish;
-the in-flight POSTs get the shutdown budget; then every child is stopped, in parallel.
+session store. `mcp-gateway serve` drains before it stops the app (`gateway.shutdown`: in-flight
+requests get the shutdown budget, then an error; then every child is stopped, in parallel); the
+app alone (on_shutdown) stops taking sessions and ends open GET streams.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from limits import RateLimitItem
 
-from gateway import __version__, health, keys, metrics, ratelimit, requestid
+from gateway import __version__, connections, health, keys, metrics, ratelimit, requestid
 from gateway.audit import Audit
 from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
@@ -44,6 +47,7 @@ from gateway.oauth import routes as oauth_routes
 from gateway.oauth.clients import ClientRegistry, cimd_session
 from gateway.oauth.keyset import KeySet, derive_fernet
 from gateway.oauth.oidc import AllowList, ClientCredentials, OidcProvider
+from gateway.oauth.server import PREFIX as OAUTH_PREFIX
 from gateway.oauth.server import Endpoints, OAuthServer, session_cookie
 from gateway.oauth.storage import StorageError, open_store
 from gateway.oauth.tokens import GrantVerifier, OwnTokensFirst, Tokens
@@ -53,7 +57,7 @@ from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.store import SessionLimits, SessionStore
 from gateway.settings import Settings, parse_limit
 from gateway.transport import cors, streamable
-from gateway.transport.guards import OriginPolicy
+from gateway.transport.guards import HostPolicy, OriginPolicy, host_middleware
 
 log = logging.getLogger("gateway")
 
@@ -67,17 +71,25 @@ SECRETS_KEY_PURPOSE = "mcp-gateway oauth stored secrets"
 JWKS_CACHE_SECONDS = 300
 
 
+# How the HTTP server that runs the app must be configured (`AppRunner(app, **SERVER_OPTIONS)`):
+# request bodies are never inflated by the server. No MCP client compresses what it sends, the MCP
+# endpoint refuses any content coding (415), and inflating a body before any check is work and
+# memory an attacker chooses.
+SERVER_OPTIONS: Final[Mapping[str, Any]] = {"auto_decompress": False}
+
+
 def create_app(settings: Settings) -> web.Application:
     authenticator = Authenticator(
         protected_path=settings.mcp_path,
         resource_metadata=settings.resource_metadata_url,
         required_scopes=frozenset(settings.required_scopes),
     )
+    client_ip = client_ip_middleware(settings.proxy_networks())
     middlewares = [
         requestid.request_id_middleware,
         error_middleware,
-        client_ip_middleware(settings.proxy_networks()),
-        ratelimit.ip_middleware(settings.mcp_path),
+        client_ip,
+        ratelimit.ip_middleware(settings.mcp_path, authenticator.verified),
         auth_middleware(authenticator),
         ratelimit.principal_middleware(settings.mcp_path),
     ]
@@ -87,6 +99,12 @@ def create_app(settings: Settings) -> web.Application:
         cookie = oauth_routes.browser_session_middleware(session_cookie(cookie_key, secure=secure))
         # Pages get their refusals as pages (outside the rate limits); the cookie is read after them.
         middlewares[2:4] = [oauth_routes.browser_error_pages, *middlewares[2:4], cookie]
+    if (hosts := HostPolicy.from_settings(settings)) is not None:
+        # Before anything counts or verifies a request that was not meant for this server.
+        guarded = _host_guarded(settings.mcp_path, oauth=settings.oauth_server)
+        middlewares.insert(middlewares.index(client_ip), host_middleware(hosts, guarded))
+    # Outermost: the connection's deadlines see the whole of every request (gateway.connections).
+    middlewares.insert(0, connections.request_tracking(settings.mcp_path))
     app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[keys.SETTINGS] = settings
     app[keys.ORIGINS] = OriginPolicy.from_settings(settings)
@@ -117,6 +135,15 @@ def create_app(settings: Settings) -> web.Application:
     if registry is not None and settings.metrics_on_main_listener:
         app.router.add_get(metrics.PATH, metrics.handler(registry, _metrics_token(settings)))
     return app
+
+
+def _host_guarded(mcp_path: str, *, oauth: bool) -> Callable[[str], bool]:
+    """The paths whose `Host` must name the public URL: the MCP endpoint, and the built-in
+    authorization server's endpoints when it runs (health, metrics and discovery stay open to
+    probes that address the gateway by its container address)."""
+    if oauth:
+        return lambda path: path == mcp_path or path.startswith(OAUTH_PREFIX)
+    return lambda path: path == mcp_path
 
 
 def _metrics_token(settings: Settings) -> str | None:
@@ -347,11 +374,13 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         max_lifetime=settings.session_max_lifetime,
         request_timeout=settings.request_timeout,
         violation_limit=settings.stdout_violation_limit,
+        evict_idle_after=settings.session_evict_idle_after,
+        max_in_flight=settings.max_requests_in_flight,
     )
     store = SessionStore(spec, limits, app[keys.GUARD], identity_issuer(settings), app[keys.AUDIT])
     app[keys.SESSIONS] = store
     if (registry := app[keys.METRICS]) is not None:
-        registry.watch(sessions=lambda: len(store), children=lambda: store.children)
+        registry.watch(sessions=lambda: len(store), children=lambda: store.children, in_flight=store.requests_in_flight)
     store.start()
     yield
     await store.aclose()

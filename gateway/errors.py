@@ -16,21 +16,26 @@ from typing import Final, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import jsonrpc
 from gateway.jsonrpc import RequestId
 
 ErrorCode = Literal[
     "forbidden_origin",
+    "misdirected_request",
     "unsupported_media_type",
     "not_acceptable",
     "payload_too_large",
+    "unreadable_body",
     "parse_error",
     "invalid_message",
     "batch_not_allowed",
+    "batch_too_large",
     "session_required",
     "session_not_found",
     "stream_gone",
+    "bad_last_event_id",
     "unsupported_protocol_version",
     "protocol_version_mismatch",
     "already_initialized",
@@ -39,6 +44,7 @@ ErrorCode = Literal[
     "too_many_sessions_for_principal",
     "too_many_sessions_for_address",
     "rate_limited",
+    "too_many_in_flight",
     "spawn_rate_limited",
     "ratelimit_unavailable",
     "unauthorized",
@@ -54,15 +60,20 @@ ErrorCode = Literal[
 
 _STATUS: Final[dict[ErrorCode, tuple[int, int]]] = {
     "forbidden_origin": (403, jsonrpc.INVALID_REQUEST),
+    # RFC 9110 §15.5.20: this server is not authoritative for the URI the Host header names.
+    "misdirected_request": (421, jsonrpc.INVALID_REQUEST),
     "unsupported_media_type": (415, jsonrpc.INVALID_REQUEST),
     "not_acceptable": (406, jsonrpc.INVALID_REQUEST),
     "payload_too_large": (413, jsonrpc.INVALID_REQUEST),
+    "unreadable_body": (400, jsonrpc.PARSE_ERROR),
     "parse_error": (400, jsonrpc.PARSE_ERROR),
     "invalid_message": (400, jsonrpc.INVALID_REQUEST),
     "batch_not_allowed": (400, jsonrpc.INVALID_REQUEST),
+    "batch_too_large": (400, jsonrpc.INVALID_REQUEST),
     "session_required": (400, jsonrpc.INVALID_REQUEST),
     "session_not_found": (404, jsonrpc.INVALID_REQUEST),
     "stream_gone": (410, jsonrpc.INVALID_REQUEST),
+    "bad_last_event_id": (400, jsonrpc.INVALID_REQUEST),
     "unsupported_protocol_version": (400, jsonrpc.INVALID_REQUEST),
     "protocol_version_mismatch": (400, jsonrpc.INVALID_REQUEST),
     "already_initialized": (400, jsonrpc.INVALID_REQUEST),
@@ -71,6 +82,7 @@ _STATUS: Final[dict[ErrorCode, tuple[int, int]]] = {
     "too_many_sessions_for_principal": (429, jsonrpc.INVALID_REQUEST),
     "too_many_sessions_for_address": (429, jsonrpc.INVALID_REQUEST),
     "rate_limited": (429, jsonrpc.INVALID_REQUEST),
+    "too_many_in_flight": (429, jsonrpc.INVALID_REQUEST),
     "spawn_rate_limited": (503, jsonrpc.INTERNAL_ERROR),
     "ratelimit_unavailable": (503, jsonrpc.INTERNAL_ERROR),
     "unauthorized": (401, jsonrpc.INVALID_REQUEST),
@@ -120,13 +132,26 @@ def render(error: GatewayError) -> web.Response:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render `GatewayError`s; turn anything unexpected into a logged 500 with no internals."""
+    """Render `GatewayError`s; turn anything unexpected into a logged 500 with no internals.
+
+    A handler that fails because its client's connection is gone (the client left, or a deadline
+    closed it) has no one to answer: that propagates unlogged (see `gateway.connections`).
+    """
     try:
         return await handler(request)
     except GatewayError as error:
         return render(error)
     except web.HTTPException:
         raise
-    except Exception:
+    except RequestPayloadError:
+        # The body is not what its Content-Encoding or framing says: nothing more of it can be
+        # read, so it is marked ended (no lingering read after the answer) and the connection closed.
+        request.content.feed_eof()
+        response = render(GatewayError("unreadable_body", "The request body could not be decoded"))
+        response.force_close()
+        return response
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and request.transport is None:
+            raise
         logging.getLogger("gateway.errors").exception("unhandled error on %s %s", request.method, request.path)
         return render(GatewayError("internal_error", "Internal error"))

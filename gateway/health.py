@@ -1,4 +1,8 @@
-"""Liveness and readiness: `GET /health` (the process serves) and `GET /ready` (it takes sessions)."""
+"""Liveness and readiness: `GET /health` (the process serves) and `GET /ready` (it takes sessions).
+
+While the gateway drains for shutdown both are still answered (the listener stays open): `/health`
+200, `/ready` 503 with `"draining": true`, so a load balancer stops sending new clients.
+"""
 
 from __future__ import annotations
 
@@ -23,18 +27,23 @@ async def handle_health(request: web.Request) -> web.Response:
 
 async def handle_ready(request: web.Request) -> web.Response:
     """Ready when sessions are taken, the orphan guard runs, and the rate-limit storage answers
-    (a failing storage only makes the gateway unready when it is configured to fail closed)."""
+    (a failing storage only makes the gateway unready when it is configured to fail closed);
+    not while every session slot is held by sessions that may not give way (`"sessions": "full"`:
+    a new client would get 503)."""
     app = request.app
     store = app[keys.SESSIONS]
     limiter = app[keys.LIMITER]
     guard_ok = app[keys.GUARD].running
     storage_ok = await limiter.healthy()
-    ready = store.accepting and guard_ok and (storage_ok or not limiter.fails_closed)
+    full = store.full
+    ready = store.accepting and guard_ok and (storage_ok or not limiter.fails_closed) and not full
     body = {
         "ready": ready,
         "accepting_sessions": store.accepting,
+        "draining": store.draining,  # shutting down: in-flight requests finish, new sessions get 503
         "orphan_guard": guard_ok,
         "ratelimit_storage": "ok" if storage_ok else "down",
+        "sessions": "full" if full else "ok",
     }
     return web.json_response(body, status=200 if ready else 503)
 

@@ -1,17 +1,21 @@
 """JSON-RPC 2.0 as MCP uses it: classifying decoded messages, error shapes, compact encoding.
 
 This module owns the question "what kind of message is this?" for both directions and the
-error codes the gateway itself emits. It does no I/O. Invariant: a `Message` only exists for a
-value that has a valid JSON-RPC 2.0 shape (a request, a notification or a response), so the
-layers above never re-check shapes.
+error codes the gateway itself emits. It does no I/O. Invariants: every byte a client or a child
+sends goes through `decode`, which refuses what two JSON parsers could read differently (repeated
+keys, `NaN`, out-of-range numbers, lone surrogates, absurd nesting), so anything the gateway
+decides on is what the child will read, and anything it re-encodes can be encoded; and a
+`Message` only exists for a value that has a valid JSON-RPC 2.0 shape (a request, a notification
+or a response), so the layers above never re-check shapes.
 """
 
 from __future__ import annotations
 
 import enum
 import json
+import math
 import re
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 JsonObject = dict[str, Any]
 RequestId = str | int
@@ -34,12 +38,92 @@ def encode(value: object) -> bytes:
     return _encoder.encode(value).encode()
 
 
+# Deepest nesting of arrays and objects a message may have. MCP messages in the field nest a
+# dozen levels (a JSON Schema inside a tool inside a result); this leaves ample room and keeps
+# any re-encoding far from the interpreter's recursion limit.
+MAX_DEPTH: Final = 64
+# Cheap screens over the text: only a message that trips one is examined the exact way. A lone
+# surrogate can only arrive escaped (raw ones are refused by the strict UTF-8 decode).
+_SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abcdefABCDEF]")
+# For measuring depth on the text alone (see `_deeper_than`).
+_BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'[]{}"'))
+
+
+class StrictJsonError(ValueError):
+    """Text that is JSON to a lenient parser but that the gateway refuses to act on."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise StrictJsonError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise StrictJsonError("a number is out of range")
+    return value
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    members = dict(pairs)
+    if len(members) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise StrictJsonError(f"duplicate key {repeated[:64]!r}")
+    return members
+
+
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_unique_members, parse_constant=_refuse_constant, parse_float=_finite_float
+)
+
+
 def decode(data: bytes | bytearray) -> Any:
-    """Parse UTF-8 JSON text; `ValueError` when it is not JSON, or not UTF-8 (MCP requires it;
-    `json.loads` alone would also take UTF-16, UTF-32 and a byte-order mark)."""
+    """Parse one untrusted JSON text strictly; `ValueError` (with the reason) when it is refused.
+
+    Refused: anything but UTF-8 (MCP requires it; `json.loads` alone also takes UTF-16, UTF-32, a
+    byte-order mark and encoded surrogates), `NaN` and `Infinity`, numbers beyond a double's range,
+    lone surrogates, nesting deeper than `MAX_DEPTH`, and a key repeated in any object (two parsers
+    could read different values: the gateway deciding on one, the child acting on the other).
+    """
     if json.detect_encoding(data) != "utf-8":
         raise ValueError("JSON-RPC messages must be UTF-8 without a byte-order mark")
-    return json.loads(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("JSON-RPC messages must be valid UTF-8") from None
+    try:
+        value = _decoder.decode(text)
+    except RecursionError:
+        raise StrictJsonError(f"nested deeper than {MAX_DEPTH} levels") from None
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
+        raise StrictJsonError(f"nested deeper than {MAX_DEPTH} levels")
+    if b"\\u" in data and _SURROGATE_ESCAPE.search(text) is not None:
+        try:
+            _encoder.encode(value).encode()
+        except UnicodeEncodeError:
+            raise StrictJsonError("a string holds a lone surrogate") from None
+    return value
+
+
+def _deeper_than(text: bytes | bytearray, limit: int) -> bool:
+    """Whether the arrays and objects of valid JSON `text` nest deeper than `limit`.
+
+    Measured on the text at C speed: escaped backslashes and quotes go, then everything but
+    brackets (braces become brackets) and quotes, then what lies between quotes (strings); each
+    pass of `replace` then removes exactly the innermost level (every adjacent pair is innermost).
+    """
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = text.translate(_BRACKETS, _NOT_STRUCTURE)
+    if b'"' in structure:
+        structure = b"".join(structure.split(b'"')[::2])
+    for _ in range(limit):
+        if not structure:
+            return False
+        structure = structure.replace(b"[]", b"")
+    return bool(structure)
 
 
 class Kind(enum.Enum):
@@ -72,7 +156,7 @@ class Message:
         return f"Message({self.kind.value}, method={self.method!r}, id={self.id!r})"
 
 
-def is_request_id(value: object) -> bool:
+def is_request_id(value: object) -> TypeGuard[RequestId]:
     """MCP request ids are strings or integers; JSON booleans are not numbers here."""
     return isinstance(value, str | int) and not isinstance(value, bool)
 

@@ -128,6 +128,9 @@ class Metrics:
         Gauge(f"{NAMESPACE}_info", "Gateway version", ["version"], registry=registry).labels(__version__).set(1)
         self.sessions = Gauge(f"{NAMESPACE}_sessions", "Live sessions", registry=registry)
         self.children = Gauge(f"{NAMESPACE}_children", "Running child processes", registry=registry)
+        self.requests_in_flight = Gauge(
+            f"{NAMESPACE}_requests_in_flight", "Requests sent to children and not yet answered", registry=registry
+        )
         self.sessions_opened = Counter(f"{NAMESPACE}_sessions_opened", "Sessions opened", registry=registry)
         self.sessions_closed = Counter(
             f"{NAMESPACE}_sessions_closed", "Sessions closed, by reason", ["reason"], registry=registry
@@ -171,10 +174,14 @@ class Metrics:
         series = self.oauth_events.labels(event.removeprefix("oauth."))
         return lambda _: series.inc()
 
-    def watch(self, sessions: Callable[[], int], children: Callable[[], int]) -> None:
+    def watch(
+        self, sessions: Callable[[], int], children: Callable[[], int], in_flight: Callable[[], int] | None = None
+    ) -> None:
         """Read the live gauges from the session store at each scrape."""
         self.sessions.set_function(lambda: float(sessions()))
         self.children.set_function(lambda: float(children()))
+        if in_flight is not None:
+            self.requests_in_flight.set_function(lambda: float(in_flight()))
 
     def observe(self, event: EventName, fields: Mapping[str, Any]) -> None:
         handler = self._handlers.get(event)

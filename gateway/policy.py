@@ -14,7 +14,10 @@ Invariants:
 - Annotations come from the child's own `tools/list` answers, never from a client. A call naming
   a tool the session has not seen listed since the child's last `notifications/tools/list_changed`
   makes the gateway list the child's tools itself (every page, within the request timeout)
-  before deciding; a tool the child does not list is forwarded, for the child to refuse.
+  before deciding.
+- The policy fails closed: a tool whose class the gateway could not learn — the child does not
+  list it, or its listing did not come back as a list of tools — counts as destructive (as a tool
+  without annotations does), so a call to it needs every scope.
 - Every refusal passes through `ToolGuard.record_denial`.
 """
 
@@ -288,7 +291,7 @@ class ToolGuard:
     async def _check_scopes(self, router: Router, name: str, principal: Principal) -> None:
         kind = await self._class_of(router, name)
         if kind is None:
-            return  # the child does not list it: forwarded, for the child to answer
+            kind = ToolClass.DESTRUCTIVE  # not listed: nothing says what it does, so it needs every scope
         needed = self.policy.scopes_for(kind)
         if needed <= principal.scopes:
             return
@@ -324,7 +327,9 @@ class ToolGuard:
                 result = response.get("result")
                 tools = result.get("tools") if isinstance(result, dict) else None
                 if not isinstance(result, dict) or not isinstance(tools, list):
-                    return  # an error, or no tools: nothing to learn
+                    # An error, or not a tool list: nothing is learned, so the tool counts as destructive.
+                    log.warning("the MCP server did not list its tools", extra={"session": router.label})
+                    return
                 catalog.learn(tools)
                 cursor = result.get("nextCursor")
                 if not isinstance(cursor, str) or not cursor:

@@ -2,7 +2,9 @@
 
 Each limit has a stable name and is checked at one place:
 - `requests_ip` (every MCP request) and the `auth_failures_ip` gate, before authentication, so
-  an address that keeps presenting bad tokens is refused without the verifier being asked;
+  an address that keeps presenting bad tokens is refused without the verifier being asked (a
+  token that verified lately still passes: strangers behind the same address cannot lock its
+  users out; see `RecentlyVerified`);
 - `public_ip` for discovery, health and metrics (the unauthenticated paths);
 - `oauth_ip` for the built-in authorization server's endpoints (`/oauth/…`), and its sign-in
   form shares the failed-authentication gate: a pasted token that is refused counts as one;
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -43,6 +46,7 @@ from limits.storage import storage_from_string
 from gateway import keys
 from gateway.audit import Audit
 from gateway.auth import ANONYMOUS
+from gateway.auth.bearer import RecentlyVerified
 from gateway.errors import GatewayError
 from gateway.settings import MEMORY_SCHEMES
 
@@ -234,23 +238,27 @@ class RateLimiter:
         """
         await self._check(name, key, count=True, always_open=always_open)
 
-    async def spent(self, name: LimitName, key: str) -> None:
-        """Refuse now if limit `name` is already spent for `key`, without counting anything."""
-        await self._check(name, key, count=False, always_open=False)
+    async def spent(self, name: LimitName, key: str, *, unless: Callable[[], bool] | None = None) -> None:
+        """Refuse now if limit `name` is already spent for `key`, without counting anything, unless
+        `unless` (asked only then) exempts this request."""
+        await self._check(name, key, count=False, always_open=False, unless=unless)
 
-    async def _check(self, name: LimitName, key: str, *, count: bool, always_open: bool) -> None:
+    async def _check(
+        self, name: LimitName, key: str, *, count: bool, always_open: bool, unless: Callable[[], bool] | None = None
+    ) -> None:
         check = self._strategy.hit if count else self._strategy.test
         for item in self._limits.get(name, ()):
             if self._local is not None:
-                if not _local_check(self._local, item, name, key, count=count):
-                    await self.refuse(name, key, item)
-                continue
-            try:
-                allowed = await self._ask(check(item, name, key))
-            except (StorageError, TimeoutError, OSError) as exc:
-                self._storage_failed(exc, always_open=always_open)
-                return
+                allowed = _local_check(self._local, item, name, key, count=count)
+            else:
+                try:
+                    allowed = await self._ask(check(item, name, key))
+                except (StorageError, TimeoutError, OSError) as exc:
+                    self._storage_failed(exc, always_open=always_open)
+                    return
             if not allowed:
+                if unless is not None and unless():
+                    return
                 await self.refuse(name, key, item)
 
     async def _ask(self, call: Awaitable[T]) -> T:
@@ -313,9 +321,10 @@ class RateLimiter:
         return not self._fail_open
 
 
-def ip_middleware(mcp_path: str) -> Middleware:
-    """Per-address limits, before authentication: requests, the failed-authentication gate, and
-    the public paths. Counts a failed authentication when a presented credential is refused."""
+def ip_middleware(mcp_path: str, verified: RecentlyVerified | None = None) -> Middleware:
+    """Per-address limits, before authentication: requests, the failed-authentication gate (which
+    a token in `verified` passes), and the public paths. Counts a failed authentication when a
+    presented credential is refused."""
 
     @web.middleware
     async def limit_by_address(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -326,7 +335,8 @@ def ip_middleware(mcp_path: str) -> Middleware:
         if request.path == mcp_path:
             verifying = request.app[keys.VERIFIER] is not None
             if verifying:
-                await limiter.spent("auth_failures_ip", address)
+                recognised = None if verified is None else functools.partial(verified.recognises, request)
+                await limiter.spent("auth_failures_ip", address, unless=recognised)
             await limiter.hit("requests_ip", address)
             try:
                 return await handler(request)

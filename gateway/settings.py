@@ -215,10 +215,23 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         16 * MiB, ge=1024, le=1024 * MiB, description="Largest JSON-RPC message accepted in either direction."
     )
+    max_batch_size: int = Field(100, ge=1, description="Most messages in one JSON-RPC batch (2025-03-26 clients only).")
+    max_requests_in_flight: int = Field(
+        256, ge=1, description="Most requests one session may have waiting for an answer at once."
+    )
     session_idle_ttl: float = Field(
         1800.0, gt=0, description="Seconds a session may sit idle (nothing in flight, no open stream) before it ends."
     )
-    session_max_lifetime: float | None = Field(None, gt=0, description="Optional absolute session lifetime, seconds.")
+    session_max_lifetime: float | None = Field(
+        86400.0,
+        gt=0,
+        description="Seconds a session may live at most, busy or not (an open stream cannot hold its child longer).",
+    )
+    session_evict_idle_after: float = Field(
+        60.0,
+        ge=0,
+        description="At a session cap, seconds idle after which another caller's session may end to make room.",
+    )
     max_sessions: int = Field(256, ge=1, description="Most concurrent sessions (each is one child process).")
     request_timeout: float = Field(
         300.0, gt=0, description="Seconds a request may go without an answer or progress before it is cancelled."
@@ -235,7 +248,11 @@ class Settings(BaseSettings):
         20, ge=1, description="Non-JSON or oversized stdout lines tolerated before a session is closed."
     )
     sse_keepalive: float = Field(15.0, gt=0, le=300, description="Seconds between SSE keep-alive comments.")
-    shutdown_timeout: float = Field(10.0, ge=0, description="Seconds in-flight requests get to finish on shutdown.")
+    shutdown_timeout: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds in-flight requests get to finish on SIGTERM; then they get an error (see Stopping).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log format: one JSON object per line, or text.")
     auth: Literal["none", "static", "jwt", "introspection", "whoami", "plugin", "chain"] = Field(
@@ -391,6 +408,28 @@ class Settings(BaseSettings):
     max_sessions_per_principal: int = Field(32, ge=1, description="Most concurrent sessions one principal may hold.")
     max_sessions_per_ip: int = Field(
         64, ge=1, description="Most concurrent sessions one client address (an IPv6 /64) may hold."
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Most open HTTP connections; more are refused with 503 at once (see Connection limits)."
+    )
+    max_connections_per_ip: int = Field(
+        128,
+        ge=1,
+        description="Most open HTTP connections from one TCP peer (an IPv6 /64); trusted_proxies are exempt.",
+    )
+    http_header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a complete request head (from connect or its first byte)."
+    )
+    http_body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client has to send a whole request body, once its head has arrived."
+    )
+    http_keepalive_timeout: float = Field(
+        75.0, gt=0, description="Seconds an idle keep-alive connection stays open (longer than nginx's 60 s upstream)."
+    )
+    http_write_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a response may go without progress (client not reading) before its socket closes.",
     )
     ratelimit_storage: str = Field(
         "memory://", description="Rate-limit state: memory:// (this process) or async+redis://host:6379/0 (shared)."

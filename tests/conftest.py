@@ -12,7 +12,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import ClientResponse
@@ -32,7 +33,12 @@ WAIT = 15.0
 LARGE_BODY = 512 * 1024
 
 JsonObj = dict[str, Any]
-AiohttpClient = Callable[[Application], Awaitable[TestClient[Any, Application]]]
+
+
+class AiohttpClient(Protocol):
+    """pytest-aiohttp's `aiohttp_client` fixture: keyword arguments go to the client session."""
+
+    def __call__(self, app: Application, **kwargs: Any) -> Awaitable[TestClient[Any, Application]]: ...
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +59,14 @@ def make_settings(*flags: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"command": echo_command(*flags), "port": 0, "log_level": "debug"}
     values.update(overrides)
     return Settings(**values)
+
+
+def public_host(settings: Settings) -> dict[str, str]:
+    """The `Host` header of a client that reached the gateway at its public URL (which the gateway
+    checks on the MCP endpoint); none without a public URL."""
+    if settings.public_url is None:
+        return {}
+    return {"Host": urlsplit(str(settings.public_url)).netloc}
 
 
 # --- SSE and the protocol-level client ---------------------------------------------------------
@@ -197,8 +211,8 @@ async def gateway(aiohttp_client: AiohttpClient) -> Callable[..., Awaitable[Mcp]
     """Factory: `await gateway(*echo_flags, **settings)` serves the app, returns a fresh `Mcp`."""
 
     async def start(*flags: str, **overrides: Any) -> Mcp:
-        app = create_app(make_settings(*flags, **overrides))
-        return Mcp(await aiohttp_client(app))
+        settings = make_settings(*flags, **overrides)
+        return Mcp(await aiohttp_client(create_app(settings), headers=public_host(settings)))
 
     return start
 

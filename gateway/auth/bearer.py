@@ -7,14 +7,22 @@ header or a user agent. Outcomes follow RFC 6750: no bearer credentials → 401 
 code; malformed credentials → 400 `invalid_request`; a rejected token → 401 `invalid_token`; a
 missing scope → 403 `insufficient_scope`; a verifier that cannot answer → 503 (fail closed,
 never 401). Error descriptions are fixed text; tokens are logged only as fingerprints.
+
+Tokens that verified are remembered for a while, as SHA-256 digests only (never the tokens),
+bounded in number and age, and forgotten as soon as one is refused: a user whose token verified
+passes the failed-authentication gate that someone else at the same address spent, while
+unknown tokens there are still refused unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from aiohttp import web
@@ -32,6 +40,12 @@ REALM: Final = "mcp-gateway"
 _TOKEN68: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 # Retry-After when the verifier's backend cannot answer.
 UNAVAILABLE_RETRY_AFTER: Final = 5
+# A token that verified passes a spent failed-authentication gate this long after its last
+# success: longer than a user pauses between uses of a session (an hour covers a meeting; each
+# success renews it), short enough that a token a user stopped using is soon treated as unknown.
+VERIFIED_TOKEN_TTL: Final = 3600.0
+# Most digests remembered (about 150 bytes each): the least recently verified go first.
+VERIFIED_TOKEN_LIMIT: Final = 4096
 
 ChallengeError = Literal["invalid_request", "invalid_token", "insufficient_scope"]
 _DESCRIPTIONS: Final[dict[ChallengeError, str]] = {
@@ -72,6 +86,47 @@ def bearer_token(headers: CIMultiDictProxy[str]) -> str | None:
     return credentials
 
 
+class RecentlyVerified:
+    """SHA-256 digests of the tokens that verified lately, each with the time of its last success."""
+
+    def __init__(self, ttl: float = VERIFIED_TOKEN_TTL, limit: int = VERIFIED_TOKEN_LIMIT) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # oldest success first
+
+    @staticmethod
+    def _digest(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def remember(self, token: str) -> None:
+        digest = self._digest(token)
+        self._seen.pop(digest, None)
+        self._seen[digest] = time.monotonic()
+        while len(self._seen) > self._limit:
+            self._seen.popitem(last=False)
+
+    def forget(self, token: str) -> None:
+        self._seen.pop(self._digest(token), None)
+
+    def holds(self, token: str) -> bool:
+        digest = self._digest(token)
+        verified = self._seen.get(digest)
+        if verified is None:
+            return False
+        if time.monotonic() - verified >= self._ttl:
+            del self._seen[digest]
+            return False
+        return True
+
+    def recognises(self, request: web.Request) -> bool:
+        """Whether the request presents a token that verified lately."""
+        try:
+            token = bearer_token(request.headers)
+        except ValueError:
+            return False
+        return token is not None and self.holds(token)
+
+
 _REFUSALS: Final[dict[ChallengeError, ErrorCode]] = {
     "invalid_request": "bad_authorization",
     "invalid_token": "unauthorized",
@@ -86,6 +141,7 @@ class Authenticator:
     protected_path: str
     resource_metadata: str
     required_scopes: frozenset[str]
+    verified: RecentlyVerified = field(default_factory=RecentlyVerified, compare=False, repr=False)
 
     @property
     def _scope(self) -> str | None:
@@ -118,6 +174,7 @@ class Authenticator:
         try:
             principal = await verifier.verify(token)
         except AuthError as error:
+            self.verified.forget(token)
             log.info(
                 "authentication failed", extra={"code": error.code, "reason": error.reason, "token": fingerprint(token)}
             )
@@ -149,6 +206,7 @@ class Authenticator:
             )
             raise self._refusal("insufficient_scope")
         log.debug("authenticated", extra={"subject": principal.subject, "token": fingerprint(token)})
+        self.verified.remember(token)
         # A token this gateway issued never reaches a child: at most the user's own service token does.
         child_token = principal.credential if principal.delegated else token
         if child_token is not None:

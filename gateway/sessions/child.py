@@ -45,6 +45,9 @@ EXIT_POLL_INTERVAL = 0.02
 # After the process exits on its own, how long stdout may stay open (held by a grandchild)
 # before the rest of the group is terminated; output already in the pipe arrives well within it.
 EXIT_DRAIN_GRACE = 0.5
+# A child whose stdout closed is given this long to exit by itself (an exiting process closes its
+# pipes just before the kernel reports its exit) before it is stopped.
+OUTPUT_CLOSED_GRACE = 0.5
 # A child that stops reading stdin may hold a writer this long before the write fails.
 STDIN_DRAIN_TIMEOUT = 30.0
 STDIN_HIGH_WATER = 1024 * 1024
@@ -230,6 +233,8 @@ class Child:
         self._stdout_closed = asyncio.Event()
         self._shutdown: asyncio.Task[int | None] | None = None
         self._reported = False
+        self._output_check: asyncio.TimerHandle | None = None
+        self.output_closed_early = False  # its stdout closed while the process went on running
         self.pid = 0
 
     @classmethod
@@ -328,8 +333,19 @@ class Child:
         elif fd == 1:
             self._stdout.close()
             self._stdout_closed.set()
+            if self._shutdown is None:
+                loop = asyncio.get_running_loop()
+                self._output_check = loop.call_later(OUTPUT_CLOSED_GRACE, self._stop_without_output)
         else:
             self._stderr.close()
+
+    def _stop_without_output(self) -> None:
+        self._output_check = None
+        if self._shutdown is not None or self._transport is None:
+            return  # it exited (or is being stopped) meanwhile
+        self.output_closed_early = True
+        log.warning("MCP server closed its stdout but kept running; stopping it", extra={"session": self.label})
+        self._shutdown = asyncio.get_running_loop().create_task(self._finish(self._transport, stopping=True))
 
     def _process_exited(self) -> None:
         # Before spawn() has stored the transport, spawn() itself notices the exit.
@@ -355,6 +371,8 @@ class Child:
                         await self._stdout_closed.wait()
             await self._terminate_group()
         finally:
+            if self._output_check is not None:
+                self._output_check.cancel()
             transport.close()
             self._resume_writers(ChildGone("the MCP server has exited"))
             if self._guard is not None:

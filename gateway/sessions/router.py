@@ -3,17 +3,25 @@
 Owns the id mapping, the destination of every child message, and per-request deadlines.
 
 Invariants:
-- Every request written to the child carries a gateway id unique within the session (a plain
-  counter); the client's own id is restored on the response. Two POSTs may therefore use the
-  same id at the same time, and the child never sees an id it did not get from us.
+- Every request written to the child carries a gateway id: a random 53-bit integer, unique among
+  the session's pending requests, that no client ever sees; the client's own id is restored on the
+  response. Two POSTs may therefore use the same id at the same time, the child never sees an id
+  it did not get from us, and no one can predict the id of the next request. The gateway's own
+  requests (`ask`) use random string ids, a namespace of their own: no answer to a client's request
+  can ever be taken for the answer to one of them.
+- Pending state exists only for requests that were written to the child, and is indexed both by
+  gateway id and by client id, so every per-message operation (a response, a cancellation) costs
+  O(1) in the number pending. A session holds at most `max_in_flight` requests.
+- Each child line is handled on its own: whatever is wrong with it costs that line alone (a
+  violation), and a request whose answer was unusable is answered with an error, never forgotten.
 - Each child message goes to exactly one stream: a response to the exchange that sent its
   request; progress to the exchange that owns its `progressToken`; a server→client request or a
   log message to the only exchange in flight when there is exactly one that can stream, else to
   the standalone GET stream (which holds a bounded backlog until a GET drains it). Never broadcast.
 - A request whose deadline passes (no answer and no progress for `request_timeout` seconds) is
   answered with an error and cancelled at the child; a child that exits fails everything in flight.
-- The gateway's own requests to the child (`ask`) take ids from the same counter; their
-  responses go to the waiting caller and to no stream. A POST's request may be answered here
+- The gateway's own requests to the child (`ask`): their responses go to the waiting caller and
+  to no stream. A POST's request may be answered here
   instead of by the child (a policy refusal), and a response hook may rewrite one response: both
   exist only for requests a policy screened, so unscreened traffic pays nothing for them.
 """
@@ -22,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import secrets
 import signal
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final, Literal
@@ -45,20 +55,30 @@ MAX_RESUMABLE_EXCHANGES: Final = 4
 VIOLATION_SAMPLE: Final = 120
 
 TOOLS_CHANGED: Final = "notifications/tools/list_changed"
+# Gateway request ids are random integers below 2**53: exact in every JSON parser, doubles included.
+GATEWAY_ID_BITS: Final = 53
+# The prefix of the gateway's own request ids (strings, unlike the ids of forwarded requests).
+ASK_ID_PREFIX: Final = "mcp-gateway/"
 
 CloseCallback = Callable[[str], None]
 # Called with the kind of violation ("not_json", "not_jsonrpc", "oversize") and a sample of it.
 ViolationCallback = Callable[[str, str | None], None]
 # How each request of an exchange ended: the child answered (ok or error), or the gateway did.
-Outcome = Literal["ok", "error", "timeout", "closed", "oversize", "denied"]
+Outcome = Literal["ok", "error", "timeout", "closed", "oversize", "invalid", "denied"]
 # Sees the child's response to one request (decoded); True when it changed it (then re-encoded).
 ResponseHook = Callable[[JsonObject], bool]
+Pending = tuple["Exchange", RequestId | None]  # the exchange waiting, and the client's own id
+
+
+class Overloaded(Exception):
+    """The session already has as many requests in flight as it may hold."""
 
 
 class Exchange(Stream):
     """The requests of one POST, as the stream that carries their answers."""
 
     __slots__ = (
+        "client_ids",
         "deadline",
         "gateway_ids",
         "initialize",
@@ -78,6 +98,7 @@ class Exchange(Stream):
         self.initialize = initialize
         self.waiting = 0
         self.gateway_ids: list[int] = []
+        self.client_ids: list[RequestId | None] = []  # parallel to gateway_ids
         self.tokens: list[object] = []
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -96,6 +117,7 @@ class Router:
         request_timeout: float,
         violation_limit: int,
         on_close: CloseCallback,
+        max_in_flight: int = 1024,
         on_violation: ViolationCallback | None = None,
     ) -> None:
         self.label = label
@@ -106,14 +128,16 @@ class Router:
         self._violation_limit = violation_limit
         self._on_close = on_close
         self._on_violation = on_violation
-        self._pending: dict[int, tuple[Exchange, RequestId | None]] = {}
+        self._max_in_flight = max_in_flight
+        self._pending: dict[int, Pending] = {}
+        # Client id → the gateway id pending under it (a list when one client id is in flight twice).
+        self._by_client: dict[RequestId, int | list[int]] = {}
         self._hooks: dict[int, ResponseHook] = {}  # by gateway id, for screened requests only
-        self._asked: dict[int, asyncio.Future[JsonObject]] = {}  # the gateway's own requests
+        self._asked: dict[str, asyncio.Future[JsonObject]] = {}  # the gateway's own requests
         self.tools: ToolCatalog | None = None  # what a tool policy learned of the child's tools
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}
         self._open = 0  # exchanges still waiting for a response
-        self._next_id = 1
         self._next_stream = GET_STREAM_ID + 1
         self._congested = 0
         self.violations = 0
@@ -122,6 +146,11 @@ class Router:
     @property
     def in_flight(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def pending(self) -> int:
+        """How many requests are waiting for the child's answer."""
+        return len(self._pending)
 
     @property
     def output_paused(self) -> bool:
@@ -150,8 +179,12 @@ class Router:
         child = self.child
         if child is None or self.closed:
             raise ChildGone("the session has ended")
+        requests = sum(1 for message in messages if message.kind is Kind.REQUEST)
+        if requests and len(self._pending) + requests > self._max_in_flight:
+            raise Overloaded(f"the session already has {len(self._pending)} requests in flight")
         exchange: Exchange | None = None
         lines: list[bytes] = []
+        sent: list[tuple[int, RequestId | None, int]] = []  # (gateway id, client id, index) to register
         answers: list[tuple[int, RequestId | None, int, str]] | None = None  # refusals, allocated only for them
         for index, message in enumerate(messages):
             body = message.body
@@ -166,39 +199,43 @@ class Router:
                     )
                     self._next_stream += 1
                 exchange.waiting += 1
-                gateway_id = self._next_id  # refused requests get one too: it names their outcome
-                self._next_id += 1
+                gateway_id = self._new_id()  # refused requests get one too: it names their outcome
                 exchange.gateway_ids.append(gateway_id)
+                exchange.client_ids.append(message.id)
                 if refused is not None and index in refused:
                     answers = answers or []
                     answers.append((gateway_id, message.id, *refused[index]))
                     continue
-                self._pending[gateway_id] = (exchange, message.id)
-                if hooks is not None and index in hooks:
-                    self._hooks[gateway_id] = hooks[index]
-                token = _progress_token(message)
-                if token is not None:
-                    self._progress[token] = exchange
-                    exchange.tokens.append(token)
                 spliced = jsonrpc.replace_id(raw, message.id, gateway_id) if raw is not None else None
                 if spliced is None:
                     body["id"] = gateway_id
                     spliced = jsonrpc.encode(body)
+                    body["id"] = message.id
                 lines.append(spliced)
+                sent.append((gateway_id, message.id, index))
             elif message.kind is Kind.NOTIFICATION and message.method == "notifications/cancelled":
                 lines.extend(self._rewrite_cancellation(message))
             elif raw is not None and b"\n" not in raw and b"\r" not in raw:
                 lines.append(raw)
             else:
                 lines.append(jsonrpc.encode(body))
+        # Everything is encoded: only now does any pending state exist.
+        if exchange is not None:
+            for gateway_id, client_id, index in sent:
+                self._register(gateway_id, exchange, client_id)
+                if hooks is not None and index in hooks:
+                    self._hooks[gateway_id] = hooks[index]
+                token = _progress_token(messages[index])
+                if token is not None:
+                    self._progress[token] = exchange
+                    exchange.tokens.append(token)
         try:
             for line in lines:
                 child.send(line)
         except ChildGone:
             if exchange is not None:  # nothing will answer these: forget them
-                for gateway_id in exchange.gateway_ids:
-                    self._pending.pop(gateway_id, None)
-                    self._hooks.pop(gateway_id, None)
+                for gateway_id, _, _ in sent:
+                    self._take(gateway_id)
                 for token in exchange.tokens:
                     self._progress.pop(token, None)
             raise
@@ -212,6 +249,43 @@ class Router:
                 self._answer_error((exchange, client_id), gateway_id, code, text, "denied")
         return exchange
 
+    def _new_id(self) -> int:
+        while True:
+            gateway_id = secrets.randbits(GATEWAY_ID_BITS)
+            if gateway_id not in self._pending:
+                return gateway_id
+
+    def _register(self, gateway_id: int, exchange: Exchange, client_id: RequestId | None) -> None:
+        self._pending[gateway_id] = (exchange, client_id)
+        if client_id is None:
+            return
+        held = self._by_client.get(client_id)
+        if held is None:
+            self._by_client[client_id] = gateway_id
+        elif isinstance(held, list):
+            held.append(gateway_id)
+        else:
+            self._by_client[client_id] = [held, gateway_id]
+
+    def _take(self, gateway_id: int) -> Pending | None:
+        """Remove a pending request (and its hook); None when it is not pending."""
+        entry = self._pending.pop(gateway_id, None)
+        if entry is None:
+            return None
+        if self._hooks:
+            self._hooks.pop(gateway_id, None)
+        client_id = entry[1]
+        if client_id is not None:
+            held = self._by_client.get(client_id)
+            if isinstance(held, list):
+                with contextlib.suppress(ValueError):
+                    held.remove(gateway_id)
+                if len(held) == 1:
+                    self._by_client[client_id] = held[0]
+            elif held == gateway_id:
+                del self._by_client[client_id]
+        return entry
+
     async def ask(self, method: str, params: JsonObject) -> JsonObject:
         """Send the gateway's own request to the child; its response (`result` or `error`).
 
@@ -222,8 +296,7 @@ class Router:
         child = self.child
         if child is None or self.closed:
             raise ChildGone("the session has ended")
-        gateway_id = self._next_id
-        self._next_id += 1
+        gateway_id = ASK_ID_PREFIX + secrets.token_urlsafe(12)
         answer: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
         self._asked[gateway_id] = answer
         try:
@@ -243,12 +316,16 @@ class Router:
 
     def _rewrite_cancellation(self, message: Message) -> list[bytes]:
         target = message.params.get("requestId")
+        if not jsonrpc.is_request_id(target):
+            return []
+        held = self._by_client.get(target)
+        if held is None:
+            return []  # nothing in flight under that id: the request already finished
         lines = []
-        for gateway_id, (_, client_id) in list(self._pending.items()):
-            if client_id == target and type(client_id) is type(target):
-                params = dict(message.params, requestId=gateway_id)
-                lines.append(jsonrpc.encode(jsonrpc.notification("notifications/cancelled", params)))
-        return lines  # nothing in flight under that id: the request already finished
+        for gateway_id in held if isinstance(held, list) else (held,):
+            params = dict(message.params, requestId=gateway_id)
+            lines.append(jsonrpc.encode(jsonrpc.notification("notifications/cancelled", params)))
+        return lines
 
     async def drain(self) -> None:
         if self.child is not None:
@@ -276,31 +353,43 @@ class Router:
     def child_line(self, line: bytearray | bytes) -> None:
         try:
             value = jsonrpc.decode(line)
-        except ValueError:
-            self._violation("not_json", "stdout line is not JSON", bytes(line[:VIOLATION_SAMPLE]))
+        except ValueError as exc:
+            kind = "invalid_json" if isinstance(exc, jsonrpc.StrictJsonError) else "not_json"
+            self._violation(kind, f"stdout line refused: {exc}", bytes(line[:VIOLATION_SAMPLE]))
+            self._answer_unusable(_readable_id(line), "The MCP server's response is not valid JSON")
             return
-        if isinstance(value, list):  # a 2025-03-26 server may answer with a batch
-            for item in value:
-                self._route(item, None)
-        else:
-            self._route(value, line)
+        try:
+            if isinstance(value, list):  # a 2025-03-26 server may answer with a batch
+                for item in value:
+                    self._route(item, None)
+            else:
+                self._route(value, line)
+        except Exception:  # one bad line must never take the pipe reader, or the lines after it, along
+            log.exception("stdout line could not be routed", extra={"session": self.label})
+            self._violation("unroutable", "stdout line could not be routed", bytes(line[:VIOLATION_SAMPLE]))
 
     def child_oversize(self, size: int, head: bytes) -> None:
         self._violation("oversize", f"stdout line of {size} bytes exceeds the message limit", head[:VIOLATION_SAMPLE])
-        gateway_id = jsonrpc.leading_id(head)
+        message = f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit"
+        self._answer_unusable(jsonrpc.leading_id(head), message, outcome="oversize")
+
+    def _answer_unusable(self, gateway_id: RequestId | None, message: str, outcome: Outcome = "invalid") -> None:
+        """The child's answer to `gateway_id` came but cannot be used: its waiter gets an error."""
+        if type(gateway_id) is str:
+            asked = self._asked.pop(gateway_id, None)
+            if asked is not None and not asked.done():
+                asked.set_result(jsonrpc.error_response(gateway_id, jsonrpc.INTERNAL_ERROR, message))
+            return
         if type(gateway_id) is not int:
             return
-        self._hooks.pop(gateway_id, None)
-        asked = self._asked.pop(gateway_id, None)
-        if asked is not None and not asked.done():
-            asked.set_result(jsonrpc.error_response(gateway_id, jsonrpc.INTERNAL_ERROR, "response too large"))
-        entry = self._pending.pop(gateway_id, None)
+        entry = self._take(gateway_id)
         if entry is not None:
-            message = f"The MCP server's response ({size} bytes) exceeds the gateway's message size limit"
-            self._answer_error(entry, gateway_id, jsonrpc.INTERNAL_ERROR, message, "oversize")
+            self._answer_error(entry, gateway_id, jsonrpc.INTERNAL_ERROR, message, outcome)
 
     def child_exited(self, returncode: int | None) -> None:
-        if returncode is None:
+        if self.child is not None and self.child.output_closed_early:
+            reason = "the MCP server closed its output"
+        elif returncode is None:
             reason = "the MCP server stopped"
         elif returncode < 0:
             try:
@@ -321,28 +410,7 @@ class Router:
             self._violation("not_jsonrpc", f"stdout message is not JSON-RPC: {exc}", None)
             return
         if message.kind is Kind.RESPONSE:
-            gateway_id = message.id
-            entry = self._pending.pop(gateway_id, None) if type(gateway_id) is int else None
-            if entry is None or type(gateway_id) is not int:
-                asked = self._asked.pop(gateway_id, None) if self._asked and type(gateway_id) is int else None
-                if asked is not None:
-                    if not asked.done():
-                        asked.set_result(message.body)
-                    return
-                log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
-                return
-            exchange, client_id = entry
-            if exchange.initialize:
-                self._record_version(message)
-            if self._hooks:
-                hook = self._hooks.pop(gateway_id, None)
-                if hook is not None and hook(message.body):
-                    line = None  # changed: encoded anew below
-            payload = jsonrpc.replace_id(line, gateway_id, client_id) if line is not None else None
-            if payload is None:
-                message.body["id"] = client_id
-                payload = jsonrpc.encode(message.body)
-            self._deliver_response(exchange, gateway_id, payload, "error" if "error" in message.body else "ok")
+            self._route_response(message, line)
             return
         payload = _forwardable(line) or jsonrpc.encode(message.body)
         if self.tools is not None and message.method == TOOLS_CHANGED:
@@ -360,9 +428,40 @@ class Router:
                 return
         self.get_stream.push(payload)
 
-    def _answer_error(
-        self, entry: tuple[Exchange, RequestId | None], gateway_id: int, code: int, message: str, outcome: Outcome
-    ) -> None:
+    def _route_response(self, message: Message, line: bytearray | bytes | None) -> None:
+        gateway_id = message.id
+        if type(gateway_id) is not int:
+            asked = self._asked.pop(gateway_id, None) if type(gateway_id) is str and self._asked else None
+            if asked is not None and not asked.done():
+                asked.set_result(message.body)
+            elif asked is None:
+                log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
+            return
+        hook = self._hooks.get(gateway_id) if self._hooks else None
+        entry = self._take(gateway_id)
+        if entry is None:
+            log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
+            return
+        exchange, client_id = entry
+        try:
+            if exchange.initialize:
+                self._record_version(message)
+            if hook is not None and hook(message.body):
+                line = None  # changed: encoded anew below
+            payload = jsonrpc.replace_id(line, gateway_id, client_id) if line is not None else None
+            if payload is None:
+                message.body["id"] = client_id
+                payload = jsonrpc.encode(message.body)
+        except Exception:  # taken from pending above: it must still be answered
+            log.exception("the MCP server's response could not be forwarded", extra={"session": self.label})
+            self._violation("unroutable", "a response could not be forwarded", None)
+            self._answer_error(
+                entry, gateway_id, jsonrpc.INTERNAL_ERROR, "The MCP server's response is unusable", "invalid"
+            )
+            return
+        self._deliver_response(exchange, gateway_id, payload, "error" if "error" in message.body else "ok")
+
+    def _answer_error(self, entry: Pending, gateway_id: int, code: int, message: str, outcome: Outcome) -> None:
         """Answer a request the child will not answer (any more) with a JSON-RPC error."""
         exchange, client_id = entry
         payload = jsonrpc.encode(jsonrpc.error_response(client_id, code, message))
@@ -409,10 +508,11 @@ class Router:
             return
         exchange.timer = None
         message = f"Request timed out: no answer from the MCP server in {self._request_timeout:g} s"
-        for gateway_id in exchange.gateway_ids:
-            entry = self._pending.pop(gateway_id, None)
-            self._hooks.pop(gateway_id, None)
+        for gateway_id, client_id in zip(exchange.gateway_ids, exchange.client_ids, strict=True):
+            entry = self._take(gateway_id)
             if entry is None:
+                if gateway_id not in exchange.outcomes:  # lost on the way: the deadline still answers it
+                    self._answer_error((exchange, client_id), gateway_id, jsonrpc.REQUEST_TIMEOUT, message, "timeout")
                 continue
             # MCP forbids cancelling initialize; that session is discarded instead.
             if self.child is not None and not exchange.initialize:
@@ -439,6 +539,7 @@ class Router:
 
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
+        self._by_client.clear()
         self._hooks.clear()
         asked, self._asked = self._asked, {}
         for answer in asked.values():
@@ -472,6 +573,20 @@ def _progress_token(message: Message) -> object:
         if isinstance(token, str | int) and not isinstance(token, bool):
             return token
     return None
+
+
+def _readable_id(line: bytearray | bytes) -> RequestId | None:
+    """The id of a line the strict parser refused, when a lenient reading can still find it: so
+    that the request it answers gets an error now instead of waiting for its deadline."""
+    found = jsonrpc.leading_id(line)
+    if found is not None:
+        return found
+    try:
+        value = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    msg_id = value.get("id") if isinstance(value, dict) else None
+    return msg_id if jsonrpc.is_request_id(msg_id) else None
 
 
 def _forwardable(line: bytearray | bytes | None) -> bytes | None:

@@ -5,10 +5,18 @@ Invariants:
 - A session is findable by id only after its child answered `initialize` successfully, and stops
   being findable before its child is stopped, so no request ever reaches a stopping child.
 - The idle clock of a session runs only while nothing is in flight and none of its HTTP
-  responses is open. One reaper task ends sessions past their idle TTL or absolute lifetime.
+  responses is open. One reaper task ends sessions past their idle TTL or absolute lifetime
+  (a lifetime ends a session even while a stream holds it open).
 - Sessions never exceed `max_sessions`, nor `max_per_principal` for one principal, nor
   `max_per_address` for one client address (an IPv6 /64), counting the
   ones still starting.
+- At a cap an idle session gives way rather than lock out a newcomer (most clients never send
+  DELETE): at the caller's own caps its least recently active idle session ends (at the address
+  cap another principal's only once idle `evict_idle_after`), at the global cap the least
+  recently active session idle `evict_idle_after`. Ended as `evicted`, chosen among the
+  caller's own sessions (the global cap alone looks at all); a busy session (a request in
+  flight, a stream open) or one still starting never gives way, and only when no session may
+  is the caller refused, told when the soonest one could.
 - A session belongs to the principal that created it: presented by anyone else, its id is
   answered as unknown.
 - Every child started is audited once as `child.spawn` and once as `child.exit`; every published
@@ -20,11 +28,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import secrets
 import signal
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from gateway.audit import Audit
@@ -42,8 +50,11 @@ SESSION_ID_BYTES = 32
 REAP_FRACTION = 0.25
 REAP_INTERVAL_MIN = 0.05
 REAP_INTERVAL_MAX = 5.0
-# Retry-After for a refusal at the global cap: a session slot frees when any client leaves.
+# Retry-After while shutting down, and at a cap when no session can tell when it frees (none
+# to wait for: only sessions that are starting, or ending right now).
 CAPACITY_RETRY_AFTER = 5
+# What requests still in flight when a shutdown's drain ends are told (in their JSON-RPC error).
+SHUTDOWN_MESSAGE = "the gateway is shutting down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,9 @@ class SessionLimits:
     max_lifetime: float | None
     request_timeout: float
     violation_limit: int
+    max_in_flight: int = 256
+    # Idle seconds after which a session may give way to a newcomer that is not its principal.
+    evict_idle_after: float = 60.0
 
 
 class Session:
@@ -69,6 +83,7 @@ class Session:
         "created",
         "id",
         "idle_since",
+        "last_active",
         "owner",
         "principal",
         "router",
@@ -84,6 +99,8 @@ class Session:
         self.child: Child | None = None
         self.created = time.monotonic()
         self.idle_since: float | None = None
+        # When a request or stream last began or ended here: the order in which sessions give way.
+        self.last_active = self.created
         self.active = 0  # open HTTP responses
         self.closing = False
 
@@ -102,11 +119,13 @@ class Session:
     def enter(self) -> None:
         self.active += 1
         self.idle_since = None
+        self.last_active = time.monotonic()
 
     def leave(self) -> None:
         self.active -= 1
+        self.last_active = time.monotonic()
         if not self.busy:
-            self.idle_since = time.monotonic()
+            self.idle_since = self.last_active
 
     def __repr__(self) -> str:
         return f"Session({self.id[:8]}…, pid={self.child.pid if self.child else None})"
@@ -129,9 +148,12 @@ class SessionStore:
         self._limits = limits
         self._guard = guard
         self._sessions: dict[str, Session] = {}
-        self._per_owner: Counter[str] = Counter()  # live and starting sessions of each principal
-        self._per_address: Counter[str] = Counter()  # … and of each client address bucket
-        self._starting = 0
+        # Live and starting sessions of each principal, and of each client address bucket: the
+        # caps count them, and a session that gives way is found among them, not among all.
+        self._by_owner: dict[str, set[Session]] = {}
+        self._by_address: dict[str, set[Session]] = {}
+        # Sessions admitted under the caps and not yet ended: spawning, initializing or live.
+        self._admitted = 0
         self._children = 0  # started and not yet stopped
         self._closing: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -144,6 +166,10 @@ class SessionStore:
     def children(self) -> int:
         """Child processes started and not yet stopped, of sessions in any state."""
         return self._children
+
+    def requests_in_flight(self) -> int:
+        """Requests sent to the children of live sessions and not yet answered (a scrape's cost)."""
+        return sum(session.router.pending for session in self._sessions.values())
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
@@ -163,30 +189,10 @@ class SessionStore:
         `token` is the bearer token it authenticated with, for configured token-to-environment;
         `address` the bucket the client's address is counted in (default: the address itself).
         """
-        owner = principal.key
         if not self.accepting:
             raise GatewayError("shutting_down", "The gateway is shutting down", retry_after=CAPACITY_RETRY_AFTER)
-        if len(self._sessions) + self._starting >= self._limits.max_sessions:
-            raise GatewayError(
-                "too_many_sessions",
-                "The gateway is at its session limit; try again later",
-                retry_after=CAPACITY_RETRY_AFTER,
-            )
-        # Without authentication every client is the same anonymous principal: only the global
-        # cap can tell them apart.
-        if principal is not ANONYMOUS and self._per_owner[owner] >= self._limits.max_per_principal:
-            raise GatewayError(
-                "too_many_sessions_for_principal",
-                "Too many open sessions for this principal; end one (DELETE) or try again later",
-                retry_after=CAPACITY_RETRY_AFTER,
-            )
         address = client_ip if address is None else address
-        if self._per_address[address] >= self._limits.max_per_address:
-            raise GatewayError(
-                "too_many_sessions_for_address",
-                "Too many open sessions from this address; end one (DELETE) or try again later",
-                retry_after=CAPACITY_RETRY_AFTER,
-            )
+        self._make_room(principal, address)
         session_id = secrets.token_urlsafe(SESSION_ID_BYTES)
         label = session_id[:8]
         session: Session | None = None
@@ -210,13 +216,14 @@ class SessionStore:
             label=label,
             request_timeout=self._limits.request_timeout,
             violation_limit=self._limits.violation_limit,
+            max_in_flight=self._limits.max_in_flight,
             on_close=on_close,
             on_violation=on_violation,
         )
         session = Session(session_id, principal, router, client_ip, address)
-        self._starting += 1
-        self._per_owner[owner] += 1
-        self._per_address[address] += 1
+        self._admitted += 1
+        self._by_owner.setdefault(session.owner, set()).add(session)
+        self._by_address.setdefault(address, set()).add(session)
         try:
             spec = self._spec
             if self._identity is not None:
@@ -227,8 +234,9 @@ class SessionStore:
             self._release(session)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})
             raise GatewayError("upstream_failed", "The MCP server could not be started") from None
-        finally:
-            self._starting -= 1
+        except BaseException:
+            self._release(session)  # cancelled while spawning: the place is not kept
+            raise
         session.child = child
         router.child = child
         self._children += 1
@@ -237,7 +245,113 @@ class SessionStore:
         log.info("session starting", extra={"session": label, "pid": child.pid})
         return session
 
+    def _make_room(self, principal: Principal, address: str) -> None:
+        """Admit one more session for `principal` from `address`, ending idle sessions that must
+        give way for it; refuse when the caps are reached by sessions that may not."""
+        limits = self._limits
+        now = time.monotonic()
+        owner = principal.key
+        victims: list[Session] = []
+        # Without authentication every client is the same anonymous principal: only the address
+        # and global caps can tell them apart.
+        mine = self._by_owner.get(owner, set())
+        if principal is not ANONYMOUS and len(mine) >= limits.max_per_principal:
+            victim = self._least_recently_active(mine, now, owner=owner)
+            if victim is None:
+                raise GatewayError(
+                    "too_many_sessions_for_principal",
+                    "Too many open sessions for this principal, all in use; end one (DELETE) or try again later",
+                    retry_after=self._retry_after(mine, now, owner=owner),
+                )
+            victims.append(victim)
+        here = self._by_address.get(address, set())
+        if len(here) - sum(victim.address == address for victim in victims) >= limits.max_per_address:
+            victim = self._least_recently_active(here, now, owner=owner, exclude=victims)
+            if victim is None:
+                raise GatewayError(
+                    "too_many_sessions_for_address",
+                    "Too many open sessions from this address, all in use; end one (DELETE) or try again later",
+                    retry_after=self._retry_after(here, now, owner=owner),
+                )
+            victims.append(victim)
+        if self._admitted - len(victims) >= limits.max_sessions:
+            # Scans every live session, but only when the gateway is full. Everyone is "anonymous"
+            # without authentication: there, no session is the caller's own.
+            known = owner if principal is not ANONYMOUS else None
+            victim = self._least_recently_active(self._sessions.values(), now, owner=known, exclude=victims)
+            if victim is None:
+                raise GatewayError(
+                    "too_many_sessions",
+                    "The gateway is at its session limit; try again later",
+                    retry_after=self._retry_after(self._sessions.values(), now, owner=known),
+                )
+            victims.append(victim)
+        for victim in victims:
+            self._evict(victim)
+
+    def _may_give_way(self, session: Session, now: float, owner: str | None) -> bool:
+        """Whether `session` may end to admit a session of `owner` (None: of anyone)."""
+        if session.busy or session.closing or self._sessions.get(session.id) is not session:
+            return False  # in use, ending already, or still starting
+        if session.owner == owner:
+            return True  # the caller's own idle session: theirs to give up
+        return now - session.last_active >= self._limits.evict_idle_after
+
+    def _least_recently_active(
+        self, sessions: Iterable[Session], now: float, *, owner: str | None, exclude: Collection[Session] = ()
+    ) -> Session | None:
+        """The session that gives way: the caller's own before another's, least recently active first."""
+        best: Session | None = None
+        best_key = (True, math.inf)
+        for session in sessions:
+            if session in exclude or not self._may_give_way(session, now, owner):
+                continue
+            key = (session.owner != owner, session.last_active)
+            if key < best_key:
+                best, best_key = session, key
+        return best
+
+    def _retry_after(self, sessions: Iterable[Session], now: float, *, owner: str | None) -> int:
+        """Whole seconds until the soonest of `sessions` (none of which may give way now) could:
+        an idle one when it has been idle long enough, or ends at its idle TTL; a busy one when its
+        lifetime ends, or, without an open stream, once its requests time out (`request_timeout`
+        without progress) and it then sits idle as long; one still starting, likewise. A request
+        may finish any moment; this is the soonest a slot is certain to be offered."""
+        limits = self._limits
+        soonest = math.inf
+        for session in sessions:
+            if session.closing:
+                continue
+            mine = session.owner == owner
+            wait = min(0.0 if mine else limits.evict_idle_after, limits.idle_ttl)
+            published = self._sessions.get(session.id) is session
+            if published and not session.busy:
+                bound = wait - (now - session.last_active)
+            else:
+                bound = math.inf if published and session.router.get_stream.attached else limits.request_timeout + wait
+                if limits.max_lifetime is not None:
+                    bound = min(bound, session.created + limits.max_lifetime - now)
+            soonest = min(soonest, bound)
+        return max(1, math.ceil(soonest)) if soonest != math.inf else CAPACITY_RETRY_AFTER
+
+    @property
+    def full(self) -> bool:
+        """At the global cap with no session that could give way: a new client would get 503."""
+        if self._admitted < self._limits.max_sessions:
+            return False
+        now = time.monotonic()
+        return self._least_recently_active(self._sessions.values(), now, owner=None) is None
+
+    def _evict(self, session: Session) -> None:
+        """End an idle session now, so its slot is free at once; its child stops in the background."""
+        log.info("session gives way at a cap", extra={"session": session.id[:8], "client_ip": session.client_ip})
+        self._end(session, "evicted")
+        task = asyncio.get_running_loop().create_task(self._stop_child(session, "evicted"))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def publish(self, session: Session) -> None:
+        session.last_active = session.idle_since = time.monotonic()
         self._sessions[session.id] = session
         self._audit.record("session.open", session=session, protocol_version=session.protocol_version)
         log.info(
@@ -252,8 +366,14 @@ class SessionStore:
 
     async def close(self, session: Session, reason: str) -> None:
         """End a session: unpublish it, fail what is in flight, stop its child."""
+        if self._end(session, reason):
+            await self._stop_child(session, reason)
+
+    def _end(self, session: Session, reason: str) -> bool:
+        """Unpublish a session, free its place under the caps, fail what is in flight; False when
+        it was ending already."""
         if session.closing:
-            return
+            return False
         session.closing = True
         published = self._sessions.pop(session.id, None) is not None
         self._release(session)
@@ -261,6 +381,9 @@ class SessionStore:
         if published:
             lasted = round(time.monotonic() - session.created, 3)
             self._audit.record("session.close", session=session, reason=reason, duration_s=lasted)
+        return True
+
+    async def _stop_child(self, session: Session, reason: str) -> None:
         code = None
         if session.child is not None:
             try:
@@ -272,10 +395,13 @@ class SessionStore:
         log.info("session closed", extra={"session": session.id[:8], "reason": reason, "exit_code": code})
 
     def _release(self, session: Session) -> None:
-        for counter, key in ((self._per_owner, session.owner), (self._per_address, session.address)):
-            counter[key] -= 1
-            if counter[key] <= 0:
-                del counter[key]
+        self._admitted -= 1
+        for index, key in ((self._by_owner, session.owner), (self._by_address, session.address)):
+            members = index.get(key)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del index[key]
 
     def close_soon(self, session: Session, reason: str) -> None:
         """Close from a synchronous context (the router's callbacks); the task is owned here."""
@@ -294,6 +420,7 @@ class SessionStore:
                 self.close_soon(session, "lifetime")
             elif session.busy:
                 session.idle_since = None
+                session.last_active = now  # busy with a request that no open response waits for
             elif session.idle_since is None:
                 session.idle_since = now
             elif now - session.idle_since >= limits.idle_ttl:
@@ -313,8 +440,26 @@ class SessionStore:
     def start(self) -> None:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
 
+    @property
+    def draining(self) -> bool:
+        """Shutting down: no new session is taken, the live ones are served until they are ended."""
+        return not self.accepting
+
+    def begin_drain(self) -> None:
+        """Shutdown, first step: refuse new sessions (503 shutting_down); live ones keep working."""
+        self.accepting = False
+
+    def end_sessions(self) -> None:
+        """Shutdown, once the drain is over: every request still in flight is answered with an
+        error saying the gateway is shutting down, every stream ends after its last event, and
+        every child starts stopping (in parallel; `aclose` waits for them)."""
+        self.accepting = False
+        for session in list(self._sessions.values()):
+            session.router.close(SHUTDOWN_MESSAGE)
+            self.close_soon(session, "shutdown")
+
     def end_streams(self) -> None:
-        """Shutdown, first step: refuse new sessions and end every standalone GET stream."""
+        """Shutdown without a drain (the app alone): refuse new sessions, end every GET stream."""
         self.accepting = False
         for session in self._sessions.values():
             session.router.get_stream.finish()

@@ -1,7 +1,7 @@
 """CORS for browser-based MCP clients calling from an allowed origin.
 
-Only origins that `OriginPolicy` allows ever get CORS headers; any other `Origin` is refused
-with 403 before work is done. Headers are added when a response is prepared, so streamed (SSE)
+Only origins that `OriginPolicy` allows ever get CORS headers; any other `Origin`, and a
+repeated one, is refused with 403 before work is done. Headers are added when a response is prepared, so streamed (SSE)
 responses get them as well as JSON ones. `Mcp-Session-Id` is exposed so a browser client can
 read the session it was given.
 """
@@ -14,6 +14,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import GatewayError
+from gateway.transport.guards import request_origin
 
 ALLOW_METHODS: Final = "GET, POST, DELETE"
 ALLOW_HEADERS: Final = (
@@ -35,7 +36,7 @@ def install(app: web.Application, path: str) -> None:
 
 
 async def handle_preflight(request: web.Request) -> web.Response:
-    origin = request.headers.get("Origin")
+    origin = request_origin(request)
     if origin is None or not request.app[keys.ORIGINS].allows(origin):
         raise GatewayError("forbidden_origin", "Origin not allowed")
     return web.Response(
@@ -49,10 +50,10 @@ async def handle_preflight(request: web.Request) -> web.Response:
 
 
 async def _add_headers(request: web.Request, response: web.StreamResponse) -> None:
-    origin = request.headers.get("Origin")
-    if origin is None or request.path != request.app[keys.SETTINGS].mcp_path:
+    origins = request.headers.getall("Origin", ())
+    if not origins or request.path != request.app[keys.SETTINGS].mcp_path:
         return
-    if request.app[keys.ORIGINS].allows(origin):
-        response.headers["Access-Control-Allow-Origin"] = origin
+    if len(origins) == 1 and request.app[keys.ORIGINS].allows(origins[0]):
+        response.headers["Access-Control-Allow-Origin"] = origins[0]
         response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
     response.headers.add("Vary", "Origin")

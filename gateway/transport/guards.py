@@ -1,22 +1,32 @@
-"""Request checks that come before any session work: Origin, Content-Type, Accept, body size.
+"""Request checks that come before any session work: Host, Origin, Content-Type, Accept, body size.
 
 Each check raises a `GatewayError`; none reads more of the request than it must (the body is
-read only after the cheap header checks, and never beyond the configured cap).
+read only after the cheap header checks, and never beyond the configured cap). A header that
+decides a security check is judged only when it is there once: a repeated `Origin` is refused,
+since a check of one copy says nothing about the copy another component reads. With a public
+URL configured, the MCP endpoint (and the built-in authorization server's `/oauth/` endpoints)
+answer only requests whose `Host` names that URL's host and port (case-insensitive, the
+scheme's default port optional); any other is refused with 421 Misdirected Request before it is
+counted or authenticated, which also stops DNS-rebinding pages that do not send `Origin`.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import GatewayError
 from gateway.settings import Settings
 
 JSON = "application/json"
 SSE = "text/event-stream"
+DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +61,58 @@ class OriginPolicy:
         return sep == ":" and port.isdigit() and head in self.any_port
 
 
+def request_origin(request: web.Request) -> str | None:
+    """The request's `Origin`, if it has one; refused (403) when it has several."""
+    origins = request.headers.getall("Origin", ())
+    if len(origins) > 1:
+        raise GatewayError("forbidden_origin", "Origin not allowed: several Origin headers")
+    return origins[0] if origins else None
+
+
 def check_origin(request: web.Request, policy: OriginPolicy) -> None:
-    origin = request.headers.get("Origin")
+    origin = request_origin(request)
     if origin is not None and not policy.allows(origin):
         raise GatewayError("forbidden_origin", "Origin not allowed")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPolicy:
+    """The `Host` values that name the public URL: `host:port`, and `host` alone for the
+    scheme's default port (lowercase; an IPv6 address in brackets)."""
+
+    accepted: frozenset[str]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HostPolicy | None:
+        """The policy of the configured public URL; None without one (nothing to compare with)."""
+        if settings.public_url is None:
+            return None
+        parts = urlsplit(str(settings.public_url))
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        default = DEFAULT_PORTS[parts.scheme]
+        port = parts.port if parts.port is not None else default
+        accepted = {f"{host}:{port}"}
+        if port == default:
+            accepted.add(host)
+        return cls(frozenset(accepted))
+
+    def allows(self, host: str) -> bool:
+        return host.strip().lower() in self.accepted
+
+
+def host_middleware(policy: HostPolicy, guarded: Callable[[str], bool]) -> Middleware:
+    """Refuse requests to a `guarded` path whose `Host` (or absolute request target) does not
+    name the public URL."""
+
+    @web.middleware
+    async def check_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if guarded(request.path) and not policy.allows(request.host):
+            raise GatewayError("misdirected_request", "Misdirected request: this server does not serve that host")
+        return await handler(request)
+
+    return check_host
 
 
 @functools.lru_cache(maxsize=128)
@@ -76,9 +134,22 @@ def accepted(accept: str | None) -> tuple[bool, bool]:
 
 
 def check_post_headers(request: web.Request) -> tuple[bool, bool]:
-    """Content-Type must be JSON; Accept must allow JSON or SSE. Returns what Accept allows."""
+    """Content-Type must be JSON, uncompressed; Accept must allow JSON or SSE. Returns what Accept
+    allows. No MCP client compresses what it sends, and a compressed body is work (and, inflated,
+    memory) spent before any check: any content coding but identity is refused (RFC 9110 §15.5.16)."""
     if request.content_type != JSON:
         raise GatewayError("unsupported_media_type", "Content-Type must be application/json")
+    codings = [
+        coding.strip().lower()
+        for value in request.headers.getall("Content-Encoding", ())
+        for coding in value.split(",")
+    ]
+    if any(coding not in ("identity", "") for coding in codings):
+        raise GatewayError(
+            "unsupported_media_type",
+            "Content-Encoding is not supported: send the body uncompressed",
+            headers={"Accept-Encoding": "identity"},
+        )
     json_ok, sse_ok = accepted(request.headers.get("Accept"))
     if not (json_ok or sse_ok):
         raise GatewayError("not_acceptable", "Accept must include application/json or text/event-stream")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
 from typing import Final
 
@@ -26,7 +27,7 @@ from gateway.errors import GatewayError
 from gateway.jsonrpc import Kind, Message
 from gateway.policy import Screening
 from gateway.sessions.child import ChildGone, StdinStalled
-from gateway.sessions.router import Exchange, Router
+from gateway.sessions.router import Exchange, Overloaded, Router
 from gateway.sessions.store import Session
 from gateway.sessions.streams import Stream
 from gateway.transport import sse
@@ -41,11 +42,20 @@ LAST_EVENT_HEADER: Final = "Last-Event-ID"
 LEGACY_VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 BATCH_VERSION: Final = "2025-03-26"  # the only version whose clients may POST batches
 MODERN_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+# An event id this gateway writes: "<stream>.<sequence>", both decimal (ASCII digits only) and
+# small enough to be ids of this process's streams.
+_EVENT_ID: Final = re.compile(r"([0-9]{1,15})\.([0-9]{1,15})")
+# Bodies larger than this are parsed on a worker thread: the interpreter switches threads every
+# few milliseconds, so the event loop keeps turning while a multi-megabyte body is parsed.
+PARSE_IN_THREAD_BYTES: Final = 256 * 1024
+# Retry-After for a request refused because its session has too many in flight: one finishes soon.
+IN_FLIGHT_RETRY_AFTER: Final = 1
 
 
 def add_routes(app: web.Application, path: str) -> None:
     app.router.add_post(path, handle_post)
-    app.router.add_get(path, handle_get)
+    # HEAD would be a GET that streams forever with nothing to show for it: 405, with `Allow`.
+    app.router.add_get(path, handle_get, allow_head=False)
     app.router.add_delete(path, handle_delete)
 
 
@@ -68,7 +78,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
     check_origin(request, app[keys.ORIGINS])
     json_ok, sse_ok = check_post_headers(request)
     body = await read_body(request, settings.max_message_bytes)
-    messages, is_batch = _parse(body)
+    messages, is_batch = await _parse(body, settings.max_batch_size)
     first = messages[0]
     request_id = first.id if not is_batch else None
     request[keys.ANSWERING] = request_id
@@ -106,15 +116,34 @@ async def _post(request: web.Request) -> web.StreamResponse:
             _audit_requests(request, session, messages, exchange, body_size=None if is_batch else len(body))
 
 
-def _parse(body: bytes) -> tuple[list[Message], bool]:
+def _audit_requests(
+    request: web.Request, session: Session, messages: list[Message], exchange: Exchange, *, body_size: int | None
+) -> None:
+    """Audit the requests of a POST; a failure to audit is logged, never turned into the answer
+    (the requests have run by now, and a client told they failed would run them again)."""
     try:
-        value = jsonrpc.decode(body)
+        _record_requests(request, session, messages, exchange, body_size=body_size)
+    except Exception:
+        log.exception("audit of %d requests failed", len(exchange.gateway_ids), extra={"session": session.id[:8]})
+
+
+async def _parse(body: bytes, max_batch: int) -> tuple[list[Message], bool]:
+    """The POST's messages, parsed strictly before anything is done with them (a large body on a
+    worker thread, so that other requests keep being served while it is parsed)."""
+    try:
+        value = (
+            await asyncio.to_thread(jsonrpc.decode, body) if len(body) > PARSE_IN_THREAD_BYTES else jsonrpc.decode(body)
+        )
+    except jsonrpc.StrictJsonError as exc:
+        raise GatewayError("invalid_message", f"Invalid Request: {exc}") from None
     except ValueError:
         raise GatewayError("parse_error", "Parse error: the body is not valid JSON") from None
     is_batch = isinstance(value, list)
     items = value if is_batch else [value]
     if not items:
         raise GatewayError("invalid_message", "Invalid Request: empty batch")
+    if len(items) > max_batch:
+        raise GatewayError("batch_too_large", f"Invalid Request: a batch holds at most {max_batch} messages")
     try:
         return [jsonrpc.classify(item) for item in items], is_batch
     except jsonrpc.InvalidMessage as exc:
@@ -124,7 +153,7 @@ def _parse(body: bytes) -> tuple[list[Message], bool]:
         raise GatewayError("invalid_message", f"Invalid Request: {exc}", request_id=rid) from None
 
 
-def _audit_requests(
+def _record_requests(
     request: web.Request, session: Session, messages: list[Message], exchange: Exchange, *, body_size: int | None
 ) -> None:
     """One `mcp.request` audit event per request of a POST, once its answer is sent (or abandoned)."""
@@ -198,6 +227,12 @@ def _submit(
         return session.router.submit(messages, raw=raw, is_batch=is_batch, streamable=sse_ok)
     except ChildGone:
         raise GatewayError("session_not_found", "Session not found: its MCP server has exited") from None
+    except Overloaded as exc:
+        raise GatewayError(
+            "too_many_in_flight",
+            f"Too many requests in flight for this session ({exc}); wait for answers first",
+            retry_after=IN_FLIGHT_RETRY_AFTER,
+        ) from None
 
 
 async def _drain(session: Session) -> None:
@@ -319,11 +354,12 @@ def _resume(router: Router, last_event: str) -> Stream:
     only when every message after the event is still held; otherwise 410, so that the client
     gives up on that request instead of waiting for a response that cannot come.
     """
-    stream_id, _, seq = last_event.partition(".")
-    if not (stream_id.isdigit() and seq.isdigit()):
-        return router.get_stream
-    stream = router.stream_for(int(stream_id))
-    if stream is None or not (stream.rewind(int(seq)) or stream is router.get_stream):
+    match = _EVENT_ID.fullmatch(last_event.strip())
+    if match is None:
+        raise GatewayError("bad_last_event_id", "Bad Request: Last-Event-ID is not an event id this gateway sent")
+    stream_id, seq = int(match.group(1)), int(match.group(2))
+    stream = router.stream_for(stream_id)
+    if stream is None or not (stream.rewind(seq) or stream is router.get_stream):
         raise GatewayError("stream_gone", "That event stream can no longer be resumed")
     return stream
 

@@ -13,9 +13,10 @@ import contextlib
 import io
 import json
 import os
+import resource
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -57,9 +58,19 @@ class GatewayProcess:
         return {pgid for pid, _, pgid in live_processes() if pid in mine}
 
 
+def _open_file_limit(soft: int, hard: int) -> Callable[[], None]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return limit
+
+
 @contextlib.asynccontextmanager
-async def running_gateway(workdir: Path, settings: Mapping[str, str]) -> AsyncIterator[GatewayProcess]:
-    """Serve the echo server on 127.0.0.1 with `settings` (names without the MCP_GATEWAY_ prefix)."""
+async def running_gateway(
+    workdir: Path, settings: Mapping[str, str], *, nofile: tuple[int, int] | None = None
+) -> AsyncIterator[GatewayProcess]:
+    """Serve the echo server on 127.0.0.1 with `settings` (names without the MCP_GATEWAY_ prefix);
+    `nofile`: the (soft, hard) open-file limit it starts under."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("MCP_GATEWAY_")}
     env.update(
         {
@@ -82,6 +93,8 @@ async def running_gateway(workdir: Path, settings: Mapping[str, str]) -> AsyncIt
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         limit=LOG_LINE_LIMIT,
+        # Only setrlimit runs between fork and exec: nothing that a thread could hold a lock for.
+        preexec_fn=_open_file_limit(*nofile) if nofile is not None else None,
     )
     assert process.stderr is not None
     drain: asyncio.Task[None] | None = None

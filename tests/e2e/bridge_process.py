@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, unused_port
 from aiohttp.web import Application
 
 from gateway import create_app
@@ -33,13 +33,15 @@ def bridge_argv(url: str, *options: str) -> list[str]:
 
 
 def gateway_settings(command: list[str], **overrides: Any) -> Settings:
-    """The gateway with static bearer auth accepting `TOKEN`."""
+    """The gateway with static bearer auth accepting `TOKEN`, to be served at its public URL on a
+    loopback port of its own (the gateway checks that requests name it)."""
+    port = unused_port()
     values: dict[str, Any] = {
         "command": command,
-        "port": 0,
+        "port": port,
         "auth": "static",
         "static_tokens": [{"principal": "bridge-user", "sha256": digest_of(TOKEN)}],
-        "public_url": "https://mcp.example.com",
+        "public_url": f"http://127.0.0.1:{port}",
     }
     values.update(overrides)
     return Settings(**values)
@@ -47,7 +49,7 @@ def gateway_settings(command: list[str], **overrides: Any) -> Settings:
 
 async def serve_gateway(aiohttp_server: Any, settings: Settings) -> tuple[str, Application]:
     app = create_app(settings)
-    server: TestServer = await aiohttp_server(app)
+    server: TestServer = await aiohttp_server(app, port=settings.port)
     return str(server.make_url("/mcp")), app
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import mcp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, unused_port
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
@@ -62,14 +62,15 @@ async def test_default_server_of_make_run(aiohttp_server: ServerFactory) -> None
 
 async def test_sdk_client_with_a_bearer_header(aiohttp_server: ServerFactory) -> None:
     token = "sdk-client-token-42"
+    port = unused_port()  # served at its public URL, which requests must name
     settings = Settings(
         command=[sys.executable, str(SDK_SERVER)],
-        port=0,
+        port=port,
         auth="static",
         static_tokens=[{"principal": "sdk", "sha256": digest_of(token)}],
-        public_url="https://mcp.example.com",
+        public_url=f"http://127.0.0.1:{port}",
     )
-    server: TestServer = await aiohttp_server(create_app(settings))
+    server: TestServer = await aiohttp_server(create_app(settings), port=port)
     url = str(server.make_url("/mcp"))
     authorized = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
     await scenario_tools(

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import mcp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, unused_port
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
@@ -34,8 +34,11 @@ ANNOTATED = {"peek", "save", "wipe"}
 
 
 async def _serve(aiohttp_server: ServerFactory, **settings: Any) -> str:
-    app = create_app(Settings(command=[sys.executable, str(SDK_SERVER)], port=0, **settings))
-    server: TestServer = await aiohttp_server(app)
+    """Serve the SDK server at its public URL, on a loopback port of its own."""
+    port = unused_port()
+    public = f"http://127.0.0.1:{port}"
+    app = create_app(Settings(command=[sys.executable, str(SDK_SERVER)], port=port, public_url=public, **settings))
+    server: TestServer = await aiohttp_server(app, port=port)
     return str(server.make_url("/mcp"))
 
 
@@ -72,7 +75,6 @@ async def test_token_scopes_decide_the_annotated_tools(aiohttp_server: ServerFac
         aiohttp_server,
         auth="static",
         static_tokens=tokens,
-        public_url="https://mcp.example.com",
         tool_scope_write=WRITE,
         tool_scope_destructive=DESTRUCTIVE,
     )

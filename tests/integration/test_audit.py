@@ -145,6 +145,8 @@ async def _close_reason(mcp: Mcp, log: Path, reason: str) -> None:
         await mcp.post({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "garbage"}})
     elif reason == "shutdown":
         await mcp.http.close()
+    elif reason == "evicted":
+        await Mcp(mcp.http).initialize()  # at the address cap: the idle session gives way
     assert await eventually(lambda: bool(events(log, "child.exit")))
 
 
@@ -154,6 +156,7 @@ async def _close_reason(mcp: Mcp, log: Path, reason: str) -> None:
         ("client", {}),
         ("idle_ttl", {"session_idle_ttl": 0.2}),
         ("lifetime", {"session_max_lifetime": 0.3}),
+        ("evicted", {"max_sessions_per_ip": 1}),
         ("child_exit", {}),
         ("violation", {"stdout_violation_limit": 1}),
         ("shutdown", {}),

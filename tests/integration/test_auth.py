@@ -151,9 +151,12 @@ async def test_a_session_belongs_to_its_principal(gateway: Gateway) -> None:
 async def test_per_principal_session_cap(gateway: Gateway) -> None:
     mcp = await gateway(**static_auth(max_sessions_per_principal=1))
     await initialize_as(mcp, ALICE)
-    async with mcp.http.post("/mcp", json=INIT, headers={"Accept": ACCEPT_BOTH, **bearer(ALICE)}) as response:
-        assert response.status == 429
-        assert int(response.headers["Retry-After"]) > 0
+    # Busy with its stream open (an idle session would give way: see test_session_caps.py).
+    async with mcp.http.get("/mcp", headers=mcp.headers(bearer(ALICE))) as stream:
+        assert stream.status == 200
+        async with mcp.http.post("/mcp", json=INIT, headers={"Accept": ACCEPT_BOTH, **bearer(ALICE)}) as response:
+            assert response.status == 429
+            assert int(response.headers["Retry-After"]) > 0
     other = Mcp(mcp.http)
     await initialize_as(other, BOB)  # the cap is per principal
     assert await mcp.delete() == 401  # (no token) …

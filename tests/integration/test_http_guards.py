@@ -7,9 +7,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict
 
-from gateway import keys
-from tests.conftest import ACCEPT_BOTH, LATEST, Mcp
+from gateway import create_app, keys
+from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, text_of
+from tests.oauth_helpers import REDIRECT_URI, oauth_settings
 
 Gateway = Callable[..., Awaitable[Mcp]]
 PING = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
@@ -261,3 +263,88 @@ async def test_session_records_the_client_ip(gateway: Gateway, trusted: list[str
     store = mcp.http.app[keys.SESSIONS]
     [session] = list(store)
     assert session.client_ip == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "origins"),
+    [
+        ("POST", ["https://app.example", "https://evil.example"]),
+        ("POST", ["https://app.example", "https://app.example"]),
+        ("GET", ["https://app.example", "https://evil.example"]),
+        ("DELETE", ["https://app.example", "https://evil.example"]),
+        ("OPTIONS", ["https://app.example", "https://evil.example"]),
+    ],
+    ids=["post", "post-same-twice", "get", "delete", "preflight"],
+)
+async def test_a_repeated_origin_is_refused(gateway: Gateway, method: str, origins: list[str]) -> None:
+    """Judging only the first copy would let the second one through to whoever reads it."""
+    mcp = await gateway(allowed_origins=["https://app.example"])
+    await mcp.initialize()
+    headers = CIMultiDict(mcp.headers({"Access-Control-Request-Method": "POST"}))
+    for origin in origins:
+        headers.add("Origin", origin)
+    body = json.dumps(PING).encode() if method == "POST" else None
+    async with mcp.http.request(method, "/mcp", data=body, headers=headers) as response:
+        assert response.status == 403
+        assert "Access-Control-Allow-Origin" not in response.headers
+        assert (await response.json())["error"]["message"].startswith("Origin not allowed")
+    assert text_of(await mcp.call_tool("echo", text="still served")) == "still served"
+
+
+@pytest.mark.parametrize(
+    ("public_url", "host", "status"),
+    [
+        ("https://mcp.example.com", "mcp.example.com", 200),
+        ("https://mcp.example.com", "MCP.Example.COM", 200),
+        ("https://mcp.example.com", "mcp.example.com:443", 200),
+        ("https://mcp.example.com", "evil.example", 421),
+        ("https://mcp.example.com", "mcp.example.com.evil.example", 421),
+        ("https://mcp.example.com", "mcp.example.com:8443", 421),
+        ("https://mcp.example.com", "127.0.0.1:8080", 421),
+        ("https://mcp.example.com:8443", "mcp.example.com:8443", 200),
+        ("https://mcp.example.com:8443", "mcp.example.com", 421),
+        ("http://[::1]:8080", "[::1]:8080", 200),
+        (None, "evil.example", 200),
+    ],
+    ids=[
+        "match",
+        "case-insensitive",
+        "default-port-written",
+        "other-host",
+        "suffix",
+        "other-port",
+        "container-address",
+        "explicit-port",
+        "explicit-port-missing",
+        "ipv6",
+        "no-public-url-no-check",
+    ],
+)
+async def test_the_host_must_name_the_public_url(
+    gateway: Gateway, public_url: str | None, host: str, status: int
+) -> None:
+    mcp = await gateway(public_url=public_url)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": LATEST}}
+    async with mcp.http.post("/mcp", json=init, headers={"Accept": ACCEPT_BOTH, "Host": host}) as response:
+        assert response.status == status
+        body = await response.json()
+    if status == 421:
+        assert body == {
+            "jsonrpc": "2.0",
+            "id": None,  # refused before the body is read
+            "error": {"code": -32600, "message": "Misdirected request: this server does not serve that host"},
+        }
+    for path in ("/health", "/ready", "/.well-known/oauth-protected-resource/mcp"):
+        async with mcp.http.get(path, headers={"Host": host}) as response:
+            assert response.status in (200, 404)  # probes and discovery never look at Host
+
+
+@pytest.mark.parametrize(("host", "status"), [("mcp.example.com", 201), ("evil.example", 421)], ids=["match", "other"])
+async def test_the_authorization_server_checks_the_host_too(aiohttp_client: Any, host: str, status: int) -> None:
+    app = create_app(oauth_settings(0, public_url="https://mcp.example.com"))
+    client = await aiohttp_client(app)
+    registration = {"redirect_uris": [REDIRECT_URI], "client_name": "host check"}
+    async with client.post("/oauth/register", json=registration, headers={"Host": host}) as response:
+        assert response.status == status
+    async with client.get("/.well-known/oauth-authorization-server", headers={"Host": host}) as response:
+        assert response.status == 200

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway import create_app
 from gateway.oauth.clients import MAX_CIMD_BYTES, PublicResolver
 from gateway.oauth.tokens import digest
+from tests.conftest import public_host
 from tests.oauth_helpers import (
     REDIRECT_URI,
     SERVICE_TOKEN,
@@ -308,7 +309,7 @@ async def test_denying_sends_access_denied(oauth_gateway: Callable[..., Awaitabl
 
 async def test_pages_carry_strict_headers_and_production_cookie(aiohttp_client: Any) -> None:
     settings = oauth_settings(0, public_url="https://mcp.example.com")
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings), headers=public_host(settings))
     async with client.post(
         "/oauth/register", json={"redirect_uris": [REDIRECT_URI], "client_name": "<script>x</script>"}
     ) as response:

@@ -4,6 +4,7 @@ counted apart; IPv6 grouped by /64; the failed-authentication gate keeping the v
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,6 +13,8 @@ import pytest
 from aiohttp import ClientResponse
 
 from gateway import keys, ratelimit
+from gateway.auth import bearer
+from gateway.auth.bearer import VERIFIED_TOKEN_TTL
 from gateway.auth.static import digest_of
 from gateway.ratelimit import address_key
 from tests.conftest import LATEST, Mcp
@@ -98,10 +101,8 @@ async def test_the_failed_authentication_gate_keeps_the_verifier_out(gateway: Ga
     assert (await post(mcp, INIT, token=ALICE)).status == 200
 
 
-async def test_the_gate_never_calls_the_verifier(
-    gateway: Gateway, clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    mcp = await gateway(**static_auth(ratelimit_auth_failures_ip="2/minute", **PROXY))
+def count_verifications(mcp: Mcp, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens the gateway's verifier is asked about from now on, in order."""
     app = mcp.http.app
     assert app is not None
     verifier = app[keys.VERIFIER]
@@ -114,12 +115,41 @@ async def test_the_gate_never_calls_the_verifier(
         return await original(self, token)
 
     monkeypatch.setattr(type(verifier), "verify", counting)
+    return calls
+
+
+async def test_the_gate_never_calls_the_verifier(
+    gateway: Gateway, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mcp = await gateway(**static_auth(ratelimit_auth_failures_ip="2/minute", **PROXY))
+    calls = count_verifications(mcp, monkeypatch)
     for _ in range(2):
         assert (await post(mcp, INIT, token="bad-token-xyz")).status == 401
     assert len(calls) == 2
     for _ in range(5):
         assert (await post(mcp, INIT, token="bad-token-xyz")).status == 429
     assert len(calls) == 2
+
+
+async def test_a_token_that_verified_lately_passes_a_spent_gate(
+    gateway: Gateway, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strangers behind alice's address spend its gate: alice, verified a moment ago, is still
+    served; unknown tokens (and bob's, which never verified here) wait, never verified."""
+    monkeypatch.setattr(bearer, "time", clock)  # the memory of verified tokens, on the same clock
+    mcp = await gateway(**static_auth(ratelimit_auth_failures_ip="3/day", **PROXY))
+    calls = count_verifications(mcp, monkeypatch)
+    assert (await post(mcp, INIT, token=ALICE)).status == 200
+    for _ in range(3):
+        assert (await post(mcp, INIT, token="wrong-token-123")).status == 401
+    calls.clear()
+    assert_refused(await post(mcp, INIT, token="another-guess-456"), limit=3, window=86400, retry_after=86400)
+    assert (await post(mcp, INIT, token=BOB)).status == 429
+    assert (await post(mcp, INIT, token=ALICE)).status == 200
+    assert calls == [ALICE]
+    clock.now += VERIFIED_TOKEN_TTL  # not used for that long: a stranger's token like any other
+    assert (await post(mcp, INIT, token=ALICE)).status == 429
+    assert calls == [ALICE]
 
 
 async def test_principals_and_addresses_are_counted_apart(gateway: Gateway, clock: Clock) -> None:
@@ -198,15 +228,22 @@ async def test_the_spawn_rate_is_gateway_wide_and_not_the_callers_fault(gateway:
 async def test_concurrent_sessions_per_address(gateway: Gateway) -> None:
     mcp = await gateway(max_sessions_per_ip=2, audit_log="off", **PROXY)
     first = await post(mcp, INIT, ip="2001:db8:0:1::1")
-    assert (await post(mcp, INIT, ip="2001:db8:0:1::2")).status == 200
-    refused = await post(mcp, INIT, ip="2001:db8:0:1::3")  # the same /64
-    assert refused.status == 429
-    assert refused.headers["Retry-After"]
-    assert (await post(mcp, INIT, ip="2001:db8:0:2::1")).status == 200
-    headers = mcp.headers({"X-Real-IP": "2001:db8:0:1::1", "Mcp-Session-Id": first.headers["Mcp-Session-Id"]})
-    async with mcp.http.delete("/mcp", headers=headers) as response:
-        assert response.status == 204
-    assert (await post(mcp, INIT, ip="2001:db8:0:1::3")).status == 200
+    second = await post(mcp, INIT, ip="2001:db8:0:1::2")
+    assert second.status == 200
+    async with contextlib.AsyncExitStack() as streams:
+        # Both busy with their streams open (idle ones would give way: see test_session_caps.py).
+        for ip, opened in (("2001:db8:0:1::1", first), ("2001:db8:0:1::2", second)):
+            headers = mcp.headers({"X-Real-IP": ip, "Mcp-Session-Id": opened.headers["Mcp-Session-Id"]})
+            stream = await streams.enter_async_context(mcp.http.get("/mcp", headers=headers))
+            assert stream.status == 200
+        refused = await post(mcp, INIT, ip="2001:db8:0:1::3")  # the same /64
+        assert refused.status == 429
+        assert refused.headers["Retry-After"]
+        assert (await post(mcp, INIT, ip="2001:db8:0:2::1")).status == 200
+        headers = mcp.headers({"X-Real-IP": "2001:db8:0:1::1", "Mcp-Session-Id": first.headers["Mcp-Session-Id"]})
+        async with mcp.http.delete("/mcp", headers=headers) as response:
+            assert response.status == 204
+        assert (await post(mcp, INIT, ip="2001:db8:0:1::3")).status == 200
 
 
 async def test_blocks_are_audited_and_counted(gateway: Gateway, clock: Clock, tmp_path: Any) -> None:

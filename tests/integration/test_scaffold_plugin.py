@@ -18,7 +18,7 @@ from gateway import cli, create_app
 from gateway.auth import AuthError
 from gateway.auth.plugin import load_plugin
 from gateway.settings import Settings
-from tests.conftest import ACCEPT_BOTH, LATEST, AiohttpClient, echo_command
+from tests.conftest import ACCEPT_BOTH, LATEST, AiohttpClient, echo_command, public_host
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 # mypy over the skeleton and the gateway's typed package, from a cold cache.
@@ -67,7 +67,7 @@ async def test_the_loader_accepts_the_rendered_plugin_and_every_token_gets_401(
         _env_file=importable / ".env.example", command=echo_command(), port=0, public_url="https://acme.example.com"
     )
     assert (settings.auth, settings.plugin) == ("plugin", "verifier:create")
-    client = await aiohttp_client(create_app(settings))
+    client = await aiohttp_client(create_app(settings), headers=public_host(settings))
     for token in ("anything", "team-alice", "a" * 64):
         headers = {"Accept": ACCEPT_BOTH, "Authorization": f"Bearer {token}"}
         async with client.post("/mcp", json=INIT, headers=headers) as response:

@@ -16,7 +16,8 @@ from aiohttp.web import Application
 
 from gateway import create_app, jsonrpc
 from gateway.auth.static import digest_of
-from tests.conftest import LATEST, AiohttpClient, JsonObj, Mcp, make_settings, text_of
+from gateway.sessions.router import ASK_ID_PREFIX
+from tests.conftest import LATEST, AiohttpClient, JsonObj, Mcp, make_settings, public_host, text_of
 
 READER = "reader-token-0123456789"  # no scope
 WRITER = "writer-token-0123456789"  # tools:write
@@ -24,7 +25,7 @@ ADMIN = "admin-token-0123456789"  # tools:write and tools:destructive
 PUBLIC = "https://mcp.example.com"
 WRITE, DESTRUCTIVE = "tools:write", "tools:destructive"
 # The echo server's tools by annotation class (see tests/servers/echo_server.py).
-READ_ONLY_TOOLS = {"read_note", "received", "retag"}
+READ_ONLY_TOOLS = {"read_note", "received", "request_ids", "retag"}
 WRITE_TOOLS = {"write_note"}
 CHALLENGE = (
     f'Bearer realm="mcp-gateway", resource_metadata="{PUBLIC}/.well-known/oauth-protected-resource/mcp", '
@@ -69,7 +70,9 @@ def gateway(aiohttp_client: AiohttpClient) -> Gateway:
     """`await gateway(token, *echo_flags, version=..., **settings)`: an initialized session."""
 
     async def start(token: str | None, *flags: str, version: str = LATEST, **settings: Any) -> TokenMcp:
-        mcp = TokenMcp(await aiohttp_client(create_app(make_settings(*flags, **settings))), token)
+        gateway_settings = make_settings(*flags, **settings)
+        client = await aiohttp_client(create_app(gateway_settings), headers=public_host(gateway_settings))
+        mcp = TokenMcp(client, token)
         await mcp.initialize(version)
         return mcp
 
@@ -204,8 +207,9 @@ async def test_a_call_before_any_list_makes_the_gateway_list_every_page(gateway:
     assert seen == [["initialize", None], *[["tools/list", None]] * pages, ["tools/call", "received"]]
     # Everything is known now: further calls, even to a tool the child lacks, list nothing again.
     assert text_of(await mcp.call_tool("read_note")) == "read"
-    unknown = await mcp.call_tool("no_such_tool")
-    assert unknown["error"] == {"code": -32602, "message": "Unknown tool: no_such_tool"}
+    # A tool the child does not list counts as destructive (the policy fails closed).
+    status, _ = await mcp.post({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "no_such_tool"}})
+    assert status == 403
     assert [entry for entry in await received(mcp) if entry[0] == "tools/list"] == [["tools/list", None]] * pages
 
 
@@ -220,7 +224,7 @@ async def test_a_list_that_does_not_come_in_time_is_cancelled_and_refuses_the_ca
     # The next call lists again (promptly now); the child was told the first listing was abandoned.
     cancellations = json.loads(text_of(await mcp.call_tool("cancelled")))
     assert [(c["reason"], c["running"]) for c in cancellations] == [("The gateway stopped waiting", True)]
-    assert type(cancellations[0]["requestId"]) is int
+    assert cancellations[0]["requestId"].startswith(ASK_ID_PREFIX)  # the gateway's own id namespace
     assert ["tools/call", "echo"] not in await received(mcp)
 
 

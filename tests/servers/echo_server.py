@@ -78,6 +78,12 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
         _schema(count="integer", size="integer"),
     ),
     "stop_reading": ("Answer, then stop reading stdin for good (writes to us pile up).", _schema()),
+    "raw": (
+        "Write `lines` to stdout in one write, each as given with {id} replaced by this request's id; "
+        "then answer normally unless `answer` is false.",
+        {"type": "object", "properties": {"lines": {"type": "array"}, "answer": {"type": "boolean"}}},
+    ),
+    "close_stdout": ("Answer, then close stdout and keep running.", _schema()),
     "close_stdin": ("Answer, then close stdin after `delay` seconds (keep running).", _schema(delay="number")),
     "env": ("Answer with the process environment as JSON.", _schema()),
     "cwd": ("Answer with the working directory.", _schema()),
@@ -97,6 +103,7 @@ TOOLS: dict[str, tuple[str, JsonObj]] = {
         "Answer with the requests this process received, as a JSON list of [method, tool name or null].",
         _schema(),
     ),
+    "request_ids": ("Answer with the ids of the requests this process received, as a JSON list.", _schema()),
     "retag": (
         "Give tool `tool` the `annotations` object (null: none), then send notifications/tools/list_changed. "
         "Annotated read-only, so that callers without scopes can drive the test.",
@@ -109,6 +116,7 @@ ANNOTATIONS: dict[str, JsonObj] = {
     "delete_note": {"destructiveHint": True},
     "received": {"readOnlyHint": True},
     "retag": {"readOnlyHint": True},
+    "request_ids": {"readOnlyHint": True},
 }
 
 
@@ -149,6 +157,8 @@ class EchoServer:
         self.slow_list = slow_list  # the first tools/list takes this long
         self.annotations = dict(ANNOTATIONS)
         self.received: collections.deque[tuple[str, Any]] = collections.deque(maxlen=RECEIVED_KEPT)
+        self.request_ids: collections.deque[Any] = collections.deque(maxlen=RECEIVED_KEPT)
+        self.broken_list = False  # answer tools/list with something that is not a tool list
         self.out = sys.stdout.buffer
         self.tasks: set[asyncio.Task[None]] = set()  # strong references
         self.by_id: dict[int | str, asyncio.Task[None]] = {}  # for cancellation
@@ -165,6 +175,11 @@ class EchoServer:
             self.out.flush()
         except BrokenPipeError:  # nobody reads our stdout any more: nothing left to do
             os._exit(0)
+
+    def write_chunk(self, data: bytes) -> None:
+        """Write `data` (newlines included) with one system call: the reader gets it as one chunk."""
+        self.out.flush()
+        os.write(self.out.fileno(), data)
 
     def send(self, obj: JsonObj) -> None:
         self.write_raw(json.dumps(obj, separators=(",", ":")).encode())
@@ -218,6 +233,7 @@ class EchoServer:
             return
         msg_id = msg["id"]
         self.received.append((method, params.get("name") if method == "tools/call" else None))
+        self.request_ids.append(msg_id)
         task = asyncio.get_running_loop().create_task(self.run_request(msg_id, method, params))
         self.tasks.add(task)
         if isinstance(msg_id, (int, str)):
@@ -274,6 +290,8 @@ class EchoServer:
         if method == "tools/list":
             delay, self.slow_list = self.slow_list, 0.0
             await asyncio.sleep(delay)
+            if self.broken_list:
+                return {}
             return self.list_tools(params.get("cursor"))
         raise RpcError(-32601, "Method not found")
 
@@ -354,6 +372,16 @@ class EchoServer:
             for seq in range(_arg(args, "count", int, 1)):
                 self.notify("notifications/flood", {"seq": seq, "data": payload})
             return _text("flooded")
+        if name == "raw":
+            request_id = json.dumps(msg_id)
+            lines = [str(line).replace("{id}", request_id).encode() for line in args.get("lines", [])]
+            self.write_chunk(b"".join(line + b"\n" for line in lines))
+            return _text("written") if args.get("answer", True) else _ANSWERED
+        if name == "close_stdout":
+            self.send({"jsonrpc": "2.0", "id": msg_id, "result": _text("closing")})
+            sys.stdout.flush()
+            os.close(1)
+            return _ANSWERED
         if name == "close_stdin":
             delay = _arg(args, "delay", (int, float), 0.0)
             asyncio.get_running_loop().call_later(delay, self.close_stdin)
@@ -383,6 +411,8 @@ class EchoServer:
             return _text(json.dumps(self.cancellations, separators=(",", ":")))
         if name in ("read_note", "write_note", "delete_note"):
             return _text(name.removesuffix("_note"))
+        if name == "request_ids":
+            return _text(json.dumps(list(self.request_ids), separators=(",", ":")))
         if name == "received":
             return _text(json.dumps(list(self.received), separators=(",", ":")))
         if name == "retag":
@@ -426,6 +456,7 @@ async def serve(args: argparse.Namespace) -> None:
     stdin, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     server = EchoServer(args.protocol_version, args.page_size, args.slow_first_list)
     server.stdin = stdin
+    server.broken_list = args.broken_list
     while True:
         try:
             line = await reader.readline()
@@ -450,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     add("--grandchild", action="store_true", help="spawn a grandchild that inherits stdout")
     add("--stderr-lines", type=int, default=0, metavar="N", help="write N stderr lines at start")
     add("--protocol-version", metavar="V", help="always answer initialize with this version")
+    add("--broken-list", action="store_true", help="answer tools/list with an empty object, not a tool list")
     add("--page-size", type=int, metavar="N", help="answer tools/list in pages of N tools")
     add("--slow-first-list", type=float, default=0.0, metavar="S", help="answer the first tools/list after S seconds")
     args = parser.parse_args(argv)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -86,3 +87,52 @@ def test_error_response_shape() -> None:
         "error": {"code": -32700, "message": "bad"},
     }
     assert jsonrpc.error_response(3, -1, "m", {"k": 1})["error"]["data"] == {"k": 1}
+
+
+# --- strict decoding: what two parsers could read differently is refused -------------------------
+
+STRICT_REFUSALS = {
+    "duplicate-id": (b'{"jsonrpc":"2.0","id":3,"method":"ping","id":3}', "duplicate key 'id'"),
+    "duplicate-in-params": (b'{"params":{"name":"a","name":"b"}}', "duplicate key 'name'"),
+    "duplicate-deep": (b'{"params":{"a":[{"b":1,"b":2}]}}', "duplicate key 'b'"),
+    "duplicate-in-batch": (b'[{"id":1},{"id":1,"id":2}]', "duplicate key 'id'"),
+    "nan": (b'{"x":NaN}', "NaN is not a JSON number"),
+    "infinity": (b'{"x":-Infinity}', "-Infinity is not a JSON number"),
+    "overflow": (b'{"x":1e400}', "out of range"),
+    "overflow-by-digits": (b'{"x":' + b"1" * 400 + b".0}", "out of range"),
+    "lone-high-surrogate": (b'{"x":"\\ud800"}', "lone surrogate"),
+    "lone-low-surrogate": (b'{"x":"a\\udc00"}', "lone surrogate"),
+    "surrogate-in-key": (b'{"\\ud800":1}', "lone surrogate"),
+    "encoded-surrogate": ('"\udcff"'.encode("utf-8", "surrogatepass"), "valid UTF-8"),
+    "invalid-utf8": (b'"\xff"', "valid UTF-8"),
+    "utf16": ('{"a":1}'.encode("utf-16"), "UTF-8"),
+    "depth-65": (b"[" * 65 + b"]" * 65, "nested deeper than 64"),
+    "depth-65-mixed": (b'{"a":' * 33 + b"[" * 32 + b"1" + b"]" * 32 + b"}" * 33, "nested deeper than 64"),
+    "depth-100000": (b"[" * 100_000 + b"]" * 100_000, "nested deeper than 64"),
+}
+
+
+@pytest.mark.parametrize(("text", "reason"), STRICT_REFUSALS.values(), ids=STRICT_REFUSALS.keys())
+def test_strict_decoding_refuses_what_parsers_disagree_on(text: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        jsonrpc.decode(text)
+
+
+STRICT_ACCEPTS = {
+    "surrogate-pair": (b'{"x":"\\ud83d\\ude00"}', {"x": "\U0001f600"}),
+    "escaped-backslash-then-u": (b'{"x":"\\\\ud800"}', {"x": "\\ud800"}),
+    "depth-64": (b"[" * 64 + b"]" * 64, None),
+    "brackets-in-strings": (b'{"a":"' + b"[" * 200 + b'","b":"\\"[[["}', {"a": "[" * 200, "b": '"[[['}),
+    "escaped-quote-before-brackets": (b'{"a":"\\\\","b":' + b"[" * 63 + b"]" * 63 + b"}", None),
+    "same-key-in-sibling-objects": (b'[{"id":1},{"id":1}]', [{"id": 1}, {"id": 1}]),
+    "underflow-is-zero": (b'{"x":-1e-400}', {"x": -0.0}),
+    "big-integer": (b'{"x":' + b"9" * 400 + b"}", {"x": int("9" * 400)}),
+    "max-double": (b'{"x":1.7976931348623157e308}', {"x": 1.7976931348623157e308}),
+}
+
+
+@pytest.mark.parametrize(("text", "expected"), STRICT_ACCEPTS.values(), ids=STRICT_ACCEPTS.keys())
+def test_strict_decoding_accepts_standard_json(text: bytes, expected: object) -> None:
+    value = jsonrpc.decode(text)
+    if expected is not None:
+        assert value == expected

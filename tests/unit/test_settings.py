@@ -23,6 +23,14 @@ def test_defaults_bind_loopback() -> None:
     assert settings.session_idle_ttl == 1800
 
 
+def test_sessions_are_bounded_in_time_by_default() -> None:
+    """A forgotten open stream holds its child for a day at most; at a cap, another caller's idle
+    session gives way after a minute."""
+    settings = Settings(command=[PY])
+    assert settings.session_max_lifetime == 24 * 3600
+    assert settings.session_evict_idle_after == 60
+
+
 def test_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("MCP_GATEWAY_PORT=9000\nMCP_GATEWAY_MAX_SESSIONS=3\n")
     monkeypatch.setenv("MCP_GATEWAY_COMMAND", f"{PY} -m some_server --flag 'two words'")
@@ -121,6 +129,88 @@ def test_cli_check_reports_problems_and_fails(capsys: pytest.CaptureFixture[str]
 
 
 DIGEST = "a" * 64
+CI_TOKEN = {"principal": "ci", "sha256": DIGEST, "scopes": ["tools"]}
+BOT_TOKEN = {"principal": "bot", "sha256": "b" * 64, "scopes": []}
+AS_METADATA = {"issuer": "https://auth.example", "token_endpoint": "https://auth.example/token"}
+MASKED = "**********"
+
+
+@pytest.mark.parametrize(
+    ("flags", "setting", "printed"),
+    [
+        (["--static-tokens", json.dumps([CI_TOKEN, BOT_TOKEN])], "static_tokens", [CI_TOKEN, BOT_TOKEN]),
+        (
+            ["--static-tokens", json.dumps(CI_TOKEN), "--static-tokens", json.dumps(BOT_TOKEN)],
+            "static_tokens",
+            [CI_TOKEN, BOT_TOKEN],
+        ),
+        (
+            ["--static-tokens", json.dumps([CI_TOKEN]), "--static-tokens", json.dumps(BOT_TOKEN)],
+            "static_tokens",
+            [CI_TOKEN, BOT_TOKEN],
+        ),
+        (
+            ["--plugin-options", '{"api_key": "k-1", "retries": 3}'],
+            "plugin_options",
+            {"api_key": MASKED, "retries": MASKED},
+        ),
+        (
+            ["--plugin-options", "api_key=k-1", "--plugin-options", '{"retries": 3}'],
+            "plugin_options",
+            {"api_key": MASKED, "retries": MASKED},
+        ),
+        (["--authorization-server-metadata", json.dumps(AS_METADATA)], "authorization_server_metadata", AS_METADATA),
+        (["--child-env", '{"API_KEY": "s3cret", "MODE": "x=y"}'], "child_env", {"API_KEY": MASKED, "MODE": MASKED}),
+        (
+            ["--child-env", "API_KEY=s3cret", "--child-env", '{"MODE": "fast"}'],
+            "child_env",
+            {"API_KEY": MASKED, "MODE": MASKED},
+        ),
+        (["--child-env-claims", '{"GITHUB_LOGIN": "login"}'], "child_env_claims", {"GITHUB_LOGIN": "login"}),
+        (
+            ["--allowed-origins", '["https://a.example", "https://b.example"]'],
+            "allowed_origins",
+            ["https://a.example", "https://b.example"],
+        ),
+        (
+            ["--allowed-origins", "https://a.example,https://b.example"],
+            "allowed_origins",
+            ["https://a.example", "https://b.example"],
+        ),
+        (
+            ["--allowed-origins", "https://a.example", "--allowed-origins", "https://b.example"],
+            "allowed_origins",
+            ["https://a.example", "https://b.example"],
+        ),
+    ],
+    ids=[
+        "tokens-array",
+        "tokens-one-object-per-flag",
+        "tokens-mixed",
+        "plugin-options-json",
+        "plugin-options-mixed",
+        "as-metadata-json",
+        "child-env-json",
+        "child-env-mixed",
+        "claims-json",
+        "list-json-array",
+        "list-commas",
+        "list-repeated",
+    ],
+)
+def test_flags_take_what_their_environment_variables_take(
+    capsys: pytest.CaptureFixture[str], flags: list[str], setting: str, printed: object
+) -> None:
+    assert cli.main(["check", *flags, "--", PY]) == 0
+    assert json.loads(capsys.readouterr().out)[setting] == printed
+
+
+def test_unreadable_flags_are_reported_with_every_other_problem(capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--static-tokens", "{not json", "--child-env", "NO_EQUALS_SIGN", "--static-tokens", "42", "--port", "x"]
+    assert cli.main(["check", *flags, "--", PY]) == cli.EXIT_CONFIG
+    problems = capsys.readouterr().err.splitlines()[1:]
+    assert [line.strip().split(":")[0] for line in problems] == ["child_env", "static_tokens", "port"]
+    assert "'NO_EQUALS_SIGN' is neither KEY=VALUE nor a JSON object" in problems[0]
 
 
 def test_static_auth_needs_tokens(tmp_path: Path) -> None:
