@@ -365,6 +365,7 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         cwd=settings.child_cwd,
         max_line_bytes=settings.max_message_bytes,
         rlimits=settings.child_rlimits(),
+        nofile=app.get(keys.CHILD_NOFILE),
     )
     limits = SessionLimits(
         max_sessions=settings.max_sessions,

@@ -255,9 +255,12 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     accept_errors = connections.AcceptErrorLog(loop)
     accept_errors.install()
-    _check_descriptors(settings)
+    descriptors = _check_descriptors(settings)
+    app = create_app(settings)
+    if descriptors.raised_from is not None:  # what the gateway was given is what its children get
+        app[keys.CHILD_NOFILE] = (descriptors.raised_from, descriptors.hard)
     runner = web.AppRunner(
-        create_app(settings),
+        app,
         shutdown_timeout=shutdown.HANDLER_GRACE,
         handle_signals=False,
         keepalive_timeout=settings.http_keepalive_timeout,
@@ -289,7 +292,7 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-def _check_descriptors(settings: Settings) -> None:
+def _check_descriptors(settings: Settings) -> connections.DescriptorLimit:
     """Raise the open-file limit as far as allowed; warn when sessions and connections do not fit."""
     limit = connections.raise_descriptor_limit()
     if limit.raised_from is not None:
@@ -298,6 +301,7 @@ def _check_descriptors(settings: Settings) -> None:
         log.warning(
             "%s", problem, extra={"open_file_limit": limit.soft, "needed": connections.descriptors_needed(settings)}
         )
+    return limit
 
 
 def _url_host(host: str) -> str:

@@ -30,6 +30,8 @@ RESOURCE_METADATA = web.AppKey[bytes | None]("resource_metadata")
 VERIFIER = web.AppKey[TokenVerifier | None]("token_verifier")
 AS_METADATA = web.AppKey[AuthorizationServerMetadata | None]("authorization_server_metadata")
 STARTED_AT = web.AppKey("started_at", float)
+# The open-file limit (soft, hard) children start with, when the gateway raised its own at startup.
+CHILD_NOFILE = web.AppKey("child_nofile", tuple[int, int])
 AUDIT = web.AppKey("audit", Audit)
 METRICS = web.AppKey[Metrics | None]("metrics")
 LIMITER = web.AppKey["RateLimiter"]("rate_limiter")

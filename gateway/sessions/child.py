@@ -69,6 +69,9 @@ class ChildSpec:
     max_line_bytes: int
     # (resource.RLIMIT_*, limit) pairs set in the child before it executes (soft = hard).
     rlimits: tuple[tuple[int, int], ...] = ()
+    # The open-file limit (soft, hard) the child starts with, when it is not the gateway's own:
+    # the gateway raises its soft limit for its connections, and its children must not inherit that.
+    nofile: tuple[int, int] | None = None
 
 
 class ChildSink(Protocol):
@@ -111,18 +114,23 @@ def use_pidfd_child_watcher() -> bool:
 
 
 @functools.cache
-def _pre_exec(rlimits: tuple[tuple[int, int], ...]) -> Callable[[], None] | None:
-    """What runs in the child between fork and exec: the parent-death signal, then resource limits.
+def _pre_exec(
+    rlimits: tuple[tuple[int, int], ...], nofile: tuple[int, int] | None = None
+) -> Callable[[], None] | None:
+    """What runs in the child between fork and exec: the parent-death signal, then resource limits
+    (the inherited open-file limit first, so that a configured one wins).
 
     Only system calls on precomputed values: nothing here may allocate locks or import.
     """
     death_signal = _parent_death_signal()
-    if not rlimits:
+    if not rlimits and nofile is None:
         return death_signal
 
     def prepare() -> None:
         if death_signal is not None:
             death_signal()
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         for which, limit in rlimits:
             resource.setrlimit(which, (limit, limit))
 
@@ -252,7 +260,7 @@ class Child:
             cwd=spec.cwd,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_pre_exec(spec.rlimits),
+            preexec_fn=_pre_exec(spec.rlimits, spec.nofile),
         )
         child._transport = transport
         child.pid = transport.get_pid()

@@ -419,11 +419,19 @@ def _open_file_limits(pid: int) -> tuple[int, int]:
 
 
 async def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path, {}, nofile=(256, 8192)) as gateway:
+    """The gateway raises its own limit for its connections; its children start with the one it
+    was given (a child must not get to hold a million descriptors because the gateway may)."""
+    async with running_gateway(tmp_path, {}, nofile=(256, 8192)) as gateway, ClientSession() as http:
         assert _open_file_limits(gateway.process.pid) == (8192, 8192)
         raised = [entry for entry in gateway.log if entry.get("msg") == "open-file limit raised"]
         assert [(entry["from"], entry["to"]) for entry in raised] == [(256, 8192)]
         assert not [message for message in descriptor_warnings(gateway) if "below" in message]
+        mcp = HttpMcp(http, gateway.url)
+        await mcp.initialize()
+        status, messages = await mcp.call(mcp.tool_call("pid"))
+        assert status == 200
+        child = int(messages[-1]["result"]["content"][0]["text"])
+        assert _open_file_limits(child) == (256, 8192)
 
 
 def test_check_warns_when_sessions_and_connections_do_not_fit(tmp_path: Path) -> None:
