@@ -114,9 +114,7 @@ def use_pidfd_child_watcher() -> bool:
 
 
 @functools.cache
-def _pre_exec(
-    rlimits: tuple[tuple[int, int], ...], nofile: tuple[int, int] | None = None
-) -> Callable[[], None] | None:
+def _pre_exec(rlimits: tuple[tuple[int, int], ...], nofile: tuple[int, int] | None = None) -> Callable[[], None] | None:
     """What runs in the child between fork and exec: the parent-death signal, then resource limits
     (the inherited open-file limit first, so that a configured one wins).
 
