@@ -45,6 +45,10 @@ MAX_DEPTH: Final = 64
 # Cheap screens over the text: only a message that trips one is examined the exact way. A lone
 # surrogate can only arrive escaped (raw ones are refused by the strict UTF-8 decode).
 _SURROGATE_ESCAPE: Final = re.compile(r"\\u[dD][89abcdefABCDEF]")
+# Control characters, which some parsers drop from keys (see `_unique_members`).
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# Integers of more digits than this may exceed a double (1.8e308): they are out of range.
+MAX_INT_DIGITS: Final = 308
 # For measuring depth on the text alone (see `_deeper_than`).
 _BRACKETS: Final = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'[]{}"'))
@@ -71,11 +75,29 @@ def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         seen: set[str] = set()
         repeated = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
         raise StrictJsonError(f"duplicate key {repeated[:64]!r}")
+    # Some parsers match keys loosely (Go's encoding/json ignores case and folds 'ſ' and 'K'; some
+    # drop control characters): keys that are one key to such a parser are a repeated key too.
+    if len(members) > 1 and len({_folded(key) for key in members}) != len(members):
+        raise StrictJsonError("keys that differ only in case or control characters")
     return members
 
 
+def _folded(key: str) -> str:
+    folded = key.casefold()
+    return folded if folded.isprintable() else _CONTROL.sub("", folded)
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:  # beyond a double: another parser reads infinity or null
+        raise StrictJsonError("a number is out of range")
+    return int(text)
+
+
 _decoder = json.JSONDecoder(
-    object_pairs_hook=_unique_members, parse_constant=_refuse_constant, parse_float=_finite_float
+    object_pairs_hook=_unique_members,
+    parse_constant=_refuse_constant,
+    parse_float=_finite_float,
+    parse_int=_bounded_int,
 )
 
 
@@ -84,8 +106,9 @@ def decode(data: bytes | bytearray) -> Any:
 
     Refused: anything but UTF-8 (MCP requires it; `json.loads` alone also takes UTF-16, UTF-32, a
     byte-order mark and encoded surrogates), `NaN` and `Infinity`, numbers beyond a double's range,
-    lone surrogates, nesting deeper than `MAX_DEPTH`, and a key repeated in any object (two parsers
-    could read different values: the gateway deciding on one, the child acting on the other).
+    lone surrogates, nesting deeper than `MAX_DEPTH`, and a key repeated in any object — exactly,
+    or but for case and control characters (two parsers could read different values: the gateway
+    deciding on one, the child acting on the other).
     """
     if json.detect_encoding(data) != "utf-8":
         raise ValueError("JSON-RPC messages must be UTF-8 without a byte-order mark")

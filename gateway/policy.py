@@ -234,7 +234,12 @@ class ToolGuard:
             elif message.method == "tools/call":
                 name = message.params.get("name")
                 if not isinstance(name, str):
-                    continue  # no tool can have that name: the child answers its own error
+                    # No tool has such a name, but a child may turn it into one (["x"] → "x"):
+                    # refused here, never forwarded past the policy.
+                    self.record_denial(Denial("?", "denied", principal, router.label))
+                    screening = screening or Screening()
+                    screening.refused[index] = (jsonrpc.INVALID_PARAMS, "Invalid params: a tool name is a string")
+                    continue
                 if not self.policy.permits(name):
                     self.record_denial(Denial(shown(name), "denied", principal, router.label))
                     screening = screening or Screening()

@@ -117,7 +117,7 @@ class Router:
         request_timeout: float,
         violation_limit: int,
         on_close: CloseCallback,
-        max_in_flight: int = 1024,
+        max_in_flight: int = 256,
         on_violation: ViolationCallback | None = None,
     ) -> None:
         self.label = label
@@ -358,15 +358,18 @@ class Router:
             self._violation(kind, f"stdout line refused: {exc}", bytes(line[:VIOLATION_SAMPLE]))
             self._answer_unusable(_readable_id(line), "The MCP server's response is not valid JSON")
             return
+        if isinstance(value, list):  # a 2025-03-26 server may answer with a batch: each item on its own
+            for item in value:
+                self._route_safely(item, None, line)
+        else:
+            self._route_safely(value, line, line)
+
+    def _route_safely(self, value: object, line: bytearray | bytes | None, sample: bytearray | bytes) -> None:
         try:
-            if isinstance(value, list):  # a 2025-03-26 server may answer with a batch
-                for item in value:
-                    self._route(item, None)
-            else:
-                self._route(value, line)
-        except Exception:  # one bad line must never take the pipe reader, or the lines after it, along
-            log.exception("stdout line could not be routed", extra={"session": self.label})
-            self._violation("unroutable", "stdout line could not be routed", bytes(line[:VIOLATION_SAMPLE]))
+            self._route(value, line)
+        except Exception:  # one bad message must never take the pipe reader, or the lines after it, along
+            log.exception("stdout message could not be routed", extra={"session": self.label})
+            self._violation("unroutable", "stdout message could not be routed", bytes(sample[:VIOLATION_SAMPLE]))
 
     def child_oversize(self, size: int, head: bytes) -> None:
         self._violation("oversize", f"stdout line of {size} bytes exceeds the message limit", head[:VIOLATION_SAMPLE])
@@ -408,6 +411,9 @@ class Router:
             message = jsonrpc.classify(value)
         except jsonrpc.InvalidMessage as exc:
             self._violation("not_jsonrpc", f"stdout message is not JSON-RPC: {exc}", None)
+            msg_id = value.get("id") if isinstance(value, dict) and "method" not in value else None
+            if jsonrpc.is_request_id(msg_id):  # meant as an answer: its request gets an error now
+                self._answer_unusable(msg_id, "The MCP server's response is not valid JSON-RPC")
             return
         if message.kind is Kind.RESPONSE:
             self._route_response(message, line)

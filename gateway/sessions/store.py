@@ -454,9 +454,14 @@ class SessionStore:
         error saying the gateway is shutting down, every stream ends after its last event, and
         every child starts stopping (in parallel; `aclose` waits for them)."""
         self.accepting = False
-        for session in list(self._sessions.values()):
+        for session in self._admitted_sessions():
             session.router.close(SHUTDOWN_MESSAGE)
-            self.close_soon(session, "shutdown")
+            if session.id in self._sessions:  # one still initializing is closed by its handler (its answer: 502)
+                self.close_soon(session, "shutdown")
+
+    def _admitted_sessions(self) -> list[Session]:
+        """Every session counted under the caps: live ones and those still starting."""
+        return [session for sessions in self._by_owner.values() for session in sessions]
 
     def end_streams(self) -> None:
         """Shutdown without a drain (the app alone): refuse new sessions, end every GET stream."""
@@ -470,7 +475,9 @@ class SessionStore:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
-        closing = [self.close(session, "shutdown") for session in list(self._sessions.values())]
+        # One still spawning is left to its handler, which stops the child it gets back.
+        admitted = [session for session in self._admitted_sessions() if session.child is not None]
+        closing = [self.close(session, "shutdown") for session in admitted]
         await asyncio.gather(*closing, *self._closing, return_exceptions=True)
 
 

@@ -42,6 +42,12 @@ BAD_ANSWERS = {
     "1e400": '{"jsonrpc":"2.0","id":{id},"result":{"x":1e400}}',
     "duplicate-id": '{"jsonrpc":"2.0","id":{id},"result":{},"id":{id}}',
     "deep": '{"jsonrpc":"2.0","id":{id},"result":{"x":' + "[" * 100 + "]" * 100 + "}}",
+    "case-folded-keys": '{"jsonrpc":"2.0","id":{id},"result":{},"Result":{}}',
+}
+NOT_JSONRPC = {
+    "neither-result-nor-error": '{"jsonrpc":"2.0","id":{id}}',
+    "error-code-a-string": '{"jsonrpc":"2.0","id":{id},"error":{"code":"x","message":"m"}}',
+    "wrong-version": '{"jsonrpc":"1.0","id":{id},"result":{}}',
 }
 
 
@@ -62,6 +68,29 @@ async def test_an_answer_the_gateway_cannot_use_answers_its_request_with_an_erro
     assert "NaN" not in json.dumps(messages)
     assert violations(mcp) == 1
     assert text_of(await mcp.call_tool("echo", text="still here")) == "still here"
+
+
+@pytest.mark.parametrize("line", NOT_JSONRPC.values(), ids=NOT_JSONRPC.keys())
+async def test_an_answer_that_is_not_json_rpc_answers_its_request_with_an_error_at_once(
+    gateway: Gateway, line: str
+) -> None:
+    mcp: Mcp = await gateway()
+    await mcp.initialize()
+    status, messages = await raw_call(mcp, [line], answer=False)
+    assert status == 200
+    assert messages[-1]["error"]["code"] == -32603
+    assert "not valid JSON-RPC" in messages[-1]["error"]["message"]
+    assert violations(mcp) == 1
+
+
+async def test_one_bad_item_of_a_batch_answer_costs_that_item_alone(gateway: Gateway) -> None:
+    mcp: Mcp = await gateway()
+    await mcp.initialize()
+    batch = '[{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"kept"}},'
+    batch += '{"jsonrpc":"2.0","id":{id},"result":{"content":[{"type":"text","text":"the answer"}]}}]'
+    status, messages = await raw_call(mcp, [batch], answer=False)
+    assert status == 200
+    assert text_of(messages[-1]) == "the answer"
 
 
 async def test_a_line_too_deep_to_parse_costs_that_line_alone(gateway: Gateway) -> None:

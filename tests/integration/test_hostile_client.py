@@ -107,15 +107,28 @@ async def test_a_duplicate_id_cannot_smuggle_a_destructive_call_past_the_policy(
         b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{},"params":{}}',
         b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a","text":"b"}}}',
         b'{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1,"requestId":2}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"delete_note"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_note","Name":"delete_note"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name\\u0000":"delete_note","name":"echo"}}',
     ],
-    ids=["params-name", "method", "jsonrpc", "params", "deep-argument", "notification"],
+    ids=[
+        "params-name",
+        "method",
+        "jsonrpc",
+        "params",
+        "deep-argument",
+        "notification",
+        "method-by-case",
+        "name-by-case",
+        "name-with-nul",
+    ],
 )
 async def test_a_repeated_key_anywhere_is_refused_before_the_child_sees_it(gateway: Any, body: bytes) -> None:
     mcp: Mcp = await gateway()
     await mcp.initialize()
     status, answer = await post_raw(mcp, body)
     assert (status, answer["error"]["code"]) == (400, -32600), answer
-    assert "duplicate key" in answer["error"]["message"]
+    assert "duplicate key" in answer["error"]["message"] or "differ only in" in answer["error"]["message"]
     assert json.loads(text_of(await mcp.call_tool("received"))) == [["initialize", None], ["tools/call", "received"]]
 
 
@@ -152,6 +165,22 @@ async def test_the_policy_fails_closed_when_the_child_does_not_list_its_tools(
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_note", "arguments": {}}}
     answer_status, answer = await post_raw(mcp, json.dumps(call).encode())
     assert answer_status == status, answer
+
+
+@pytest.mark.parametrize(
+    "name", [["delete_note"], {"name": "delete_note"}, None, 7], ids=["list", "object", "null", "int"]
+)
+async def test_a_tool_name_that_is_not_a_string_is_refused_not_forwarded(
+    aiohttp_client: AiohttpClient, name: object
+) -> None:
+    """A child may turn ["delete_note"] into "delete_note": with a policy on, such a call is
+    refused by the gateway and never reaches the child."""
+    mcp = TokenMcp(Mcp(await aiohttp_client(create_app(make_settings(**policed())))), ADMIN)
+    await mcp.initialize()
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {}}}
+    status, answer = await post_raw(mcp, json.dumps(call).encode())
+    assert (status, answer["error"]["code"]) == (200, -32602), answer
+    assert ["tools/call", name] not in json.loads(text_of(await mcp.call_tool("received")))
 
 
 async def test_a_tool_the_child_does_not_list_needs_every_scope(aiohttp_client: AiohttpClient) -> None:
@@ -275,6 +304,7 @@ POISONED = {
     "very-deep": b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
     "nan-in-batch": b'[{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":NaN}}]',
     "huge-integer": b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":' + b"9" * 5000 + b"}}",
+    "integer-beyond-a-double": b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":1' + b"0" * 400 + b"}}",
 }
 
 

@@ -96,6 +96,11 @@ STRICT_REFUSALS = {
     "duplicate-in-params": (b'{"params":{"name":"a","name":"b"}}', "duplicate key 'name'"),
     "duplicate-deep": (b'{"params":{"a":[{"b":1,"b":2}]}}', "duplicate key 'b'"),
     "duplicate-in-batch": (b'[{"id":1},{"id":1,"id":2}]', "duplicate key 'id'"),
+    "case-folded-key": (b'{"method":"ping","Method":"tools/call"}', "differ only in case"),
+    "long-s-key": ('{"ſ":1,"s":2}'.encode(), "differ only in case"),
+    "kelvin-key": ('{"\u212a":1,"k":2}'.encode(), "differ only in case"),
+    "nul-suffixed-key": (b'{"name\\u0000":"a","name":"b"}', "control characters"),
+    "integer-beyond-a-double": (b'{"x":1' + b"0" * 308 + b"}", "out of range"),
     "nan": (b'{"x":NaN}', "NaN is not a JSON number"),
     "infinity": (b'{"x":-Infinity}', "-Infinity is not a JSON number"),
     "overflow": (b'{"x":1e400}', "out of range"),
@@ -126,7 +131,8 @@ STRICT_ACCEPTS = {
     "escaped-quote-before-brackets": (b'{"a":"\\\\","b":' + b"[" * 63 + b"]" * 63 + b"}", None),
     "same-key-in-sibling-objects": (b'[{"id":1},{"id":1}]', [{"id": 1}, {"id": 1}]),
     "underflow-is-zero": (b'{"x":-1e-400}', {"x": -0.0}),
-    "big-integer": (b'{"x":' + b"9" * 400 + b"}", {"x": int("9" * 400)}),
+    "big-integer": (b'{"x":' + b"9" * 308 + b"}", {"x": int("9" * 308)}),
+    "keys-differing-in-more-than-case": (b'{"name":1,"names":2}', {"name": 1, "names": 2}),
     "max-double": (b'{"x":1.7976931348623157e308}', {"x": 1.7976931348623157e308}),
 }
 
