@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from gateway.audit import Audit
 from gateway.auth import ANONYMOUS, Principal
 from gateway.auth.identity import IdentityIssuer
-from gateway.errors import GatewayError
+from gateway.errors import ErrorCode, GatewayError
 from gateway.sessions.child import Child, ChildSpec
 from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.router import Router
@@ -256,38 +256,62 @@ class SessionStore:
         # and global caps can tell them apart.
         mine = self._by_owner.get(owner, set())
         if principal is not ANONYMOUS and len(mine) >= limits.max_per_principal:
-            victim = self._least_recently_active(mine, now, owner=owner)
-            if victim is None:
-                raise GatewayError(
-                    "too_many_sessions_for_principal",
-                    "Too many open sessions for this principal, all in use; end one (DELETE) or try again later",
-                    retry_after=self._retry_after(mine, now, owner=owner),
+            victims.append(
+                self._giving_way(
+                    mine,
+                    now,
+                    owner,
+                    victims,
+                    code="too_many_sessions_for_principal",
+                    message="Too many open sessions for this principal, all in use; "
+                    "end one (DELETE) or try again later",
                 )
-            victims.append(victim)
+            )
         here = self._by_address.get(address, set())
         if len(here) - sum(victim.address == address for victim in victims) >= limits.max_per_address:
-            victim = self._least_recently_active(here, now, owner=owner, exclude=victims)
-            if victim is None:
-                raise GatewayError(
-                    "too_many_sessions_for_address",
-                    "Too many open sessions from this address, all in use; end one (DELETE) or try again later",
-                    retry_after=self._retry_after(here, now, owner=owner),
+            victims.append(
+                self._giving_way(
+                    here,
+                    now,
+                    owner,
+                    victims,
+                    code="too_many_sessions_for_address",
+                    message="Too many open sessions from this address, all in use; end one (DELETE) or try again later",
                 )
-            victims.append(victim)
+            )
         if self._admitted - len(victims) >= limits.max_sessions:
             # Scans every live session, but only when the gateway is full. Everyone is "anonymous"
             # without authentication: there, no session is the caller's own.
             known = owner if principal is not ANONYMOUS else None
-            victim = self._least_recently_active(self._sessions.values(), now, owner=known, exclude=victims)
-            if victim is None:
-                raise GatewayError(
-                    "too_many_sessions",
-                    "The gateway is at its session limit; try again later",
-                    retry_after=self._retry_after(self._sessions.values(), now, owner=known),
+            victims.append(
+                self._giving_way(
+                    self._sessions.values(),
+                    now,
+                    known,
+                    victims,
+                    code="too_many_sessions",
+                    message="The gateway is at its session limit; try again later",
                 )
-            victims.append(victim)
+            )
         for victim in victims:
             self._evict(victim)
+
+    def _giving_way(
+        self,
+        sessions: Collection[Session],
+        now: float,
+        owner: str | None,
+        chosen: Collection[Session],
+        *,
+        code: ErrorCode,
+        message: str,
+    ) -> Session:
+        """The session of `sessions` that gives way for `owner` (not one already `chosen`), or the
+        refusal `code`, told when the soonest could."""
+        victim = self._least_recently_active(sessions, now, owner=owner, exclude=chosen)
+        if victim is None:
+            raise GatewayError(code, message, retry_after=self._retry_after(sessions, now, owner=owner))
+        return victim
 
     def _may_give_way(self, session: Session, now: float, owner: str | None) -> bool:
         """Whether `session` may end to admit a session of `owner` (None: of anyone)."""
