@@ -1,20 +1,20 @@
 """The application factory: `create_app(settings)` builds everything, importing changes nothing.
 
 Middleware order (outermost first): request tracking (the connection's read deadlines and the
-shutdown drain see each request, see `gateway.connections`), the request id (so every response, refusals included, names
-its request), error rendering (and, with the built-in authorization server, error pages for the
-pages a browser visits), with a public URL the `Host` check (421 for a request naming another
-host, before it is counted or authenticated), the client's address, the per-address rate limits (then the sign-in
-pages' cookie), then authentication of the MCP endpoint (so every refusal, 401s included, is
-rendered the same way). CORS and request-id headers are added as
-responses are prepared, so streamed responses carry them too. Resources are `cleanup_ctx`
-pairs, set up in order and torn down in reverse: the audit log (it records the configuration
-first and the last child's exit last), the metrics listener when it has a port of its own, the
-identity provider's side (verifier and discovery; a backend that does not answer stops startup
-before anything is spawned), then the orphan guard (so it outlives every child), then the
-session store. `mcp-gateway serve` drains before it stops the app (`gateway.shutdown`: in-flight
-requests get the shutdown budget, then an error; then every child is stopped, in parallel); the
-app alone (on_shutdown) stops taking sessions and ends open GET streams.
+shutdown drain see each request, see `gateway.http.connections`), the request id (so every
+response, refusals included, names its request), error rendering (and, with the built-in
+authorization server, error pages for the pages a browser visits), with a public URL the `Host`
+check (421 for a request naming another host, before it is counted or authenticated), the client's
+address, the per-address rate limits (then the sign-in pages' cookie), then authentication of the
+MCP endpoint (so every refusal, 401s included, is rendered the same way). CORS and request-id
+headers are added as responses are prepared, so streamed responses carry them too. Resources are
+`cleanup_ctx` pairs, set up in order and torn down in reverse: the audit log (it records the
+configuration first and the last child's exit last), the metrics listener when it has a port of its
+own, the identity provider's side (verifier and discovery; a backend that does not answer stops
+startup before anything is spawned), then the orphan watchdog (so it outlives every child), then
+the session store. `mcp-gateway serve` drains before it stops the app (`gateway.serve`: in-flight
+requests get the shutdown budget, then an error; then every child is stopped, in parallel); the app
+alone (on_shutdown) stops taking sessions and ends open GET streams.
 """
 
 from __future__ import annotations
@@ -31,18 +31,21 @@ import aiohttp
 from aiohttp import web
 from limits import RateLimitItem
 
-from gateway import __version__, connections, health, keys, metrics, ratelimit, requestid
-from gateway.audit import Audit
+from gateway import keys
+from gateway._version import __version__
 from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
 from gateway.auth.identity import IdentityIssuer
 from gateway.auth.jwt import LEEWAY_SECONDS
+from gateway.auth.registry import AuthStartupError, build_verifier, check_startup_token
 from gateway.auth.server_metadata import AuthorizationServerMetadata
-from gateway.auth.verifiers import AuthStartupError, build_verifier, check_startup_token
-from gateway.clientip import client_ip_middleware
+from gateway.config.settings import Settings, parse_limit
 from gateway.errors import error_middleware
-from gateway.metrics import Metrics
+from gateway.http import connections, cors, health, ratelimit
+from gateway.http import context as request_context
+from gateway.http.clientip import client_ip_middleware
+from gateway.http.headers import HostPolicy, OriginPolicy, host_middleware
 from gateway.oauth import routes as oauth_routes
 from gateway.oauth.clients import ClientRegistry, cimd_session
 from gateway.oauth.keyset import KeySet, derive_fernet
@@ -51,13 +54,14 @@ from gateway.oauth.server import PREFIX as OAUTH_PREFIX
 from gateway.oauth.server import Endpoints, OAuthServer, session_cookie
 from gateway.oauth.storage import StorageError, open_store
 from gateway.oauth.tokens import GrantVerifier, OwnTokensFirst, Tokens
-from gateway.policy import ToolGuard, ToolPolicy
+from gateway.observe import metrics
+from gateway.observe.audit import Audit
+from gateway.observe.metrics import Metrics
 from gateway.sessions.child import ChildSpec
-from gateway.sessions.guard import OrphanGuard
+from gateway.sessions.policy import ToolFilter, ToolPolicy
 from gateway.sessions.store import SessionLimits, SessionStore
-from gateway.settings import Settings, parse_limit
-from gateway.transport import cors, streamable
-from gateway.transport.guards import HostPolicy, OriginPolicy, host_middleware
+from gateway.sessions.watchdog import OrphanWatchdog
+from gateway.transport import legacy
 
 log = logging.getLogger("gateway")
 
@@ -86,7 +90,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     client_ip = client_ip_middleware(settings.proxy_networks())
     middlewares = [
-        requestid.request_id_middleware,
+        request_context.request_id_middleware,
         error_middleware,
         client_ip,
         ratelimit.ip_middleware(settings.mcp_path, authenticator.verified),
@@ -103,7 +107,7 @@ def create_app(settings: Settings) -> web.Application:
         # Before anything counts or verifies a request that was not meant for this server.
         guarded = _host_guarded(settings.mcp_path, oauth=settings.oauth_server)
         middlewares.insert(middlewares.index(client_ip), host_middleware(hosts, guarded))
-    # Outermost: the connection's deadlines see the whole of every request (gateway.connections).
+    # Outermost: the connection's deadlines see the whole of every request (gateway.http.connections).
     middlewares.insert(0, connections.request_tracking(settings.mcp_path))
     app = web.Application(client_max_size=settings.max_message_bytes + BODY_SLACK, middlewares=middlewares)
     app[keys.SETTINGS] = settings
@@ -114,14 +118,14 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_audit_log)
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_rate_limiter)
-    app.cleanup_ctx.append(functools.partial(_tool_guard, authenticator=authenticator))
+    app.cleanup_ctx.append(functools.partial(_tool_filter, authenticator=authenticator))
     app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(_oauth_server)
-    app.cleanup_ctx.append(_orphan_guard)
+    app.cleanup_ctx.append(_orphan_watchdog)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
-    streamable.add_routes(app, settings.mcp_path)
-    requestid.install(app)
+    legacy.add_routes(app, settings.mcp_path)
+    request_context.install(app)
     cors.install(app, settings.mcp_path)
     health.add_routes(app)
     discovery.add_routes(app, settings.mcp_path)
@@ -162,11 +166,13 @@ async def _audit_log(app: web.Application) -> AsyncIterator[None]:
         audit.close()
 
 
-async def _tool_guard(app: web.Application, *, authenticator: Authenticator) -> AsyncIterator[None]:
+async def _tool_filter(app: web.Application, *, authenticator: Authenticator) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     policy = ToolPolicy.from_settings(settings)
-    guard = ToolGuard(policy, authenticator, settings.request_timeout, app[keys.AUDIT]) if policy is not None else None
-    app[keys.TOOL_GUARD] = guard
+    tool_filter = (
+        ToolFilter(policy, authenticator, settings.request_timeout, app[keys.AUDIT]) if policy is not None else None
+    )
+    app[keys.TOOL_FILTER] = tool_filter
     yield
 
 
@@ -350,11 +356,11 @@ def offered_scopes(settings: Settings) -> tuple[str, ...]:
     return tuple(sorted(set(scopes)))
 
 
-async def _orphan_guard(app: web.Application) -> AsyncIterator[None]:
-    guard = OrphanGuard()
-    app[keys.GUARD] = guard
+async def _orphan_watchdog(app: web.Application) -> AsyncIterator[None]:
+    watchdog = OrphanWatchdog()
+    app[keys.WATCHDOG] = watchdog
     yield
-    await guard.aclose()
+    await watchdog.aclose()
 
 
 async def _session_store(app: web.Application) -> AsyncIterator[None]:
@@ -378,7 +384,7 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         evict_idle_after=settings.session_evict_idle_after,
         max_in_flight=settings.max_requests_in_flight,
     )
-    store = SessionStore(spec, limits, app[keys.GUARD], identity_issuer(settings), app[keys.AUDIT])
+    store = SessionStore(spec, limits, app[keys.WATCHDOG], identity_issuer(settings), app[keys.AUDIT])
     app[keys.SESSIONS] = store
     if (registry := app[keys.METRICS]) is not None:
         registry.watch(sessions=lambda: len(store), children=lambda: store.children, in_flight=store.requests_in_flight)

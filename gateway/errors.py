@@ -135,7 +135,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     """Render `GatewayError`s; turn anything unexpected into a logged 500 with no internals.
 
     A handler that fails because its client's connection is gone (the client left, or a deadline
-    closed it) has no one to answer: that propagates unlogged (see `gateway.connections`).
+    closed it) has no one to answer: that propagates unlogged (see `gateway.http.connections`).
     """
     try:
         return await handler(request)

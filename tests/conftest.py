@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 from aiohttp.web import Application
 
 from gateway import create_app
-from gateway.settings import Settings
+from gateway.config.settings import Settings
 
 SERVERS = Path(__file__).parent / "servers"
 ECHO_SERVER = SERVERS / "echo_server.py"
@@ -289,7 +289,7 @@ async def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bo
 
 
 def child_pids() -> set[int]:
-    """Children of this test process that are MCP servers (the orphan guard excluded)."""
+    """Children of this test process that are MCP servers (the orphan watchdog excluded)."""
     return {pid for pid in descendants(os.getpid()) if _is_server(pid)}
 
 
@@ -298,4 +298,4 @@ def _is_server(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"guard.py" not in cmdline
+    return b"watchdog.py" not in cmdline

@@ -20,8 +20,8 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from gateway import keys
 from gateway.auth.static import digest_of
+from gateway.config.settings import Settings
 from gateway.oauth.server import OAuthServer
-from gateway.settings import Settings
 from tests.conftest import ACCEPT_BOTH, LATEST, WAIT, make_settings, parse_sse
 
 SERVICE_TOKEN = "alice-service-token-1234"

@@ -7,7 +7,6 @@ middleware (bearer.py) turns their outcome into responses, in one place.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -52,8 +51,3 @@ class TokenVerifier(Protocol):
     """Checks one bearer token."""
 
     async def verify(self, token: str) -> Principal: ...
-
-
-def fingerprint(token: str) -> str:
-    """A short, non-reversible name for a token, safe to log."""
-    return hashlib.sha256(token.encode()).hexdigest()[:12]

@@ -29,9 +29,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
-from gateway import keys, requestid
-from gateway.auth import ANONYMOUS, AuthError, Principal, fingerprint
+from gateway import keys
+from gateway.auth import ANONYMOUS, AuthError, Principal
 from gateway.errors import ErrorCode, GatewayError
+from gateway.http import context as request_context
+from gateway.logline import fingerprint
 
 log = logging.getLogger("gateway.auth")
 
@@ -222,7 +224,7 @@ def auth_middleware(authenticator: Authenticator) -> Middleware:
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path == authenticator.protected_path and request.method != "OPTIONS":
             principal = request[keys.PRINCIPAL] = await authenticator.authenticate(request)
-            if (context := requestid.current()) is not None:
+            if (context := request_context.current()) is not None:
                 context.principal = principal
         return await handler(request)
 

@@ -15,8 +15,8 @@ from typing import Any, Final
 from aiohttp import web
 
 from gateway import keys
+from gateway.config.settings import PRM_PATH, Settings
 from gateway.errors import GatewayError
-from gateway.settings import PRM_PATH, Settings
 
 # Metadata changes rarely: caches may keep it for an hour.
 CACHE_CONTROL: Final = "public, max-age=3600"

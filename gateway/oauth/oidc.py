@@ -39,7 +39,7 @@ import aiohttp
 from gateway.auth import AuthError
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS, LEEWAY_SECONDS, JwtVerifier
-from gateway.settings import oidc_url_problem
+from gateway.config.settings import oidc_url_problem
 
 log = logging.getLogger("gateway.oauth.oidc")
 

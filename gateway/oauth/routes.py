@@ -40,6 +40,7 @@ from gateway import keys
 from gateway.auth import AuthError, Principal
 from gateway.auth.static import ISSUER as STATIC_ISSUER
 from gateway.errors import GatewayError
+from gateway.http.ratelimit import address_key
 from gateway.oauth.clients import MAX_REGISTRATION_BYTES, Client, ClientRegistry
 from gateway.oauth.errors import NO_STORE, OAuthError, json_response
 from gateway.oauth.oidc import OidcError
@@ -56,7 +57,6 @@ from gateway.oauth.server import (
 )
 from gateway.oauth.storage import StorageError
 from gateway.oauth.tokens import Grant, ReusedToken, s256
-from gateway.ratelimit import address_key
 
 log = logging.getLogger("gateway.oauth")
 

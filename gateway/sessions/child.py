@@ -3,7 +3,7 @@
 Invariants:
 - The process runs without a shell, as the leader of its own process group (its pid is the
   group id), with an environment given by configuration only. The group is announced to the
-  orphan guard as soon as it exists, and on Linux the process also carries a parent-death signal,
+  orphan watchdog as soon as it exists, and on Linux the process also carries a parent-death signal,
   so a gateway that is killed outright still takes its children along.
 - stdout is read through `LineFramer`: no line above the limit ever reaches the router, and an
   oversized line never desynchronises the stream. stderr is always drained (truncated,
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from gateway.sessions.framing import LineFramer
-from gateway.sessions.guard import OrphanGuard, group_alive, signal_group
+from gateway.framing import LineFramer
+from gateway.sessions.watchdog import OrphanWatchdog, group_alive, signal_group
 
 log = logging.getLogger("gateway.child")
 
@@ -226,9 +226,9 @@ class _ChildProtocol(asyncio.SubprocessProtocol):
 class Child:
     """A running stdio MCP server. Create with `await Child.spawn(...)`."""
 
-    def __init__(self, spec: ChildSpec, sink: ChildSink, guard: OrphanGuard | None, label: str) -> None:
+    def __init__(self, spec: ChildSpec, sink: ChildSink, watchdog: OrphanWatchdog | None, label: str) -> None:
         self._sink = sink
-        self._guard = guard
+        self._watchdog = watchdog
         self.label = label
         self._stdout = LineFramer(spec.max_line_bytes, sink.child_line, sink.child_oversize)
         self._stderr = _StderrLog(label)
@@ -244,9 +244,9 @@ class Child:
         self.pid = 0
 
     @classmethod
-    async def spawn(cls, spec: ChildSpec, sink: ChildSink, guard: OrphanGuard | None, label: str) -> Child:
+    async def spawn(cls, spec: ChildSpec, sink: ChildSink, watchdog: OrphanWatchdog | None, label: str) -> Child:
         """Start the process; raises `OSError` when it cannot be executed."""
-        child = cls(spec, sink, guard, label)
+        child = cls(spec, sink, watchdog, label)
         loop = asyncio.get_running_loop()
         transport, _ = await loop.subprocess_exec(
             lambda: _ChildProtocol(child),
@@ -262,8 +262,8 @@ class Child:
         )
         child._transport = transport
         child.pid = transport.get_pid()
-        if guard is not None:
-            guard.register(child.pid)
+        if watchdog is not None:
+            watchdog.register(child.pid)
         # Typed loosely by asyncio; any event loop's pipe transport has these methods.
         stdin = typing.cast(asyncio.WriteTransport, transport.get_pipe_transport(0))
         stdin.set_write_buffer_limits(high=STDIN_HIGH_WATER)
@@ -381,8 +381,8 @@ class Child:
                 self._output_check.cancel()
             transport.close()
             self._resume_writers(ChildGone("the MCP server has exited"))
-            if self._guard is not None:
-                self._guard.unregister(self.pid)
+            if self._watchdog is not None:
+                self._watchdog.unregister(self.pid)
             code = transport.get_returncode()
             if not self._reported:
                 self._reported = True

@@ -43,7 +43,7 @@ from gateway.sessions.child import Child, ChildGone
 from gateway.sessions.streams import Stream
 
 if TYPE_CHECKING:
-    from gateway.policy import ToolCatalog
+    from gateway.sessions.policy import ToolCatalog
 
 log = logging.getLogger("gateway.router")
 

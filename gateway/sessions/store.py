@@ -35,13 +35,13 @@ import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from gateway.audit import Audit
 from gateway.auth import ANONYMOUS, Principal
 from gateway.auth.identity import IdentityIssuer
 from gateway.errors import ErrorCode, GatewayError
+from gateway.observe.audit import Audit
 from gateway.sessions.child import Child, ChildSpec
-from gateway.sessions.guard import OrphanGuard
 from gateway.sessions.router import Router
+from gateway.sessions.watchdog import OrphanWatchdog
 
 log = logging.getLogger("gateway.sessions")
 
@@ -138,7 +138,7 @@ class SessionStore:
         self,
         spec: ChildSpec,
         limits: SessionLimits,
-        guard: OrphanGuard | None,
+        watchdog: OrphanWatchdog | None,
         identity: IdentityIssuer | None = None,
         audit: Audit | None = None,
     ) -> None:
@@ -146,7 +146,7 @@ class SessionStore:
         self._audit = audit if audit is not None else Audit(None)
         self._identity = identity
         self._limits = limits
-        self._guard = guard
+        self._watchdog = watchdog
         self._sessions: dict[str, Session] = {}
         # Live and starting sessions of each principal, and of each client address bucket: the
         # caps count them, and a session that gives way is found among them, not among all.
@@ -229,7 +229,7 @@ class SessionStore:
             if self._identity is not None:
                 spec = replace(spec, env={**spec.env, **self._identity.environment(principal, token)})
             started = time.monotonic()
-            child = await Child.spawn(spec, router, self._guard, label)
+            child = await Child.spawn(spec, router, self._watchdog, label)
         except OSError as exc:
             self._release(session)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})

@@ -1,1 +1,1 @@
-"""The per-service folder `mcp-gateway new-service` renders (see gateway/scaffold.py): `*.tmpl` files."""
+"""The per-service folder `mcp-gateway new-service` renders (see gateway/tools/new_service.py): `*.tmpl` files."""

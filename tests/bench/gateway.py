@@ -2,7 +2,7 @@
 
 Invariant: `running_gateway` stops the process however the run ends (SIGTERM, then SIGKILL
 after the grace period); the gateway stops its children on SIGTERM, and on SIGKILL their
-parent-death signal and the gateway's orphan guard take them along.
+parent-death signal and the gateway's orphan watchdog take them along.
 """
 
 from __future__ import annotations

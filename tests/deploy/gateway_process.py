@@ -115,7 +115,7 @@ async def running_gateway(
                     await process.wait()
             except TimeoutError:
                 process.kill()
-        for pgid in groups:  # anything the gateway failed to stop (the orphan guard included)
+        for pgid in groups:  # anything the gateway failed to stop (the orphan watchdog included)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, signal.SIGKILL)
         async with asyncio.timeout(WAIT):

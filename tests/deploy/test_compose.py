@@ -18,8 +18,8 @@ import jsonschema
 import pytest
 
 from gateway.auth.static import digest_of
+from gateway.config.settings import Settings
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE
-from gateway.settings import Settings
 from tests.conftest import echo_command
 from tests.deploy.files import (
     BASE_DOCKERFILE,

@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.scaffold import make_service, write_service
+from gateway.tools.new_service import make_service, write_service
 from tests.deploy.files import ENV_EXAMPLE, SCHEMA_FILE, environment_of, interpolate_tree, load_compose, read_dotenv
 
 EXAMPLE: Final = "mcp-time"

@@ -19,8 +19,8 @@ from aiohttp.web import Application
 
 from gateway import create_app
 from gateway.auth.static import digest_of
+from gateway.config.settings import Settings
 from gateway.jsonrpc import classify
-from gateway.settings import Settings
 from tests.conftest import WAIT, JsonObj
 
 TOKEN_VAR: Final = "MCP_BRIDGE_TEST_TOKEN"

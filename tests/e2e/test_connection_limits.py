@@ -37,7 +37,7 @@ from typing import Final
 import pytest
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
-from gateway.connections import MAX_LINGERING
+from gateway.http.connections import MAX_LINGERING
 from tests.conftest import WAIT, echo_command, eventually
 from tests.deploy.gateway_process import GatewayProcess, HttpMcp, running_gateway
 

@@ -2,7 +2,7 @@
 
 The gateway must leave nothing behind: no descendant after a session ends (DELETE, idle TTL, a
 crash), no member of any child's process group after it is stopped with SIGTERM or killed with
-SIGKILL (the orphan guard's job), and an in-flight request still gets its answer during a graceful
+SIGKILL (the orphan watchdog's job), and an in-flight request still gets its answer during a graceful
 shutdown. Every test kills whatever is left in its `finally`, so a failing test never leaks.
 """
 
@@ -38,7 +38,7 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.slow
 
-# The orphan guard SIGTERMs, waits 2 s, then SIGKILLs; generous for a loaded machine.
+# The orphan watchdog SIGTERMs, waits 2 s, then SIGKILLs; generous for a loaded machine.
 GUARD_CLEANUP_WAIT: Final = 15.0
 SESSIONS: Final = 3
 SIGTERM_MASK: Final = 1 << (signal.SIGTERM - 1)
@@ -109,7 +109,7 @@ def result_text(response: JsonObj) -> str:
 
 def is_guard(pid: int) -> bool:
     try:
-        return b"guard.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return b"watchdog.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
 
@@ -140,7 +140,7 @@ class GatewayProcess:
         return self.process.pid
 
     def servers(self) -> set[int]:
-        """Live descendants of the gateway, the orphan guard excluded."""
+        """Live descendants of the gateway, the orphan watchdog excluded."""
         return {pid for pid in descendants(self.pid) if not is_guard(pid)}
 
     async def open_session(self, http: ClientSession) -> tuple[RemoteMcp, int]:
@@ -171,7 +171,7 @@ async def running_gateway(*server_flags: str, options: Sequence[str] = ()) -> As
         startup = await startup_log(process.stderr)
         assert startup[-1]["msg"].startswith("serving ")
         guards = [pid for pid in descendants(process.pid) if is_guard(pid)]
-        assert len(guards) == 1, f"expected one orphan guard, found {guards}"
+        assert len(guards) == 1, f"expected one orphan watchdog, found {guards}"
         gateway = GatewayProcess(process, startup[-1]["url"], guards[0])
         gateway.log.extend(startup)
         drain = asyncio.get_running_loop().create_task(drain_log(process.stderr, gateway.log))
@@ -245,7 +245,7 @@ async def test_sigterm_stops_every_child_and_exits_zero(flags: tuple[str, ...]) 
         assert await gateway.exited() == 0
         assert await eventually(lambda: not group_members(gateway.pgids)), group_members(gateway.pgids)
         assert await eventually(lambda: not alive(gateway.guard))
-        # The gateway stopped them itself (the orphan guard would hide a shutdown that did not).
+        # The gateway stopped them itself (the orphan watchdog would hide a shutdown that did not).
         assert await eventually(lambda: logged(gateway, "stopped") == 1)
         assert logged(gateway, "session closed", reason="shutdown") == SESSIONS
 

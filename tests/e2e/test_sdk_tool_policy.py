@@ -19,7 +19,7 @@ from mcp.shared.exceptions import MCPError
 
 from gateway import create_app
 from gateway.auth.static import digest_of
-from gateway.settings import Settings
+from gateway.config.settings import Settings
 from tests.conftest import SDK_SERVER
 from tests.e2e.sdk_scenarios import SCENARIO_TIMEOUT, text_of
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.auth.static import digest_of
-from gateway.logs import JsonFormatter
+from gateway.observe.logs import JsonFormatter
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, eventually
 
 Gateway = Callable[..., Awaitable[Mcp]]

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway import create_app
 from gateway.auth import introspection
-from gateway.auth.verifiers import AuthStartupError
+from gateway.auth.registry import AuthStartupError
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
 
 Gateway = Callable[..., Awaitable[Mcp]]

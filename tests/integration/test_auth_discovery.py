@@ -18,8 +18,8 @@ from mcp.shared.auth import OAuthClientMetadata
 from pydantic import AnyUrl
 
 from gateway import create_app
+from gateway.auth.registry import AuthStartupError
 from gateway.auth.static import digest_of
-from gateway.auth.verifiers import AuthStartupError
 from tests.conftest import Mcp, make_settings
 from tests.oauth_helpers import MemoryTokenStorage
 

@@ -27,8 +27,8 @@ from gateway import create_app
 from gateway.auth import AuthError
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import JwtVerifier
-from gateway.auth.verifiers import AuthStartupError
-from gateway.settings import Settings
+from gateway.auth.registry import AuthStartupError
+from gateway.config.settings import Settings
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
 
 Gateway = Callable[..., Awaitable[Mcp]]

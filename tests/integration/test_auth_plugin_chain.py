@@ -10,9 +10,9 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from gateway import create_app
+from gateway.auth.registry import AuthStartupError
 from gateway.auth.static import digest_of
-from gateway.auth.verifiers import AuthStartupError
-from gateway.settings import Settings
+from gateway.config.settings import Settings
 from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
 
 Gateway = Callable[..., Awaitable[Mcp]]

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from gateway.auth.static import digest_of
-from gateway.settings import Settings
+from gateway.config.settings import Settings
 from tests.conftest import Mcp, text_of
 
 Gateway = Callable[..., Awaitable[Mcp]]

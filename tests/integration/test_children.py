@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import pytest
 
-from gateway.settings import DEFAULT_CHILD_ENV_ALLOW
+from gateway.config.settings import DEFAULT_CHILD_ENV_ALLOW
 from tests.conftest import (
     ACCEPT_BOTH,
     LATEST,

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway import create_app
 from gateway.auth.identity import ASSERTION_ENV, PRINCIPAL_ENV
+from gateway.auth.registry import AuthStartupError
 from gateway.auth.static import digest_of
-from gateway.auth.verifiers import AuthStartupError
 from gateway.oauth import oidc as oidc_module
 from tests.integration.conftest import GatewayFactory
 from tests.oauth_helpers import (

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 
-from gateway import keys, ratelimit
+from gateway import keys
 from gateway.auth import bearer
 from gateway.auth.bearer import VERIFIED_TOKEN_TTL
 from gateway.auth.static import digest_of
-from gateway.ratelimit import address_key
+from gateway.http import ratelimit
+from gateway.http.ratelimit import address_key
 from tests.conftest import LATEST, Mcp
 
 Gateway = Callable[..., Awaitable[Mcp]]

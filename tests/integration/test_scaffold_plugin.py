@@ -17,7 +17,7 @@ import pytest
 from gateway import cli, create_app
 from gateway.auth import AuthError
 from gateway.auth.plugin import load_plugin
-from gateway.settings import Settings
+from gateway.config.settings import Settings
 from tests.conftest import ACCEPT_BOTH, LATEST, AiohttpClient, echo_command, public_host
 
 ROOT: Final = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit import Audit, LineSink
+from gateway.observe.audit import Audit, LineSink
 
 
 class CountingStream(io.StringIO):

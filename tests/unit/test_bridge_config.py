@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import cli
-from gateway.bridge import ConfigError, build_config, parse_header
+from gateway.client.connect import ConfigError, build_config, parse_header
 
 ENV = {"TOKEN": "s3cret", "TEAM": "blue", "EMPTY": ""}
 URL = "https://mcp.example.com/mcp"

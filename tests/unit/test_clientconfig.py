@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway import cli
-from gateway.clientconfig import (
+from gateway.tools.client_config import (
     CLIENTS,
     MCP_REMOTE_HEADER_VAR,
     MCP_REMOTE_PACKAGE,

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.clientip import client_ip
+from gateway.http.clientip import client_ip
 
 TRUSTED = [ipaddress.ip_network("172.18.0.0/16"), ipaddress.ip_network("fd00::/8")]
 PROXY = "172.18.0.2"

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sessions.framing import OVERSIZE_HEAD_BYTES, LineFramer
+from gateway.framing import OVERSIZE_HEAD_BYTES, LineFramer
 
 LIMIT = 32
 

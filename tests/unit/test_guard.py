@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.sessions.guard import group_alive
+from gateway.sessions.watchdog import group_alive
 
 POLL = 0.01
 LIMIT = 10.0

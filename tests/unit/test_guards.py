@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from gateway.settings import Settings
-from gateway.transport.guards import OriginPolicy, accepted
+from gateway.config.settings import Settings
+from gateway.http.headers import OriginPolicy, accepted
 
 
 @pytest.mark.parametrize(

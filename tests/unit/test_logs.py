@@ -6,7 +6,7 @@ import sys
 
 from aiohttp.http_exceptions import BadHttpMessage
 
-from gateway.logs import JsonFormatter, MalformedRequests, TextFormatter
+from gateway.observe.logs import JsonFormatter, MalformedRequests, TextFormatter
 
 
 def _record() -> logging.LogRecord:

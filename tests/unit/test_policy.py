@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.auth.static import digest_of
-from gateway.policy import ToolClass, ToolPolicy, glob_problem, shown, tool_class
-from gateway.settings import Settings, describe_errors
+from gateway.config.settings import Settings, describe_errors
+from gateway.sessions.policy import ToolClass, ToolPolicy, glob_problem, shown, tool_class
 
 PY = sys.executable
 STATIC: dict[str, Any] = {"auth": "static", "static_tokens": [{"principal": "p", "sha256": digest_of("t" * 20)}]}

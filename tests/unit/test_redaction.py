@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.audit import argument_digest
-from gateway.redaction import MASK, redact, redact_text
+from gateway.observe.audit import argument_digest
+from gateway.observe.redaction import MASK, redact, redact_text
 
 JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXZhbHVl"
 

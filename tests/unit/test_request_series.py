@@ -7,7 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.metrics import NAMESPACE, REQUEST_BUCKETS, RequestSeries
+from gateway.observe.metrics import NAMESPACE, REQUEST_BUCKETS, RequestSeries
 
 # (method, outcome, milliseconds, bytes in, bytes out); bounds themselves are among the latencies.
 REQUESTS = [

@@ -18,9 +18,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from gateway import cli, scaffold
-from gateway.clientconfig import TOKEN_PLACEHOLDER
-from gateway.scaffold import (
+from gateway import cli
+from gateway.config.settings import Settings
+from gateway.tools import new_service as scaffold
+from gateway.tools.client_config import TOKEN_PLACEHOLDER
+from gateway.tools.new_service import (
     NODE_SERVER,
     InstallPlan,
     ScaffoldError,
@@ -28,7 +30,6 @@ from gateway.scaffold import (
     plan_install,
     render_template,
 )
-from gateway.settings import Settings
 from tests.conftest import WAIT
 
 HADOLINT: Final = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.defpath]))

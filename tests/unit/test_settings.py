@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway import cli
-from gateway.settings import Settings, describe_errors
+from gateway.config.settings import Settings, describe_errors
 
 PY = sys.executable
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.sse_decoder import OVERSIZE_HEAD_BYTES, SseDecoder, SseEvent
+from gateway.client.sse import OVERSIZE_HEAD_BYTES, SseDecoder, SseEvent
 
 LIMIT = 64
 

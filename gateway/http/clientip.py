@@ -17,7 +17,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
-from gateway import keys, requestid
+from gateway import keys
+from gateway.http import context as request_context
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -67,7 +68,7 @@ def client_ip_middleware(trusted: Sequence[Network]) -> Middleware:
     @web.middleware
     async def record_client_ip(request: web.Request, handler: Handler) -> web.StreamResponse:
         address = request[keys.CLIENT_IP] = client_ip(request.remote, request.headers, trusted)
-        if (context := requestid.current()) is not None:
+        if (context := request_context.current()) is not None:
             context.client_ip = address
         return await handler(request)
 

@@ -21,17 +21,18 @@ from typing import Final
 
 from aiohttp import web
 
-from gateway import jsonrpc, keys, ratelimit
-from gateway.audit import describe_request
+from gateway import jsonrpc, keys
 from gateway.errors import GatewayError
+from gateway.http import ratelimit
+from gateway.http.headers import JSON, accepted, check_origin, check_post_headers, read_body
 from gateway.jsonrpc import Kind, Message
-from gateway.policy import Screening
+from gateway.observe.audit import describe_request
 from gateway.sessions.child import ChildGone, StdinStalled
+from gateway.sessions.policy import Screening
 from gateway.sessions.router import Exchange, Overloaded, Router
 from gateway.sessions.store import Session
 from gateway.sessions.streams import Stream
 from gateway.transport import sse
-from gateway.transport.guards import JSON, accepted, check_origin, check_post_headers, read_body
 
 log = logging.getLogger("gateway.transport")
 
@@ -94,7 +95,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
     session.enter()
     exchange = None
     try:
-        guard = app[keys.TOOL_GUARD]
+        guard = app[keys.TOOL_FILTER]
         screening = None if guard is None else await guard.screen(session.router, messages, request[keys.PRINCIPAL])
         exchange = _submit(
             session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok, screening=screening

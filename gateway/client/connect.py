@@ -46,11 +46,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import ClientResponse, ClientSession, ClientTimeout
 
-from gateway import jsonrpc, logs
-from gateway.auth import fingerprint
+from gateway import jsonrpc, logline
+from gateway.client.sse import OVERSIZE_HEAD_BYTES, SseDecoder
+from gateway.framing import LineFramer
 from gateway.jsonrpc import JsonObject, Kind, Message, RequestId
-from gateway.sessions.framing import LineFramer
-from gateway.sse_decoder import OVERSIZE_HEAD_BYTES, SseDecoder
+from gateway.logline import fingerprint
 
 log = logging.getLogger("gateway.bridge")
 
@@ -874,7 +874,7 @@ def main(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         for problem in error.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    logs.configure(args.log_level, "text")
+    logline.to_stderr(logline.TextFormatter(), args.log_level)
     asyncio.run(serve(config))
     return EXIT_OK
 

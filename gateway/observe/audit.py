@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 
-from gateway import requestid
 from gateway.auth import Principal
-from gateway.redaction import redact, redact_text
+from gateway.http import context as request_context
+from gateway.observe.redaction import redact, redact_text
 
 log = logging.getLogger("gateway.audit")
 
@@ -272,7 +272,7 @@ class Audit:
         principal: Principal | None,
         fields: Mapping[str, Any],
     ) -> str:
-        context = requestid.current()
+        context = request_context.current()
         if principal is None:
             principal = session.principal if session is not None else context.principal if context else None
         client_ip = session.client_ip if session is not None else context.client_ip if context else None

@@ -18,7 +18,7 @@ Invariants:
 - The policy fails closed: a tool whose class the gateway could not learn — the child does not
   list it, or its listing did not come back as a list of tools — counts as destructive (as a tool
   without annotations does), so a call to it needs every scope.
-- Every refusal passes through `ToolGuard.record_denial`.
+- Every refusal passes through `ToolFilter.record_denial`.
 """
 
 from __future__ import annotations
@@ -33,16 +33,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
 from gateway import jsonrpc
-from gateway.audit import Audit
 from gateway.errors import GatewayError
 from gateway.jsonrpc import JsonObject, Kind, Message
+from gateway.observe.audit import Audit
 from gateway.sessions.child import ChildGone, StdinStalled
 
 if TYPE_CHECKING:
     from gateway.auth import Principal
     from gateway.auth.bearer import Authenticator
+    from gateway.config.settings import Settings
     from gateway.sessions.router import ResponseHook, Router
-    from gateway.settings import Settings
 
 log = logging.getLogger("gateway.policy")
 
@@ -209,7 +209,7 @@ class Screening:
     hooks: dict[int, ResponseHook] = field(default_factory=dict)  # applied to the child's response
 
 
-class ToolGuard:
+class ToolFilter:
     """Applies a `ToolPolicy` to the messages of one POST, for one principal and one session."""
 
     def __init__(self, policy: ToolPolicy, authenticator: Authenticator, list_timeout: float, audit: Audit) -> None:

@@ -44,11 +44,11 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 
 from gateway import keys
-from gateway.audit import Audit
 from gateway.auth import ANONYMOUS
 from gateway.auth.bearer import RecentlyVerified
+from gateway.config.settings import MEMORY_SCHEMES
 from gateway.errors import GatewayError
-from gateway.settings import MEMORY_SCHEMES
+from gateway.observe.audit import Audit
 
 log = logging.getLogger("gateway.ratelimit")
 

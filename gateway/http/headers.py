@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from gateway.config.settings import Settings
 from gateway.errors import GatewayError
-from gateway.settings import Settings
 
 JSON = "application/json"
 SSE = "text/event-stream"

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import GatewayError
-from gateway.transport.guards import request_origin
+from gateway.http.headers import request_origin
 
 ALLOW_METHODS: Final = "GET, POST, DELETE"
 ALLOW_HEADERS: Final = (

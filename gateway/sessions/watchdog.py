@@ -1,9 +1,9 @@
-"""Orphan guard: a watchdog process that kills the gateway's child process groups if it dies.
+"""Orphan watchdog: a process that kills the gateway's child process groups if it dies.
 
-The gateway starts one guard and keeps the write end of a pipe to its stdin; it announces every
+The gateway starts one watchdog and keeps the write end of a pipe to its stdin; it announces every
 child process group it creates (`+PGID`) and every group it has finished stopping (`-PGID`).
 When the pipe reaches end of file — the gateway exited, however it exited, `kill -9` included —
-the guard sends SIGTERM to every group still announced, waits briefly, then SIGKILLs whatever
+the watchdog sends SIGTERM to every group still announced, waits briefly, then SIGKILLs whatever
 remains. Killing the group, not just the child, also takes grandchildren.
 
 This file runs as a script with the interpreter's isolated flags (`-I -S`) so it starts fast and
@@ -82,7 +82,7 @@ def terminate_groups(groups: set[int]) -> None:
 
 
 def main() -> int:
-    # Interrupts aimed at the gateway's terminal are the gateway's to handle; the guard's
+    # Interrupts aimed at the gateway's terminal are the gateway's to handle; the watchdog's
     # only exit is end of file on its stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     groups: set[int] = set()
@@ -112,8 +112,8 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-class OrphanGuard:
-    """The gateway's side of the guard: starts it and announces process groups to it."""
+class OrphanWatchdog:
+    """The gateway's side of the watchdog: starts it and announces process groups to it."""
 
     def __init__(self) -> None:
         read_fd, self._write_fd = os.pipe()  # both ends non-inheritable by default
@@ -152,7 +152,7 @@ class OrphanGuard:
         self._send(b"-%d\n" % pgid)
 
     async def aclose(self) -> None:
-        """Close the pipe: the guard kills any group still announced, then exits."""
+        """Close the pipe: the watchdog kills any group still announced, then exits."""
         if self._closed:
             return
         self._closed = True

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-from gateway import clientconfig
+from gateway.tools import client_config
 
 Runtime = Literal["python", "node"]
 AuthKind = Literal["static", "whoami", "jwt", "plugin"]
@@ -361,7 +361,7 @@ def command_env_value(argv: Sequence[str]) -> str:
     return json.dumps(list(argv)).replace("'", "\\u0027")
 
 
-def _client_sections(items: Sequence[clientconfig.Snippet]) -> str:
+def _client_sections(items: Sequence[client_config.Snippet]) -> str:
     blocks = []
     for item in items:
         notes = "".join(f"{note}\n" for note in item.notes)
@@ -373,8 +373,8 @@ def _client_sections(items: Sequence[clientconfig.Snippet]) -> str:
 def render_files(service: Service) -> dict[str, str]:
     """Every file of the service folder: relative path → content."""
     plan = service.plan
-    target = clientconfig.make_target(service.url, name=service.name)
-    client_snippets = clientconfig.all_snippets(target)
+    target = client_config.make_target(service.url, name=service.name)
+    client_snippets = client_config.all_snippets(target)
     plugin = service.auth == "plugin"
     values: dict[str, str] = {
         "name": service.name,

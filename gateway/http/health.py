@@ -10,7 +10,8 @@ import time
 
 from aiohttp import web
 
-from gateway import __version__, keys
+from gateway import keys
+from gateway._version import __version__
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -26,14 +27,14 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 async def handle_ready(request: web.Request) -> web.Response:
-    """Ready when sessions are taken, the orphan guard runs, and the rate-limit storage answers
+    """Ready when sessions are taken, the orphan watchdog runs, and the rate-limit storage answers
     (a failing storage only makes the gateway unready when it is configured to fail closed);
     not while every session slot is held by sessions that may not give way (`"sessions": "full"`:
     a new client would get 503)."""
     app = request.app
     store = app[keys.SESSIONS]
     limiter = app[keys.LIMITER]
-    guard_ok = app[keys.GUARD].running
+    guard_ok = app[keys.WATCHDOG].running
     storage_ok = await limiter.healthy()
     full = store.full
     ready = store.accepting and guard_ok and (storage_ok or not limiter.fails_closed) and not full

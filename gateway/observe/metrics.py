@@ -34,8 +34,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway import __version__
-from gateway.audit import OAUTH_EVENTS, EventName
+from gateway._version import __version__
+from gateway.observe.audit import OAUTH_EVENTS, EventName
 
 log = logging.getLogger("gateway.metrics")
 

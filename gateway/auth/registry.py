@@ -9,7 +9,7 @@ from typing import Final
 
 import aiohttp
 
-from gateway.auth import AuthError, TokenVerifier, fingerprint
+from gateway.auth import AuthError, TokenVerifier
 from gateway.auth.chain import ChainVerifier
 from gateway.auth.introspection import IntrospectionVerifier
 from gateway.auth.jwks import JwksCache, StaticKeySet
@@ -17,7 +17,8 @@ from gateway.auth.jwt import JwtVerifier, KeySource
 from gateway.auth.plugin import PluginError, load_plugin
 from gateway.auth.static import StaticVerifier
 from gateway.auth.whoami import WhoamiVerifier
-from gateway.settings import Settings, VerifierName
+from gateway.config.settings import Settings, VerifierName
+from gateway.logline import fingerprint
 
 log = logging.getLogger("gateway.auth")
 

@@ -2,7 +2,7 @@
 the client reading its response, the process's descriptor budget, and accept errors logged
 without a flood.
 
-The guard wraps the HTTP server's protocol factory, so it sees every connection before aiohttp
+The limiter wraps the HTTP server's protocol factory, so it sees every connection before aiohttp
 sets anything up for it, and one sweep task checks every deadline.
 
 Invariants:
@@ -55,16 +55,16 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import jsonrpc
-from gateway.clientip import parse_address
-from gateway.ratelimit import address_key
-from gateway.settings import Settings
+from gateway.config.settings import Settings
+from gateway.http.clientip import parse_address
+from gateway.http.ratelimit import address_key
 
 log = logging.getLogger("gateway.connections")
 
 # Descriptors one session holds: its child's stdin, stdout and stderr pipes and its pidfd.
 FDS_PER_SESSION: Final = 4
 # Descriptors the gateway needs besides sessions and connections: listeners, the event loop, log,
-# audit and storage files, the orphan guard's pipe, outbound HTTP clients.
+# audit and storage files, the orphan watchdog's pipe, outbound HTTP clients.
 RESERVED_DESCRIPTORS: Final = 64
 # The soft limit asked for when the hard limit is unlimited (Linux's default fs.nr_open).
 NOFILE_CEILING: Final = 1 << 20
@@ -143,8 +143,8 @@ class Connection(asyncio.Protocol):
     """One TCP connection: admitted or refused, then passed on to aiohttp's handler with clocks."""
 
     __slots__ = (
-        "_guard",
         "_handler",
+        "_limiter",
         "_server",
         "address",
         "body_since",
@@ -156,8 +156,8 @@ class Connection(asyncio.Protocol):
         "write_size",
     )
 
-    def __init__(self, guard: ConnectionGuard, server: web.Server) -> None:
-        self._guard = guard
+    def __init__(self, limiter: ConnectionLimiter, server: web.Server) -> None:
+        self._limiter = limiter
         self._server = server
         self._handler: RequestHandler | None = None
         self.transport: asyncio.Transport | None = None
@@ -173,14 +173,14 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        if not self._guard.admit(self):
+        if not self._limiter.admit(self):
             self.transport.write(TOO_MANY_CONNECTIONS)
-            if self._guard.linger(self):
+            if self._limiter.linger(self):
                 self.transport.write_eof()
             else:
                 self.transport.close()
             return
-        self.head_since = self.write_since = self._guard.now()
+        self.head_since = self.write_since = self._limiter.now()
         self._handler = self._server()
         self._handler.connection_made(transport)
 
@@ -189,7 +189,7 @@ class Connection(asyncio.Protocol):
         if handler is None:
             return  # refused: the canned answer is on its way
         if self.head_since is None and self.payload is None:
-            self.head_since = self._guard.now()
+            self.head_since = self._limiter.now()
         handler.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -203,32 +203,32 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         if self._handler is not None:
-            self.write_since = self._guard.now()  # the client read enough to drain the buffer
+            self.write_since = self._limiter.now()  # the client read enough to drain the buffer
             self._handler.resume_writing()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         handler = self._handler
         if handler is None:
-            self._guard.unlinger(self)
+            self._limiter.unlinger(self)
             return
-        self._guard.release(self)
+        self._limiter.release(self)
         self._handler = None
         self.payload = None
         handler.connection_lost(exc)
-        self._guard.request_ended()
+        self._limiter.request_ended()
 
     # --- what the request middleware and the sweep see --------------------------------------
 
     def begin(self, payload: StreamReader, *, streaming: bool) -> None:
         self.head_since = None
         self.payload = payload
-        self.body_since = self._guard.now()
+        self.body_since = self._limiter.now()
         self.streaming = streaming
 
     def end(self) -> None:
         self.payload = None
         self.streaming = False
-        self._guard.request_ended()
+        self._limiter.request_ended()
 
     @property
     def handling(self) -> bool:
@@ -251,7 +251,7 @@ class Connection(asyncio.Protocol):
             self.payload = None
             transport.write(REQUEST_TIMEOUT)
             self._handler.force_close()  # the 408 is flushed, then the socket closed
-            self._guard.request_ended()
+            self._limiter.request_ended()
             return missed
         size = transport.get_write_buffer_size()
         if size == 0 or size < self.write_size:
@@ -263,7 +263,7 @@ class Connection(asyncio.Protocol):
         return None
 
 
-class ConnectionGuard:
+class ConnectionLimiter:
     """Admits connections under the caps and enforces their deadlines (see the module docstring)."""
 
     def __init__(self, limits: ConnectionLimits) -> None:
@@ -404,16 +404,16 @@ class ConnectionGuard:
             self._summarise(self._loop.time())  # what the last interval did not report yet
 
 
-class GuardedSite(web.BaseSite):
-    """A TCP listener whose connections pass through a `ConnectionGuard`."""
+class LimitedSite(web.BaseSite):
+    """A TCP listener whose connections pass through a `ConnectionLimiter`."""
 
-    __slots__ = ("_guard", "_host", "_port")
+    __slots__ = ("_host", "_limiter", "_port")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, guard: ConnectionGuard) -> None:
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, limiter: ConnectionLimiter) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
-        self._guard = guard
+        self._limiter = limiter
 
     @property
     def name(self) -> str:
@@ -426,7 +426,7 @@ class GuardedSite(web.BaseSite):
         if server is None:  # pragma: no cover - BaseSite refuses a runner that was not set up
             raise RuntimeError("the runner is not set up")
         self._server = await asyncio.get_running_loop().create_server(
-            self._guard.protocol_factory(server), self._host, self._port, backlog=self._backlog
+            self._limiter.protocol_factory(server), self._host, self._port, backlog=self._backlog
         )
 
 

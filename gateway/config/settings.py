@@ -39,7 +39,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.auth.jwks import public_jwk
 from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS
-from gateway.policy import glob_problem
+from gateway.sessions.policy import glob_problem
 
 MiB = 1024 * 1024
 PRM_PATH = "/.well-known/oauth-protected-resource"

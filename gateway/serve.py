@@ -1,0 +1,149 @@
+"""Serving: the listener with its connection limits, until SIGTERM or SIGINT, then the graceful
+stop. The budget of that stop is at most `shutdown_timeout` plus `CHILD_STOP_BUDGET` seconds from
+the signal to the exit.
+
+The order:
+1. Drain. The listener stays open: `/health` is answered, `/ready` answers 503 (`draining`), a
+   new session is refused with 503 `shutting_down`, and the live sessions keep being served. The
+   drain ends as soon as no request is being handled (session streams excepted), at the latest
+   after `shutdown_timeout`.
+2. End every session. Each request still in flight is answered with a JSON-RPC error saying the
+   gateway is shutting down: a complete JSON response, or the last event of its SSE stream before
+   the stream ends properly; session streams end too; every child starts its stop sequence, all
+   in parallel.
+3. The handlers get up to `ANSWER_GRACE` to write those answers (while the children stop).
+4. The listener and every connection close (aiohttp gives a handler still running
+   `HANDLER_GRACE`, twice, then cancels it), and the application's cleanup waits for the
+   children: close stdin, 2 s, SIGTERM, 2 s, SIGKILL, 1 s (`gateway.sessions.child`).
+Steps 3 and 4 overlap the children's stop, so they fit in `CHILD_STOP_BUDGET`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Final
+
+from aiohttp import web
+
+from gateway import keys
+from gateway._version import __version__
+from gateway.app import SERVER_OPTIONS, create_app
+from gateway.auth.registry import AuthStartupError
+from gateway.config.settings import Settings, is_loopback_host
+from gateway.http import connections
+from gateway.http.connections import ConnectionLimiter
+from gateway.observe import logs
+from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE, use_pidfd_child_watcher
+from gateway.sessions.store import SessionStore
+
+log = logging.getLogger("gateway")
+
+EXIT_STARTUP: Final = 1  # configuration valid, but a dependency (an identity provider) did not answer
+
+# Answers already decided (errors in memory) take milliseconds to write; a client that does not
+# read them is not waited for beyond this.
+ANSWER_GRACE: Final = 1.0
+# aiohttp's own shutdown wait per connection (`AppRunner(shutdown_timeout=…)`): by then every
+# handler has answered, so this only bounds one that has not.
+HANDLER_GRACE: Final = 0.5
+# What the stop sequence of the children may take once they are told to stop, in parallel.
+CHILD_STOP_BUDGET: Final = STDIN_CLOSE_GRACE + SIGTERM_GRACE + SIGKILL_CONFIRM
+
+
+async def drain(store: SessionStore, limiter: ConnectionLimiter, budget: float) -> None:
+    """Steps 1 to 3 (see the module docstring); the caller then cleans up the runner."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    store.begin_drain()
+    log.info("draining", extra={"budget": budget, "requests": limiter.working, "sessions": len(store)})
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout_at(started + budget):
+            await limiter.quiet(streams=False)
+    cut = limiter.working
+    store.end_sessions()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(ANSWER_GRACE):
+            await limiter.quiet(streams=True)
+    log.info(
+        "drained",
+        extra={"seconds": round(loop.time() - started, 3), "requests_ended": cut, "unanswered": limiter.handling},
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    if settings.auth == "none" and not settings.oauth_server and not is_loopback_host(settings.host):
+        log.warning(
+            "SERVING WITHOUT AUTHENTICATION on %s: anyone who can reach it can run the MCP server "
+            "(allow_remote_unauthenticated is set)",
+            settings.host,
+        )
+    loop = asyncio.get_running_loop()
+    accept_errors = connections.AcceptErrorLog(loop)
+    accept_errors.install()
+    descriptors = _check_descriptors(settings)
+    app = create_app(settings)
+    if descriptors.raised_from is not None:  # what the gateway was given is what its children get
+        app[keys.CHILD_NOFILE] = (descriptors.raised_from, descriptors.hard)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=HANDLER_GRACE,
+        handle_signals=False,
+        keepalive_timeout=settings.http_keepalive_timeout,
+        **SERVER_OPTIONS,
+    )
+    await runner.setup()
+    limiter = connections.ConnectionLimiter(connections.ConnectionLimits.from_settings(settings))
+    limiter.accept_errors = accept_errors
+    limiter.start()
+    try:
+        site = connections.LimitedSite(runner, settings.host, settings.port, limiter)
+        await site.start()
+        for host, port in (address[:2] for address in runner.addresses):
+            log.info(
+                "serving %s",
+                settings.command[0],
+                extra={"url": f"http://{_url_host(host)}:{port}{settings.mcp_path}", "version": __version__},
+            )
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await drain(runner.app[keys.SESSIONS], limiter, settings.shutdown_timeout)
+    finally:
+        await runner.cleanup()
+        await limiter.aclose()
+        accept_errors.uninstall()
+    log.info("stopped")
+
+
+def _check_descriptors(settings: Settings) -> connections.DescriptorLimit:
+    """Raise the open-file limit as far as allowed; warn when sessions and connections do not fit."""
+    limit = connections.raise_descriptor_limit()
+    if limit.raised_from is not None:
+        log.info("open-file limit raised", extra={"from": limit.raised_from, "to": limit.soft})
+    if (problem := connections.descriptor_problem(settings, limit.soft)) is not None:
+        log.warning(
+            "%s", problem, extra={"open_file_limit": limit.soft, "needed": connections.descriptors_needed(settings)}
+        )
+    return limit
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def run(settings: Settings) -> int:
+    """`mcp-gateway serve`: configure logging, serve until a signal; the process exit status."""
+    logs.configure(settings.log_level, settings.log_format)
+    use_pidfd_child_watcher()
+    try:
+        asyncio.run(serve(settings))
+    except AuthStartupError as error:
+        log.error("cannot start: %s", error)
+        return EXIT_STARTUP
+    return 0

@@ -1,0 +1,1 @@
+"""Programs that write files for users: `client-config` and `new-service`."""
