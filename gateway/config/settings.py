@@ -18,7 +18,6 @@ import shlex
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import serialization
@@ -39,6 +38,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.auth.jwks import public_jwk
 from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS
+from gateway.net import https_url_problem, is_loopback_host, mask_url_password
 from gateway.sessions.policy import glob_problem
 
 MiB = 1024 * 1024
@@ -128,18 +128,6 @@ OIDC_SETTINGS: Final = (
 )
 
 
-def oidc_url_problem(url: str, what: str) -> str | None:
-    """Why `url` cannot be an OpenID provider's URL: https, or plain http on a loopback address."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname or parts.username is not None:
-        return f"{what} is an absolute https URL, got {url!r}"
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        return f"{what} must be https (plain http only on a loopback address, for development), got {url!r}"
-    if parts.query or parts.fragment:
-        return f"{what} has no query or fragment, got {url!r}"
-    return None
-
-
 def _oidc_problems(data: dict[str, Any], *, offered: bool) -> list[str]:
     """The OpenID sign-in settings' problems (the built-in server is on)."""
     if not offered:
@@ -149,7 +137,7 @@ def _oidc_problems(data: dict[str, Any], *, offered: bool) -> list[str]:
     issuer = data.get("oauth_oidc_issuer")
     if not issuer:
         problems.append("oidc sign-in needs oauth_oidc_issuer (the OpenID provider's issuer URL)")
-    elif problem := oidc_url_problem(issuer, "oauth_oidc_issuer"):
+    elif problem := https_url_problem(issuer, "oauth_oidc_issuer"):
         problems.append(problem)
     if not data.get("oauth_oidc_client_id"):
         problems.append("oidc sign-in needs oauth_oidc_client_id (register this gateway with the provider)")
@@ -171,15 +159,6 @@ def _oidc_problems(data: dict[str, Any], *, offered: bool) -> list[str]:
             "(or oauth_oidc_allow_any_account, when every account of the provider is on your team)"
         )
     return problems
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(BaseSettings):
@@ -937,20 +916,6 @@ class Settings(BaseSettings):
             if isinstance(value, str) and "://" in value:
                 data[name] = mask_url_password(value)
         return data
-
-
-def mask_url_password(url: str) -> str:
-    """`url` with the password of its user-info, if any, replaced by asterisks."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:**********@{host}").geturl()
 
 
 def describe_errors(error: ValidationError) -> list[str]:

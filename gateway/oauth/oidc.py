@@ -39,7 +39,7 @@ import aiohttp
 from gateway.auth import AuthError
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS, LEEWAY_SECONDS, JwtVerifier
-from gateway.config.settings import oidc_url_problem
+from gateway.net import https_url_problem
 
 log = logging.getLogger("gateway.oauth.oidc")
 
@@ -121,7 +121,7 @@ class ProviderEndpoints:
         urls = {}
         for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             url = document.get(name)
-            problem = oidc_url_problem(url, name) if isinstance(url, str) else f"{name} is missing"
+            problem = https_url_problem(url, name) if isinstance(url, str) else f"{name} is missing"
             if problem:
                 problems.append(problem)
             urls[name] = url if isinstance(url, str) else ""
