@@ -12,7 +12,7 @@ from gateway._version import __version__
 
 if TYPE_CHECKING:
     from gateway.app import create_app
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
 
 __all__ = ["Settings", "__version__", "create_app"]
 
@@ -23,7 +23,7 @@ def __getattr__(name: str) -> Any:
 
         return create_app
     if name == "Settings":
-        from gateway.config.settings import Settings
+        from gateway.config import Settings
 
         return Settings
     raise AttributeError(f"module 'gateway' has no attribute {name!r}")

@@ -20,40 +20,29 @@ alone (on_shutdown) stops taking sessions and ends open GET streams.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, Final
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
 from aiohttp import web
 from limits import RateLimitItem
 
-from gateway import keys
+from gateway import keys, net
 from gateway._version import __version__
 from gateway.auth import discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
 from gateway.auth.identity import IdentityIssuer
-from gateway.auth.jwt import LEEWAY_SECONDS
 from gateway.auth.registry import AuthStartupError, build_verifier, check_startup_token
 from gateway.auth.server_metadata import AuthorizationServerMetadata
-from gateway.config.settings import Settings, parse_limit
 from gateway.errors import error_middleware
 from gateway.http import connections, cors, health, ratelimit
 from gateway.http import context as request_context
 from gateway.http.clientip import client_ip_middleware
 from gateway.http.headers import HostPolicy, OriginPolicy, host_middleware
 from gateway.oauth import routes as oauth_routes
-from gateway.oauth.clients import ClientRegistry, cimd_session
-from gateway.oauth.keyset import KeySet, derive_fernet
-from gateway.oauth.oidc import AllowList, ClientCredentials, OidcProvider
 from gateway.oauth.server import PREFIX as OAUTH_PREFIX
-from gateway.oauth.server import Endpoints, OAuthServer, session_cookie
-from gateway.oauth.storage import StorageError, open_store
-from gateway.oauth.tokens import GrantVerifier, OwnTokensFirst, Tokens
 from gateway.observe import metrics
 from gateway.observe.audit import Audit
 from gateway.observe.metrics import Metrics
@@ -63,16 +52,13 @@ from gateway.sessions.store import SessionLimits, SessionStore
 from gateway.sessions.watchdog import OrphanWatchdog
 from gateway.transport import legacy
 
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
 log = logging.getLogger("gateway")
 
 # Bytes of slack over the message cap for the HTTP body (whitespace, a batch's brackets).
 BODY_SLACK = 64 * 1024
-# Keys derived from oauth_session_key, one per use.
-COOKIE_KEY_PURPOSE = "mcp-gateway oauth session cookie"
-SECRETS_KEY_PURPOSE = "mcp-gateway oauth stored secrets"
-# A generated signing key stays published this long after it stops signing: longer than any
-# access token it signed can live (plus the clock leeway), and than a JWKS cache keeps a set.
-JWKS_CACHE_SECONDS = 300
 
 
 # How the HTTP server that runs the app must be configured (`AppRunner(app, **SERVER_OPTIONS)`):
@@ -97,10 +83,8 @@ def create_app(settings: Settings) -> web.Application:
         auth_middleware(authenticator),
         ratelimit.principal_middleware(settings.mcp_path),
     ]
-    if settings.oauth_server and settings.oauth_session_key is not None:
-        cookie_key = derive_fernet(settings.oauth_session_key.get_secret_value(), COOKIE_KEY_PURPOSE)
-        secure = settings.base_url.startswith("https://")
-        cookie = oauth_routes.browser_session_middleware(session_cookie(cookie_key, secure=secure))
+    if settings.oauth_server:
+        cookie = oauth_routes.browser_session_middleware(settings)
         # Pages get their refusals as pages (outside the rate limits); the cookie is read after them.
         middlewares[2:4] = [oauth_routes.browser_error_pages, *middlewares[2:4], cookie]
     if (hosts := HostPolicy.from_settings(settings)) is not None:
@@ -118,9 +102,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_audit_log)
     app.cleanup_ctx.append(_metrics_listener)
     app.cleanup_ctx.append(_rate_limiter)
-    app.cleanup_ctx.append(functools.partial(_tool_filter, authenticator=authenticator))
+    app.cleanup_ctx.append(_tool_filter)
     app.cleanup_ctx.append(_identity_provider)
-    app.cleanup_ctx.append(_oauth_server)
+    app.cleanup_ctx.append(oauth_routes.authorization_server)
     app.cleanup_ctx.append(_orphan_watchdog)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
@@ -166,12 +150,10 @@ async def _audit_log(app: web.Application) -> AsyncIterator[None]:
         audit.close()
 
 
-async def _tool_filter(app: web.Application, *, authenticator: Authenticator) -> AsyncIterator[None]:
+async def _tool_filter(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     policy = ToolPolicy.from_settings(settings)
-    tool_filter = (
-        ToolFilter(policy, authenticator, settings.request_timeout, app[keys.AUDIT]) if policy is not None else None
-    )
+    tool_filter = ToolFilter(policy, settings.request_timeout, app[keys.AUDIT]) if policy is not None else None
     app[keys.TOOL_FILTER] = tool_filter
     yield
 
@@ -179,9 +161,9 @@ async def _tool_filter(app: web.Application, *, authenticator: Authenticator) ->
 async def _rate_limiter(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     limits: dict[ratelimit.LimitName, list[RateLimitItem]] = {
-        name: parse_limit(getattr(settings, f"ratelimit_{name}")) for name in ratelimit.LIMIT_NAMES
+        name: settings.rate_limit(name) for name in ratelimit.LIMIT_NAMES
     }
-    storage = ratelimit.build_storage(settings.ratelimit_storage)
+    storage = ratelimit.build_storage(settings.ratelimit_shared_storage)
     app[keys.LIMITER] = ratelimit.RateLimiter(
         storage, limits, fail_open=settings.ratelimit_storage_failure == "open", audit=app[keys.AUDIT]
     )
@@ -213,8 +195,7 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
 async def _identity_provider(app: web.Application) -> AsyncIterator[None]:
     """Everything that talks to the identity provider, over one outbound HTTP client."""
     settings = app[keys.SETTINGS]
-    headers = {"User-Agent": f"mcp-gateway/{__version__}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
+    async with net.client_session() as http:
         verifier = app[keys.VERIFIER] = await build_verifier(settings, http)
         if verifier is not None and settings.startup_token is not None:
             await check_startup_token(verifier, settings.startup_token.get_secret_value())
@@ -234,126 +215,6 @@ async def _identity_provider(app: web.Application) -> AsyncIterator[None]:
             if refresher is not None:
                 refresher.cancel()
                 await asyncio.gather(refresher, return_exceptions=True)
-
-
-async def _oauth_server(app: web.Application) -> AsyncIterator[None]:
-    """The built-in authorization server, when it is on: its storage, keys, HTTP clients and
-    background tasks (key rotation; the OpenID provider's discovery, when users sign in with one);
-    from here on the MCP endpoint also accepts the tokens it issues."""
-    settings = app[keys.SETTINGS]
-    if not settings.oauth_server or settings.oauth_session_key is None:
-        app[keys.OAUTH] = None
-        yield
-        return
-    master = settings.oauth_session_key.get_secret_value()
-    secrets_key = derive_fernet(master, SECRETS_KEY_PURPOSE)
-    store = open_store(settings.oauth_storage_url)
-    http = cimd_session(allow_private=settings.oauth_cimd_allow_private, user_agent=f"mcp-gateway/{__version__}")
-    # The OpenID provider is configured, not named by a request: an ordinary client reaches it.
-    oidc_http = (
-        aiohttp.ClientSession(headers={"User-Agent": f"mcp-gateway/{__version__}"})
-        if "oidc" in settings.oauth_signin_methods
-        else None
-    )
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        keyset = KeySet(
-            store,
-            secrets_key,
-            files=settings.oauth_signing_key_files,
-            rotation=settings.oauth_signing_key_rotation,
-            overlap=settings.oauth_access_token_ttl + LEEWAY_SECONDS + JWKS_CACHE_SECONDS,
-        )
-        try:
-            await store.open()
-            await keyset.load()
-        except StorageError as exc:
-            raise AuthStartupError(f"the OAuth storage cannot be used: {exc}") from None
-        oidc = await _oidc_provider(settings, oidc_http) if oidc_http is not None else None
-        tokens = Tokens(
-            store,
-            keyset,
-            secrets_key,
-            issuer=settings.base_url,
-            resource=settings.resource_url,
-            access_ttl=settings.oauth_access_token_ttl,
-            refresh_ttl=settings.oauth_refresh_token_ttl,
-        )
-        configured = app[keys.VERIFIER]
-        server = OAuthServer(
-            endpoints=Endpoints(settings.base_url),
-            resource=settings.resource_url,
-            service=urlsplit(settings.base_url).netloc,
-            store=store,
-            keys=keyset,
-            tokens=tokens,
-            clients=ClientRegistry(store, http, allow_private=settings.oauth_cimd_allow_private),
-            cimd_http=http,
-            signin_verifier=configured,
-            oidc=oidc,
-            signin_methods=tuple(settings.oauth_signin_methods),
-            offered_scopes=offered_scopes(settings),
-            token_to_env=settings.oauth_token_to_env,
-            dynamic_registration=settings.oauth_dynamic_registration,
-        )
-        app[keys.OAUTH] = server
-        own = GrantVerifier(tokens, token_to_env=settings.oauth_token_to_env)
-        app[keys.VERIFIER] = OwnTokensFirst(settings.base_url, own, configured)
-        app[keys.AS_METADATA] = AuthorizationServerMetadata(http, settings.base_url, server.metadata())
-        loop = asyncio.get_running_loop()
-        if not settings.oauth_signing_key_files:
-            tasks.append(loop.create_task(keyset.maintain()))
-        if oidc is not None:
-            tasks.append(loop.create_task(oidc.refresh_forever()))
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if oidc_http is not None:
-            await oidc_http.close()
-        await http.close()
-        await store.aclose()
-
-
-async def _oidc_provider(settings: Settings, http: aiohttp.ClientSession) -> OidcProvider:
-    """The upstream OpenID provider users may sign in with, its discovery document and keys read
-    (a provider that does not answer stops startup)."""
-    if settings.oauth_oidc_issuer is None or settings.oauth_oidc_client_id is None:  # pragma: no cover
-        raise AuthStartupError("oidc sign-in needs oauth_oidc_issuer and oauth_oidc_client_id")  # Settings ensure it
-    secret = settings.oauth_oidc_client_secret
-    emails = settings.oauth_oidc_subject_claim == "email"
-    provider = OidcProvider(
-        http,
-        issuer=settings.oauth_oidc_issuer,
-        client=ClientCredentials(
-            settings.oauth_oidc_client_id,
-            secret.get_secret_value() if secret is not None else None,
-            settings.oauth_oidc_client_auth,
-        ),
-        redirect_uri=Endpoints(settings.base_url).oidc_callback,
-        scopes=settings.oauth_oidc_scopes,
-        subject_claim=settings.oauth_oidc_subject_claim,
-        allow=AllowList.of(
-            settings.oauth_oidc_allowed_subjects,
-            settings.oauth_oidc_allowed_domains,
-            any_account=settings.oauth_oidc_allow_any_account,
-            emails=emails,
-        ),
-        name=settings.oauth_oidc_name,
-    )
-    try:
-        await provider.load()
-    except ValueError as exc:
-        raise AuthStartupError(f"the OpenID provider {settings.oauth_oidc_issuer} cannot be used: {exc}") from None
-    return provider
-
-
-def offered_scopes(settings: Settings) -> tuple[str, ...]:
-    """Scopes the built-in server can grant: the advertised ones and every scope the gateway checks."""
-    scopes = [*settings.scopes_supported, *settings.required_scopes]
-    scopes += [scope for scope in (settings.tool_scope_write, settings.tool_scope_destructive) if scope]
-    return tuple(sorted(set(scopes)))
 
 
 async def _orphan_watchdog(app: web.Application) -> AsyncIterator[None]:

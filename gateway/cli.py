@@ -114,8 +114,8 @@ def _settings_command(args: argparse.Namespace, command: list[str]) -> int:
 
     from pydantic import ValidationError
 
+    from gateway.config import describe_errors
     from gateway.config.flags import load_settings
-    from gateway.config.settings import describe_errors
     from gateway.http import connections
 
     try:

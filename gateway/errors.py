@@ -5,13 +5,17 @@ table below is the only mapping from code to HTTP status and JSON-RPC error code
 the only function that turns an error into a response. Bodies are JSON-RPC error objects so
 every MCP client can show them; none uses the 2026-07-28 error codes, so a dual-era client
 probing this legacy-era endpoint falls back to `initialize` as intended.
+
+One refusal needs more than a code: `InsufficientScope` (a 403 whose challenge names the scopes
+an operation needs) is data, turned into its `GatewayError` by the bearer middleware
+(`gateway.auth.bearer`), the one place that writes `WWW-Authenticate`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Final, Literal
 
 from aiohttp import web
@@ -119,6 +123,20 @@ class GatewayError(Exception):
     @property
     def status(self) -> int:
         return _STATUS[self.code][0]
+
+
+class InsufficientScope(Exception):
+    """An operation needs scopes the caller's token lacks: answered 403 `insufficient_scope`, with
+    a challenge naming every scope it needs (`gateway.auth.bearer` renders it).
+
+    Data only, and never changed once raised (`Final`, so mypy refuses any assignment). Not a
+    frozen dataclass: `contextlib` and the interpreter assign `__traceback__` to exceptions they
+    pass on, which a frozen dataclass refuses.
+    """
+
+    def __init__(self, scopes: Iterable[str]) -> None:
+        self.scopes: Final = frozenset(scopes)
+        super().__init__(" ".join(sorted(self.scopes)))
 
 
 def render(error: GatewayError) -> web.Response:

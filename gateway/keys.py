@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from gateway.auth import Principal, TokenVerifier
     from gateway.auth.server_metadata import AuthorizationServerMetadata
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
     from gateway.http.headers import OriginPolicy
     from gateway.http.ratelimit import RateLimiter
     from gateway.jsonrpc import RequestId

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 
@@ -32,13 +32,15 @@ from gateway import keys
 from gateway._version import __version__
 from gateway.app import SERVER_OPTIONS, create_app
 from gateway.auth.registry import AuthStartupError
-from gateway.config.settings import Settings
 from gateway.http import connections
 from gateway.http.connections import ConnectionLimiter
 from gateway.net import is_loopback_host
 from gateway.observe import logs
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE, use_pidfd_child_watcher
 from gateway.sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway")
 

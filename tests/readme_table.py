@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic_core import PydanticUndefined
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TABLE_START = "| Setting | Environment variable |"

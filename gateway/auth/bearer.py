@@ -1,5 +1,6 @@
 """Bearer authentication of the MCP endpoint: parsing `Authorization`, checking the token and
-scopes, and the `WWW-Authenticate` challenge, which is rendered here and nowhere else.
+scopes, and the `WWW-Authenticate` challenge, which is rendered here and nowhere else (`/metrics`
+and the step-up refusal of a handler, `InsufficientScope`, included).
 
 Only the MCP endpoint is protected, by exact path (preflight OPTIONS excepted: browsers send no
 credentials on it); discovery and health are public because of their paths, never because of a
@@ -31,8 +32,9 @@ from multidict import CIMultiDictProxy
 
 from gateway import keys
 from gateway.auth import ANONYMOUS, AuthError, Principal
-from gateway.errors import ErrorCode, GatewayError
+from gateway.errors import ErrorCode, GatewayError, InsufficientScope
 from gateway.http import context as request_context
+from gateway.jsonrpc import RequestId
 from gateway.logline import fingerprint
 
 log = logging.getLogger("gateway.auth")
@@ -57,9 +59,17 @@ _DESCRIPTIONS: Final[dict[ChallengeError, str]] = {
 }
 
 
-def challenge(resource_metadata: str, *, error: ChallengeError | None = None, scope: str | None = None) -> str:
-    """The one `WWW-Authenticate` value of every refusal."""
-    parts = [f'realm="{REALM}"', f'resource_metadata="{resource_metadata}"']
+def challenge(
+    *,
+    realm: str = REALM,
+    resource_metadata: str | None = None,
+    error: ChallengeError | None = None,
+    scope: str | None = None,
+) -> str:
+    """The one `WWW-Authenticate` value of every refusal (RFC 6750 §3, with RFC 9728's `resource_metadata`)."""
+    parts = [f'realm="{realm}"']
+    if resource_metadata is not None:
+        parts.append(f'resource_metadata="{resource_metadata}"')
     if scope:
         parts.append(f'scope="{scope}"')
     if error is not None:
@@ -149,16 +159,20 @@ class Authenticator:
     def _scope(self) -> str | None:
         return " ".join(sorted(self.required_scopes)) or None
 
-    def _refusal(self, error: ChallengeError | None, scope: str | None = None) -> GatewayError:
-        header = {"WWW-Authenticate": challenge(self.resource_metadata, error=error, scope=scope or self._scope)}
+    def _refusal(
+        self, error: ChallengeError | None, scope: str | None = None, request_id: RequestId | None = None
+    ) -> GatewayError:
+        value = challenge(resource_metadata=self.resource_metadata, error=error, scope=scope or self._scope)
+        header = {"WWW-Authenticate": value}
         if error is None:
             return GatewayError("unauthorized", "Authentication required", headers=header)
-        return GatewayError(_REFUSALS[error], _DESCRIPTIONS[error], headers=header)
+        return GatewayError(_REFUSALS[error], _DESCRIPTIONS[error], request_id=request_id, headers=header)
 
-    def insufficient_scope(self, scopes: Iterable[str]) -> GatewayError:
+    def insufficient_scope(self, scopes: Iterable[str], request_id: RequestId | None = None) -> GatewayError:
         """The step-up refusal (403) of an operation that needs `scopes`: the challenge names every
         scope the operation needs, the always-required ones included, as MCP asks."""
-        return self._refusal("insufficient_scope", " ".join(sorted(self.required_scopes.union(scopes))))
+        needed = " ".join(sorted(self.required_scopes.union(scopes)))
+        return self._refusal("insufficient_scope", needed, request_id)
 
     async def authenticate(self, request: web.Request) -> Principal:
         verifier = request.app[keys.VERIFIER]
@@ -218,14 +232,23 @@ class Authenticator:
 
 
 def auth_middleware(authenticator: Authenticator) -> Middleware:
-    """Authenticate every request to the protected path; record its principal on the request."""
+    """Authenticate every request to the protected path; record its principal on the request.
+
+    A handler there that finds the principal's scopes short of what an operation needs raises
+    `InsufficientScope`: it is answered here with the step-up challenge, naming the JSON-RPC
+    request it refuses when the handler could read its id (`keys.ANSWERING`).
+    """
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == authenticator.protected_path and request.method != "OPTIONS":
-            principal = request[keys.PRINCIPAL] = await authenticator.authenticate(request)
-            if (context := request_context.current()) is not None:
-                context.principal = principal
-        return await handler(request)
+        if request.path != authenticator.protected_path or request.method == "OPTIONS":
+            return await handler(request)
+        principal = request[keys.PRINCIPAL] = await authenticator.authenticate(request)
+        if (context := request_context.current()) is not None:
+            context.principal = principal
+        try:
+            return await handler(request)
+        except InsufficientScope as refusal:
+            raise authenticator.insufficient_scope(refusal.scopes, request.get(keys.ANSWERING)) from None
 
     return authenticate

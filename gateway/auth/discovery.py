@@ -10,13 +10,16 @@ Nothing here is ever derived from `Host` or `X-Forwarded-*`.
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
 from gateway import keys
-from gateway.config.settings import PRM_PATH, Settings
 from gateway.errors import GatewayError
+from gateway.wellknown import PRM_PATH
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 # Metadata changes rarely: caches may keep it for an hour.
 CACHE_CONTROL: Final = "public, max-age=3600"

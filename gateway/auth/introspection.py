@@ -10,19 +10,21 @@ is present, and the configured issuer and audience match; positive answers are c
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import quote_plus
 
 import aiohttp
 
+from gateway import net
 from gateway.auth import AuthError, Principal
 from gateway.auth.cache import VerdictCache
 
 REQUEST_TIMEOUT: Final = 5.0
 POSITIVE_TTL: Final = 60.0
 MAX_RESPONSE_BYTES: Final = 256 * 1024
+# How a failed request is named (otherwise by its status, or the network error's type).
+_FAILURES: Final[dict[net.FetchProblem, str]] = {"too_large": "answer too large", "not_json": "answer is not JSON"}
 
 
 class IntrospectionVerifier:
@@ -90,26 +92,19 @@ class IntrospectionVerifier:
 
     async def _introspect(self, token: str) -> dict[str, Any]:
         form = {"token": token, "token_type_hint": "access_token"}
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
         try:
-            async with self._http.post(
+            response = await net.fetch_json(
+                self._http,
+                "POST",
                 self._url,
-                data=form,
+                limit=MAX_RESPONSE_BYTES,
+                within=REQUEST_TIMEOUT,
                 headers={"Authorization": self._authorization},
-                timeout=timeout,
-                allow_redirects=False,
-            ) as response:
-                if response.status != 200:
-                    raise AuthError("unavailable", f"introspection: HTTP {response.status}")
-                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AuthError("unavailable", f"introspection: {type(exc).__name__}") from None
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise AuthError("unavailable", "introspection: answer too large")
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            raise AuthError("unavailable", "introspection: answer is not JSON") from None
+                data=form,
+            )
+        except net.FetchError as exc:
+            raise AuthError("unavailable", f"introspection: {_FAILURES.get(exc.problem, str(exc))}") from None
+        answer = response.document
         if not isinstance(answer, dict):
             raise AuthError("unavailable", "introspection: answer is not an object")
         return answer

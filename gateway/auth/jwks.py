@@ -14,19 +14,18 @@ an HMAC secret) never enters the cache.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from gateway import net
 from gateway.auth import AuthError
+from gateway.jose import public_jwk
 
 log = logging.getLogger("gateway.auth.jwks")
 
@@ -83,7 +82,7 @@ class JwksCache:
             self.fetches += 1
             try:
                 keys = await self._fetch()
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            except ValueError as exc:
                 log.warning("JWKS fetch failed; keeping %d cached keys: %s", len(self._keys), exc)
                 self._fetched_at = time.monotonic() - self._ttl + self._cooldown  # retry after the cooldown
                 return
@@ -91,14 +90,11 @@ class JwksCache:
             self._fetched_at = time.monotonic()
 
     async def _fetch(self) -> dict[str | None, jwt.PyJWK]:
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
-        async with self._http.get(self._url, timeout=timeout, allow_redirects=False) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status}")
-            body = await response.content.read(MAX_JWKS_BYTES + 1)
-        if len(body) > MAX_JWKS_BYTES:
-            raise ValueError("JWKS document too large")
-        document: Any = json.loads(body)
+        try:
+            answer = await net.fetch_json(self._http, "GET", self._url, limit=MAX_JWKS_BYTES, within=FETCH_TIMEOUT)
+        except net.FetchError as exc:
+            raise ValueError("JWKS document too large" if exc.problem == "too_large" else exc.detail) from None
+        document = answer.document
         entries = document.get("keys") if isinstance(document, dict) else None
         if not isinstance(entries, list):
             raise ValueError('JWKS document has no "keys" list')
@@ -129,17 +125,3 @@ class StaticKeySet:
         if found is None:
             raise AuthError("invalid_token", f"unknown key id {kid!r}")
         return found
-
-
-def public_jwk(pem: bytes, *, kid: str) -> jwt.PyJWK:
-    """A PEM public key (RSA, EC or Ed25519) as a JWK; `ValueError` for anything else."""
-    key = serialization.load_pem_public_key(pem)
-    if isinstance(key, rsa.RSAPublicKey):
-        document = jwt.algorithms.RSAAlgorithm.to_jwk(key)
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        document = jwt.algorithms.ECAlgorithm.to_jwk(key)
-    elif isinstance(key, ed25519.Ed25519PublicKey):
-        document = jwt.algorithms.OKPAlgorithm.to_jwk(key)
-    else:
-        raise ValueError("not an RSA, EC or Ed25519 public key")
-    return jwt.PyJWK({**json.loads(document), "kid": kid, "use": "sig"})

@@ -19,9 +19,6 @@ from gateway.auth import AuthError, Principal
 # The clock skew tolerated on exp/nbf/iat (Envoy, Pomerium and go-oidc all use one minute).
 LEEWAY_SECONDS: Final = 60
 REQUIRED_CLAIMS: Final = ("exp", "iss", "aud", "sub")
-ASYMMETRIC_ALGORITHMS: Final = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
 MAX_KID_LENGTH: Final = 256
 
 

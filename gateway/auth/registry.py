@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
@@ -17,8 +17,11 @@ from gateway.auth.jwt import JwtVerifier, KeySource
 from gateway.auth.plugin import PluginError, load_plugin
 from gateway.auth.static import StaticVerifier
 from gateway.auth.whoami import WhoamiVerifier
-from gateway.config.settings import Settings, VerifierName
 from gateway.logline import fingerprint
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+    from gateway.config.auth import VerifierName
 
 log = logging.getLogger("gateway.auth")
 

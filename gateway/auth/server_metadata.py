@@ -1,7 +1,8 @@
 """The authorization server's RFC 8414 metadata, kept current for the discovery endpoints.
 
 Clients of the 2025-03-26 era look for it on the MCP server's own origin. It is fetched at
-startup — the issuer's `oauth-authorization-server` document, else its OpenID configuration —
+startup — the issuer's `oauth-authorization-server` document, else its OpenID configuration,
+each within `FETCH_TIMEOUT` and `MAX_METADATA_BYTES` (a larger document is refused, never cut) —
 or configured inline, checked to name the configured issuer (RFC 8414 §3.3), and refreshed
 hourly in the background, keeping the last good copy when a refresh fails.
 """
@@ -15,6 +16,8 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
+
+from gateway import net
 
 log = logging.getLogger("gateway.auth.discovery")
 
@@ -54,8 +57,8 @@ class AuthorizationServerMetadata:
         for url, openid in self._candidates():
             try:
                 document = await self._fetch(url)
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                problems.append(f"{url}: {str(exc) or type(exc).__name__}")
+            except ValueError as exc:
+                problems.append(f"{url}: {exc}")
                 continue
             self.document, self.openid = json.dumps(document).encode(), openid
             return
@@ -70,11 +73,11 @@ class AuthorizationServerMetadata:
                 log.warning("authorization server metadata refresh failed; serving the last copy: %s", exc)
 
     async def _fetch(self, url: str) -> dict[str, Any]:
-        timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
-        async with self._http.get(url, timeout=timeout, allow_redirects=False) as response:
-            if response.status != 200:
-                raise ValueError(f"HTTP {response.status}")
-            document = json.loads(await response.content.read(MAX_METADATA_BYTES))
+        try:
+            answer = await net.fetch_json(self._http, "GET", url, limit=MAX_METADATA_BYTES, within=FETCH_TIMEOUT)
+        except net.FetchError as exc:
+            raise ValueError(exc.detail) from None
+        document = answer.document
         if not isinstance(document, dict) or str(document.get("issuer", "")).rstrip("/") != self._issuer:
             raise ValueError("the document's issuer is not the configured one")  # RFC 8414 §3.3
         return document

@@ -9,18 +9,19 @@ are cached by token digest for `ttl` seconds (rejections briefly).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from gateway import net
 from gateway.auth import AuthError, Principal
 from gateway.auth.cache import VerdictCache
 
 REQUEST_TIMEOUT: Final = 5.0
 MAX_RESPONSE_BYTES: Final = 256 * 1024
 REJECTING_STATUSES: Final = frozenset({401, 403})
+SUCCESS_STATUSES: Final = range(200, 300)
 
 
 class WhoamiVerifier:
@@ -58,20 +59,23 @@ class WhoamiVerifier:
 
     async def _ask(self, token: str) -> str:
         headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+        value: Any = None  # an answer too large or not JSON names no one
         try:
-            async with self._http.get(self._url, headers=headers, timeout=timeout, allow_redirects=False) as response:
-                if response.status in REJECTING_STATUSES:
-                    raise AuthError("invalid_token", f"whoami: HTTP {response.status}")
-                if not 200 <= response.status < 300:
-                    raise AuthError("unavailable", f"whoami: HTTP {response.status}")
-                body = await response.content.read(MAX_RESPONSE_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AuthError("unavailable", f"whoami: {type(exc).__name__}") from None
-        try:
-            value: Any = json.loads(body) if len(body) <= MAX_RESPONSE_BYTES else None
-        except ValueError:
-            value = None
+            answer = await net.fetch_json(
+                self._http,
+                "GET",
+                self._url,
+                limit=MAX_RESPONSE_BYTES,
+                within=REQUEST_TIMEOUT,
+                expect=SUCCESS_STATUSES,
+                headers=headers,
+            )
+            value = answer.document
+        except net.FetchError as exc:
+            if exc.problem == "status" and exc.status in REJECTING_STATUSES:
+                raise AuthError("invalid_token", f"whoami: {exc}") from None
+            if exc.problem not in ("too_large", "not_json"):  # another status, the network, a timeout
+                raise AuthError("unavailable", f"whoami: {exc}") from None
         for name in self._path:
             value = value.get(name) if isinstance(value, dict) else None
         if isinstance(value, int) and not isinstance(value, bool):

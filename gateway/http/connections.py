@@ -47,7 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
@@ -55,9 +55,11 @@ from aiohttp.typedefs import Handler, Middleware
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import jsonrpc
-from gateway.config.settings import Settings
 from gateway.http.clientip import parse_address
 from gateway.http.ratelimit import address_key
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway.connections")
 

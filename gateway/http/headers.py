@@ -15,14 +15,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from gateway.config.settings import Settings
 from gateway.errors import GatewayError
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 JSON = "application/json"
 SSE = "text/event-stream"

@@ -46,7 +46,6 @@ from limits.storage import storage_from_string
 from gateway import keys
 from gateway.auth import ANONYMOUS
 from gateway.auth.bearer import RecentlyVerified
-from gateway.config.settings import MEMORY_SCHEMES
 from gateway.errors import GatewayError
 from gateway.observe.audit import Audit
 
@@ -194,8 +193,9 @@ def _local_check(local: LocalMovingWindow, item: RateLimitItem, name: str, key: 
     return local.window_now(storage_key, expiry)[1] <= item.amount - 1
 
 
-def build_storage(uri: str, clock: Clock = wall_clock) -> Storage:
-    if uri in MEMORY_SCHEMES:
+def build_storage(uri: str | None, clock: Clock = wall_clock) -> Storage:
+    """The storage at `uri` (`Settings.ratelimit_shared_storage`); this process's memory for None."""
+    if uri is None:
         return LocalMovingWindow(clock)
     storage = storage_from_string(uri, wrap_exceptions=True)
     if not isinstance(storage, Storage) or not isinstance(storage, MovingWindowSupport):

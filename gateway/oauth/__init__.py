@@ -6,6 +6,10 @@ service token or with the provider, approves the client, and the client receives
 access tokens for this gateway only. Modules, one job each: `storage` (records with expiry:
 SQLite or Redis), `keyset` (ES256 signing keys and rotation), `clients` (dynamic registration
 and client metadata documents), `tokens` (codes, tokens, refresh families, the verifier of this
-server's tokens), `oidc` (the upstream OpenID provider as a sign-in method), `pages` (HTML),
-`server` (the state built from settings), `routes` (the HTTP endpoints).
+server's tokens), `oidc` (the upstream OpenID provider as a sign-in method), `server` (the state
+built from settings, and running it), `browser_state` (the browser's encrypted-cookie session as
+typed records), `params` (request parameters), `refusals` (how every endpoint audits and answers
+what it refuses), `browser` (authorize, sign-in, consent: the pages), `endpoints` (token,
+revocation, registration: JSON for clients), `pages` (HTML), `routes` (the route table, the
+pages' middlewares, the cleanup context).
 """

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import json
 import re
 import secrets
 import socket
@@ -35,6 +34,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from gateway import net
 from gateway.oauth.errors import OAuthError
 from gateway.oauth.storage import OAuthStore
 
@@ -60,6 +60,14 @@ LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "[::1]", "localhost"})
 # Schemes a redirect URI can never use (they run code or read files in the browser).
 FORBIDDEN_SCHEMES: Final = frozenset({"javascript", "data", "vbscript", "file", "about", "blob"})
 _MAX_AGE: Final = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d+)", re.IGNORECASE)
+# Why a client metadata document was refused, by how its fetch failed ({} is the status).
+_CIMD_FAILURES: Final[dict[net.FetchProblem, str]] = {
+    "status": "The client metadata document answered HTTP {}",
+    "too_large": f"The client metadata document is larger than {MAX_CIMD_BYTES} bytes",
+    "not_json": "The client metadata document is not JSON",
+    "unreachable": "The client metadata document could not be fetched",
+    "timeout": "The client metadata document could not be fetched",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +147,11 @@ class PublicResolver(AbstractResolver):
         await self._resolver.close()
 
 
-def cimd_session(*, allow_private: bool, user_agent: str) -> aiohttp.ClientSession:
-    """The HTTP client that fetches client metadata documents."""
+def cimd_session(*, allow_private: bool) -> aiohttp.ClientSession:
+    """The HTTP client that fetches client metadata documents: public addresses only (unless
+    allowed), and never through a proxy named by the environment."""
     connector = aiohttp.TCPConnector(resolver=None if allow_private else PublicResolver(), limit=16)
-    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": user_agent}, trust_env=False)
+    return net.client_session(connector=connector, trust_env=False)
 
 
 class ClientRegistry:
@@ -269,20 +278,19 @@ class ClientRegistry:
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
         self._check_metadata_url(url)
-        timeout = aiohttp.ClientTimeout(total=CIMD_FETCH_TIMEOUT)
         try:
-            async with self._http.get(
-                url, timeout=timeout, allow_redirects=False, headers={"Accept": "application/json"}
-            ) as response:
-                if response.status != 200:
-                    raise OAuthError("invalid_client", f"The client metadata document answered HTTP {response.status}")
-                body = await response.content.read(MAX_CIMD_BYTES + 1)
-                cache_control = response.headers.get("Cache-Control", "")
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            raise OAuthError("invalid_client", "The client metadata document could not be fetched") from None
-        if len(body) > MAX_CIMD_BYTES:
-            raise OAuthError("invalid_client", f"The client metadata document is larger than {MAX_CIMD_BYTES} bytes")
-        client = self._parse_document(url, body)
+            answer = await net.fetch_json(
+                self._http,
+                "GET",
+                url,
+                limit=MAX_CIMD_BYTES,
+                within=CIMD_FETCH_TIMEOUT,
+                headers={"Accept": "application/json"},
+            )
+        except net.FetchError as exc:
+            raise OAuthError("invalid_client", _CIMD_FAILURES[exc.problem].format(exc.status)) from None
+        cache_control = answer.headers.get("Cache-Control", "")
+        client = self._parse_document(url, answer.document)
         ttl = CIMD_CACHE_DEFAULT
         if match := _MAX_AGE.search(cache_control):
             ttl = min(max(float(match.group(1)), CIMD_CACHE_MIN), CIMD_CACHE_MAX)
@@ -294,11 +302,7 @@ class ClientRegistry:
         return client
 
     @staticmethod
-    def _parse_document(url: str, body: bytes) -> Client:
-        try:
-            document = json.loads(body)
-        except ValueError:
-            raise OAuthError("invalid_client", "The client metadata document is not JSON") from None
+    def _parse_document(url: str, document: Any) -> Client:
         if not isinstance(document, dict) or document.get("client_id") != url:
             raise OAuthError("invalid_client", "The client metadata document does not name its own URL as client_id")
         if "client_secret" in document or "client_secret_expires_at" in document:

@@ -1,9 +1,10 @@
 """Errors of the built-in authorization server: RFC 6749 codes, each with its one status.
 
 Endpoints raise `OAuthError`; `json_response` renders it for the token, registration and
-revocation endpoints. The authorization endpoint renders the same error two ways (routes.py):
-as a redirect to the client once its redirect URI is known to be registered, else as a page,
-since an unverified redirect URI must never receive anything.
+revocation endpoints, and refusals.py audits and answers it for every endpoint. The
+authorization endpoint renders the same error two ways (browser.py): as a redirect to the client
+once its redirect URI is known to be registered, else as a page, since an unverified redirect URI
+must never receive anything.
 """
 
 from __future__ import annotations

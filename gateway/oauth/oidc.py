@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import json
 import logging
 import re
 import time
@@ -36,9 +35,11 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
+from gateway import net
 from gateway.auth import AuthError
 from gateway.auth.jwks import JwksCache
-from gateway.auth.jwt import ASYMMETRIC_ALGORITHMS, LEEWAY_SECONDS, JwtVerifier
+from gateway.auth.jwt import LEEWAY_SECONDS, JwtVerifier
+from gateway.jose import ASYMMETRIC_ALGORITHMS
 from gateway.net import https_url_problem
 
 log = logging.getLogger("gateway.oauth.oidc")
@@ -205,20 +206,10 @@ class OidcProvider:
         when the provider does not answer or its document or keys cannot be used."""
         url = self.issuer.rstrip("/") + DISCOVERY_PATH
         try:
-            timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT)
-            async with self._http.get(url, timeout=timeout, allow_redirects=False) as response:
-                if response.status != 200:
-                    raise ValueError(f"{url}: HTTP {response.status}")
-                body = await response.content.read(MAX_DISCOVERY_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ValueError(f"{url}: {type(exc).__name__}") from None
-        if len(body) > MAX_DISCOVERY_BYTES:
-            raise ValueError(f"{url}: the document is larger than {MAX_DISCOVERY_BYTES} bytes")
-        try:
-            document = json.loads(body)
-        except ValueError:
-            raise ValueError(f"{url}: not JSON") from None
-        endpoints = ProviderEndpoints.of(document, self.issuer)
+            answer = await net.fetch_json(self._http, "GET", url, limit=MAX_DISCOVERY_BYTES, within=FETCH_TIMEOUT)
+        except net.FetchError as exc:
+            raise ValueError(f"{url}: {exc}") from None
+        endpoints = ProviderEndpoints.of(answer.document, self.issuer)
         keys = self._keys
         if keys is None or endpoints.jwks_uri != self.endpoints.jwks_uri:
             keys = JwksCache(self._http, endpoints.jwks_uri, ttl=JWKS_TTL, cooldown=JWKS_KID_MISS_COOLDOWN)
@@ -279,20 +270,23 @@ class OidcProvider:
             pair = f"{quote(client.client_id, safe='')}:{quote(client.secret, safe='')}"
             headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         try:
-            timeout = aiohttp.ClientTimeout(total=TOKEN_TIMEOUT)
-            async with self._http.post(
-                self.endpoints.token, data=form, headers=headers, timeout=timeout, allow_redirects=False
-            ) as response:
-                status = response.status
-                body = await response.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise OidcError("unavailable", f"token endpoint: {type(exc).__name__}") from None
-        if len(body) > MAX_TOKEN_RESPONSE_BYTES:
-            raise OidcError("unavailable", "token endpoint: the answer is too large")
-        try:
-            document: Any = json.loads(body)
-        except ValueError:
-            document = None
+            answer = await net.fetch_json(
+                self._http,
+                "POST",
+                self.endpoints.token,
+                limit=MAX_TOKEN_RESPONSE_BYTES,
+                within=TOKEN_TIMEOUT,
+                expect=None,  # a refusal's body names the error
+                headers=headers,
+                data=form,
+            )
+            status, document = answer.status, answer.document
+        except net.FetchError as exc:
+            if exc.problem == "too_large":
+                raise OidcError("unavailable", "token endpoint: the answer is too large") from None
+            if exc.problem != "not_json" or exc.status is None:
+                raise OidcError("unavailable", f"token endpoint: {exc}") from None
+            status, document = exc.status, None  # judged by its status alone
         if status in (400, 401):
             error = document.get("error") if isinstance(document, dict) else None
             named = error if isinstance(error, str) and _ERROR_CODE.fullmatch(error) else "?"

@@ -35,12 +35,15 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from gateway._version import __version__
+from gateway.auth.bearer import challenge
 from gateway.observe.audit import OAUTH_EVENTS, EventName
 
 log = logging.getLogger("gateway.metrics")
 
 NAMESPACE: Final = "mcp_gateway"
 PATH: Final = "/metrics"
+# The protection space `/metrics` names in its challenge: not the MCP endpoint's, its token is another.
+REALM: Final = "metrics"
 # Methods counted under their own name; any other method is counted as "other".
 KNOWN_METHODS: Final = frozenset(
     {
@@ -204,7 +207,7 @@ def handler(metrics: Metrics, token: str | None) -> Callable[[web.Request], Any]
                 return web.Response(
                     status=401,
                     text="metrics require the metrics token\n",
-                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                    headers={"WWW-Authenticate": challenge(realm=REALM)},
                 )
         body = metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,16 +1,21 @@
 """Tool policy: which tools a caller may see and call, by name and by MCP tool annotations.
 
 Owns the allow and deny globs, the scope class of a tool (from its `readOnlyHint` and
-`destructiveHint`, with the spec's defaults: not read-only, destructive), what one session has
-learned of its child's tools, and every refusal of a tool call.
+`destructiveHint`, with the spec's defaults: not read-only, destructive), what each session has
+learned of its child's tools (a `ToolCatalog` per router, kept here, never on the router), and
+every refusal of a tool call. It reaches a session's traffic only through what the router offers
+any policy, its `Interceptor`: the `Screening` of a POST refuses calls and gives each `tools/list`
+an interceptor that filters the child's answer; the session's catalog, in the router's
+interceptor slot, watches for `notifications/tools/list_changed`.
 
 Invariants:
-- With no policy configured nothing here runs: the app holds no guard, so no message is
+- With no policy configured nothing here runs: the app holds no filter, so no message is
   inspected and no response re-encoded on its account.
 - A tool denied by name is listed to no one and never reaches the child: a call to it is
   answered with -32602 by the gateway. A tool whose class needs a scope the caller's token lacks
-  is not listed to that caller, and a call to it is refused with 403 `insufficient_scope` before
-  anything of that POST reaches the child.
+  is not listed to that caller, and a call to it is refused with 403 `insufficient_scope`
+  (`InsufficientScope`, whose challenge the bearer middleware renders) before anything of that
+  POST reaches the child.
 - Annotations come from the child's own `tools/list` answers, never from a client. A call naming
   a tool the session has not seen listed since the child's last `notifications/tools/list_changed`
   makes the gateway list the child's tools itself (every page, within the request timeout)
@@ -28,21 +33,22 @@ import enum
 import fnmatch
 import logging
 import re
+import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from gateway import jsonrpc
-from gateway.errors import GatewayError
-from gateway.jsonrpc import JsonObject, Kind, Message
+from gateway.errors import GatewayError, InsufficientScope
+from gateway.jsonrpc import Kind, Message
 from gateway.observe.audit import Audit
+from gateway.sessions import failures
 from gateway.sessions.child import ChildGone, StdinStalled
+from gateway.sessions.router import Router, Screening
 
 if TYPE_CHECKING:
     from gateway.auth import Principal
-    from gateway.auth.bearer import Authenticator
-    from gateway.config.settings import Settings
-    from gateway.sessions.router import ResponseHook, Router
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway.policy")
 
@@ -50,6 +56,8 @@ log = logging.getLogger("gateway.policy")
 MAX_LIST_PAGES: Final = 100
 # Tool names are the client's own input: this much of one is echoed in an error or a log record.
 MAX_SHOWN_NAME: Final = 128
+# The child's word that what it listed of its tools no longer holds.
+TOOLS_CHANGED: Final = "notifications/tools/list_changed"
 
 DenialReason = Literal["denied", "scope"]
 
@@ -72,27 +80,6 @@ def tool_class(annotations: object) -> ToolClass:
     if annotations.get("destructiveHint") is False:
         return ToolClass.WRITE
     return ToolClass.DESTRUCTIVE
-
-
-def glob_problem(pattern: str) -> str | None:
-    """What is wrong with a tool-name glob, or None. `fnmatch` itself takes an unclosed `[`
-    literally; a configuration that writes one almost certainly meant something else."""
-    if not pattern.strip():
-        return "is empty"
-    index = 0
-    while index < len(pattern):
-        if pattern[index] == "[":
-            end = index + 1
-            if end < len(pattern) and pattern[end] == "!":
-                end += 1
-            if end < len(pattern) and pattern[end] == "]":
-                end += 1  # a leading ']' is a member of the set, as in fnmatch
-            close = pattern.find("]", end)
-            if close < 0:
-                return f"has an unclosed '[' at position {index}"
-            index = close
-        index += 1
-    return None
 
 
 def _compile(patterns: Sequence[str]) -> re.Pattern[str] | None:
@@ -168,7 +155,10 @@ class ToolPolicy:
 
 
 class ToolCatalog:
-    """What one session's child has listed about its tools since its last `list_changed`."""
+    """What one session's child has listed about its tools since its last `list_changed`.
+
+    The session's `Interceptor`: it forgets everything when the child says its tools changed.
+    """
 
     __slots__ = ("classes", "complete", "generation", "lock")
 
@@ -189,6 +179,36 @@ class ToolCatalog:
         self.complete = False
         self.generation += 1
 
+    def intercept(self, message: Message) -> bool:
+        if message.method == TOOLS_CHANGED:
+            self.forget()
+        return False  # seen, never changed
+
+
+class ToolListFilter:
+    """The `Interceptor` of one `tools/list`: learns every tool the child lists, and shows the
+    caller only those its scopes allow (the child's bytes go on unchanged when it may see all)."""
+
+    __slots__ = ("_catalog", "_policy", "_scopes")
+
+    def __init__(self, policy: ToolPolicy, scopes: frozenset[str], catalog: ToolCatalog | None) -> None:
+        self._policy = policy
+        self._scopes = scopes
+        self._catalog = catalog  # None when the policy does not use annotations
+
+    def intercept(self, message: Message) -> bool:
+        result = message.body.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or not isinstance(tools, list):
+            return False
+        if self._catalog is not None:
+            self._catalog.learn(tools)
+        kept = [tool for tool in tools if self._policy.visible(tool, self._scopes)]
+        if len(kept) == len(tools):
+            return False  # unchanged: the child's bytes are forwarded as they are
+        result["tools"] = kept  # `nextCursor` and everything else stay as the child wrote them
+        return True
+
 
 @dataclass(frozen=True, slots=True)
 class Denial:
@@ -201,28 +221,24 @@ class Denial:
     scope: str | None = None  # the scopes the call needed, for reason "scope"
 
 
-@dataclass(slots=True)
-class Screening:
-    """What the router must do differently for one POST's messages, by index in the POST."""
-
-    refused: dict[int, tuple[int, str]] = field(default_factory=dict)  # answered here: (code, message)
-    hooks: dict[int, ResponseHook] = field(default_factory=dict)  # applied to the child's response
-
-
 class ToolFilter:
-    """Applies a `ToolPolicy` to the messages of one POST, for one principal and one session."""
+    """Applies a `ToolPolicy` to the messages of each POST, for its principal and its session.
 
-    def __init__(self, policy: ToolPolicy, authenticator: Authenticator, list_timeout: float, audit: Audit) -> None:
+    Each session's catalog is kept here, by router, weakly: it lives exactly as long as its
+    session's router, and nothing of the session store need know that a policy exists.
+    """
+
+    def __init__(self, policy: ToolPolicy, list_timeout: float, audit: Audit) -> None:
         self.policy = policy
-        self._authenticator = authenticator
         self._list_timeout = list_timeout
         self._audit = audit
+        self._catalogs: weakref.WeakKeyDictionary[Router, ToolCatalog] = weakref.WeakKeyDictionary()
 
     async def screen(self, router: Router, messages: Sequence[Message], principal: Principal) -> Screening | None:
         """Decide on every `tools/list` and `tools/call` of a POST; None when none is in it.
 
-        Raises `GatewayError` (403 `insufficient_scope`) when a call needs a scope the principal
-        lacks: then nothing of the POST is forwarded.
+        Raises `InsufficientScope` when a call needs a scope the principal lacks: then nothing of
+        the POST is forwarded.
         """
         screening: Screening | None = None
         for index, message in enumerate(messages):
@@ -230,7 +246,8 @@ class ToolFilter:
                 continue
             if message.method == "tools/list":
                 screening = screening or Screening()
-                screening.hooks[index] = self._list_filter(router, principal.scopes)
+                catalog = self._catalog(router) if self.policy.uses_annotations else None
+                screening.intercepted[index] = ToolListFilter(self.policy, principal.scopes, catalog)
             elif message.method == "tools/call":
                 name = message.params.get("name")
                 if not isinstance(name, str):
@@ -273,26 +290,6 @@ class ToolFilter:
             },
         )
 
-    def _list_filter(self, router: Router, scopes: frozenset[str]) -> ResponseHook:
-        """A hook for the child's answer to one `tools/list`: learn every tool, show what the caller may use."""
-        catalog = self._catalog(router) if self.policy.uses_annotations else None
-        policy = self.policy
-
-        def filter_tools(response: JsonObject) -> bool:
-            result = response.get("result")
-            tools = result.get("tools") if isinstance(result, dict) else None
-            if not isinstance(result, dict) or not isinstance(tools, list):
-                return False
-            if catalog is not None:
-                catalog.learn(tools)
-            kept = [tool for tool in tools if policy.visible(tool, scopes)]
-            if len(kept) == len(tools):
-                return False  # unchanged: the child's bytes are forwarded as they are
-            result["tools"] = kept  # `nextCursor` and everything else stay as the child wrote them
-            return True
-
-        return filter_tools
-
     async def _check_scopes(self, router: Router, name: str, principal: Principal) -> None:
         kind = await self._class_of(router, name)
         if kind is None:
@@ -300,14 +297,16 @@ class ToolFilter:
         needed = self.policy.scopes_for(kind)
         if needed <= principal.scopes:
             return
-        refusal = self._authenticator.insufficient_scope(needed)
         self.record_denial(Denial(shown(name), "scope", principal, router.label, scope=" ".join(sorted(needed))))
-        raise refusal
+        raise InsufficientScope(needed)
 
     def _catalog(self, router: Router) -> ToolCatalog:
-        if router.tools is None:
-            router.tools = ToolCatalog()
-        return router.tools
+        """The session's catalog, made (and plugged into its router) the first time it is needed."""
+        catalog = self._catalogs.get(router)
+        if catalog is None:
+            catalog = self._catalogs[router] = ToolCatalog()
+            router.interceptor = catalog
+        return catalog
 
     async def _class_of(self, router: Router, name: str) -> ToolClass | None:
         catalog = self._catalog(router)
@@ -340,8 +339,6 @@ class ToolFilter:
                 if not isinstance(cursor, str) or not cursor:
                     catalog.complete = generation == catalog.generation
                     return
-        except ChildGone:
-            raise GatewayError("session_not_found", "Session not found: its MCP server has exited") from None
-        except StdinStalled:
-            raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
+        except (ChildGone, StdinStalled) as failure:
+            raise failures.refusal(failure) from None
         log.warning("the MCP server lists more than %d pages of tools", MAX_LIST_PAGES, extra={"session": router.label})

@@ -21,9 +21,13 @@ Invariants:
 - A request whose deadline passes (no answer and no progress for `request_timeout` seconds) is
   answered with an error and cancelled at the child; a child that exits fails everything in flight.
 - The gateway's own requests to the child (`ask`): their responses go to the waiting caller and
-  to no stream. A POST's request may be answered here
-  instead of by the child (a policy refusal), and a response hook may rewrite one response: both
-  exist only for requests a policy screened, so unscreened traffic pays nothing for them.
+  to no stream.
+- A policy reaches the traffic through one plug point, `Interceptor`, and the router knows
+  nothing of what it enforces. A `Screening` of a POST may answer some of its requests here
+  instead of by the child, and give others an interceptor that sees (and may rewrite) the child's
+  response to them; a session's `interceptor` sees every message the child sends of its own
+  accord. With no screening and no interceptor, the traffic pays nothing for either: no call, no
+  allocation, one test of an attribute per message.
 """
 
 from __future__ import annotations
@@ -34,16 +38,14 @@ import json
 import logging
 import secrets
 import signal
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal, Protocol
 
 from gateway import jsonrpc
 from gateway.jsonrpc import JsonObject, Kind, Message, RequestId
 from gateway.sessions.child import Child, ChildGone
 from gateway.sessions.streams import Stream
-
-if TYPE_CHECKING:
-    from gateway.sessions.policy import ToolCatalog
 
 log = logging.getLogger("gateway.router")
 
@@ -54,7 +56,6 @@ MAX_RESUMABLE_EXCHANGES: Final = 4
 # Bytes of a violating stdout line quoted in the log and the audit: enough to recognise it.
 VIOLATION_SAMPLE: Final = 120
 
-TOOLS_CHANGED: Final = "notifications/tools/list_changed"
 # Gateway request ids are random integers below 2**53: exact in every JSON parser, doubles included.
 GATEWAY_ID_BITS: Final = 53
 # The prefix of the gateway's own request ids (strings, unlike the ids of forwarded requests).
@@ -65,13 +66,27 @@ CloseCallback = Callable[[str], None]
 ViolationCallback = Callable[[str, str | None], None]
 # How each request of an exchange ended: the child answered (ok or error), or the gateway did.
 Outcome = Literal["ok", "error", "timeout", "closed", "oversize", "invalid", "denied"]
-# Sees the child's response to one request (decoded); True when it changed it (then re-encoded).
-ResponseHook = Callable[[JsonObject], bool]
 Pending = tuple["Exchange", RequestId | None]  # the exchange waiting, and the client's own id
 
 
 class Overloaded(Exception):
     """The session already has as many requests in flight as it may hold."""
+
+
+class Interceptor(Protocol):
+    """Sees a message of the child before it is routed: the one plug point of a policy."""
+
+    def intercept(self, message: Message) -> bool:
+        """True when it changed `message.body` (then encoded anew; else the child's bytes go on)."""
+        ...
+
+
+@dataclass(slots=True)
+class Screening:
+    """What a policy decided for the requests of one POST, by index in the POST."""
+
+    refused: dict[int, tuple[int, str]] = field(default_factory=dict)  # answered here: (code, message)
+    intercepted: dict[int, Interceptor] = field(default_factory=dict)  # see the child's response
 
 
 class Exchange(Stream):
@@ -132,9 +147,10 @@ class Router:
         self._pending: dict[int, Pending] = {}
         # Client id → the gateway id pending under it (a list when one client id is in flight twice).
         self._by_client: dict[RequestId, int | list[int]] = {}
-        self._hooks: dict[int, ResponseHook] = {}  # by gateway id, for screened requests only
+        self._intercepted: dict[int, Interceptor] = {}  # by gateway id, for screened requests only
         self._asked: dict[str, asyncio.Future[JsonObject]] = {}  # the gateway's own requests
-        self.tools: ToolCatalog | None = None  # what a tool policy learned of the child's tools
+        # Sees every request and notification of the child (a policy's, set by the policy).
+        self.interceptor: Interceptor | None = None
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}
         self._open = 0  # exchanges still waiting for a response
@@ -166,19 +182,21 @@ class Router:
         raw: bytes | None = None,
         is_batch: bool = False,
         streamable: bool = True,
-        refused: Mapping[int, tuple[int, str]] | None = None,
-        hooks: Mapping[int, ResponseHook] | None = None,
+        screening: Screening | None = None,
     ) -> Exchange | None:
         """Send a POST's messages to the child; returns the exchange when it holds requests.
 
         `raw` is the POST body when it is exactly one message: forwarded unchanged when no id
-        needs rewriting and it is already one line. `refused` (by index in `messages`) are
-        requests answered here with (code, message) and never sent; `hooks` (by index) see the
-        child's response to their request before it is delivered.
+        needs rewriting and it is already one line. A policy's `screening` names the requests
+        answered here with (code, message) and never sent, and those whose response its
+        interceptor sees before it is delivered.
         """
         child = self.child
         if child is None or self.closed:
             raise ChildGone("the session has ended")
+        refused = intercepted = None
+        if screening is not None:
+            refused, intercepted = screening.refused, screening.intercepted
         requests = sum(1 for message in messages if message.kind is Kind.REQUEST)
         if requests and len(self._pending) + requests > self._max_in_flight:
             raise Overloaded(f"the session already has {len(self._pending)} requests in flight")
@@ -223,8 +241,8 @@ class Router:
         if exchange is not None:
             for gateway_id, client_id, index in sent:
                 self._register(gateway_id, exchange, client_id)
-                if hooks is not None and index in hooks:
-                    self._hooks[gateway_id] = hooks[index]
+                if intercepted is not None and index in intercepted:
+                    self._intercepted[gateway_id] = intercepted[index]
                 token = _progress_token(messages[index])
                 if token is not None:
                     self._progress[token] = exchange
@@ -268,12 +286,12 @@ class Router:
             self._by_client[client_id] = [held, gateway_id]
 
     def _take(self, gateway_id: int) -> Pending | None:
-        """Remove a pending request (and its hook); None when it is not pending."""
+        """Remove a pending request (and its interceptor); None when it is not pending."""
         entry = self._pending.pop(gateway_id, None)
         if entry is None:
             return None
-        if self._hooks:
-            self._hooks.pop(gateway_id, None)
+        if self._intercepted:
+            self._intercepted.pop(gateway_id, None)
         client_id = entry[1]
         if client_id is not None:
             held = self._by_client.get(client_id)
@@ -418,9 +436,9 @@ class Router:
         if message.kind is Kind.RESPONSE:
             self._route_response(message, line)
             return
+        if self.interceptor is not None and self.interceptor.intercept(message):
+            line = None  # changed: encoded anew
         payload = _forwardable(line) or jsonrpc.encode(message.body)
-        if self.tools is not None and message.method == TOOLS_CHANGED:
-            self.tools.forget()
         if message.method == "notifications/progress":
             owner = self._progress.get(message.params.get("progressToken"))
             if owner is not None and owner.streamable and not owner.finished:
@@ -443,7 +461,7 @@ class Router:
             elif asked is None:
                 log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
             return
-        hook = self._hooks.get(gateway_id) if self._hooks else None
+        interceptor = self._intercepted.get(gateway_id) if self._intercepted else None
         entry = self._take(gateway_id)
         if entry is None:
             log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
@@ -452,7 +470,7 @@ class Router:
         try:
             if exchange.initialize:
                 self._record_version(message)
-            if hook is not None and hook(message.body):
+            if interceptor is not None and interceptor.intercept(message):
                 line = None  # changed: encoded anew below
             payload = jsonrpc.replace_id(line, gateway_id, client_id) if line is not None else None
             if payload is None:
@@ -546,7 +564,7 @@ class Router:
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
         self._by_client.clear()
-        self._hooks.clear()
+        self._intercepted.clear()
         asked, self._asked = self._asked, {}
         for answer in asked.values():
             if not answer.done():

@@ -27,9 +27,9 @@ from gateway.http import ratelimit
 from gateway.http.headers import JSON, accepted, check_origin, check_post_headers, read_body
 from gateway.jsonrpc import Kind, Message
 from gateway.observe.audit import describe_request
+from gateway.sessions import failures
 from gateway.sessions.child import ChildGone, StdinStalled
-from gateway.sessions.policy import Screening
-from gateway.sessions.router import Exchange, Overloaded, Router
+from gateway.sessions.router import Exchange, Overloaded, Router, Screening
 from gateway.sessions.store import Session
 from gateway.sessions.streams import Stream
 from gateway.transport import sse
@@ -49,8 +49,6 @@ _EVENT_ID: Final = re.compile(r"([0-9]{1,15})\.([0-9]{1,15})")
 # Bodies larger than this are parsed on a worker thread: the interpreter switches threads every
 # few milliseconds, so the event loop keeps turning while a multi-megabyte body is parsed.
 PARSE_IN_THREAD_BYTES: Final = 256 * 1024
-# Retry-After for a request refused because its session has too many in flight: one finishes soon.
-IN_FLIGHT_RETRY_AFTER: Final = 1
 
 
 def add_routes(app: web.Application, path: str) -> None:
@@ -95,8 +93,10 @@ async def _post(request: web.Request) -> web.StreamResponse:
     session.enter()
     exchange = None
     try:
-        guard = app[keys.TOOL_FILTER]
-        screening = None if guard is None else await guard.screen(session.router, messages, request[keys.PRINCIPAL])
+        tool_filter = app[keys.TOOL_FILTER]
+        screening = (
+            None if tool_filter is None else await tool_filter.screen(session.router, messages, request[keys.PRINCIPAL])
+        )
         exchange = _submit(
             session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok, screening=screening
         )
@@ -216,31 +216,16 @@ def _submit(
     screening: Screening | None = None,
 ) -> Exchange | None:
     try:
-        if screening is not None:
-            return session.router.submit(
-                messages,
-                raw=raw,
-                is_batch=is_batch,
-                streamable=sse_ok,
-                refused=screening.refused,
-                hooks=screening.hooks,
-            )
-        return session.router.submit(messages, raw=raw, is_batch=is_batch, streamable=sse_ok)
-    except ChildGone:
-        raise GatewayError("session_not_found", "Session not found: its MCP server has exited") from None
-    except Overloaded as exc:
-        raise GatewayError(
-            "too_many_in_flight",
-            f"Too many requests in flight for this session ({exc}); wait for answers first",
-            retry_after=IN_FLIGHT_RETRY_AFTER,
-        ) from None
+        return session.router.submit(messages, raw=raw, is_batch=is_batch, streamable=sse_ok, screening=screening)
+    except (ChildGone, Overloaded) as failure:
+        raise failures.refusal(failure) from None
 
 
 async def _drain(session: Session) -> None:
     try:
         await session.router.drain()
-    except StdinStalled:
-        raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
+    except StdinStalled as failure:
+        raise failures.refusal(failure) from None
     except ChildGone:
         pass  # the exchange is failed by the router with the exit reason
 

@@ -18,10 +18,9 @@ import jsonschema
 import pytest
 
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE
-from tests.conftest import echo_command
-from tests.deploy.files import (
+from tests.support.deploy_files import (
     BASE_DOCKERFILE,
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -43,6 +42,7 @@ from tests.deploy.files import (
     read_dotenv,
     variables_in,
 )
+from tests.support.servers import echo_command
 
 GATEWAY: Final = "mcp-time"
 PROXY: Final = "nginx-proxy"

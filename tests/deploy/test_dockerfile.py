@@ -24,8 +24,7 @@ from typing import Any, Final
 import pytest
 
 import gateway
-from tests.conftest import WAIT
-from tests.deploy.files import (
+from tests.support.deploy_files import (
     BASE_DOCKERFILE,
     DOCKERIGNORE,
     EXAMPLE_DOCKERFILE,
@@ -39,7 +38,8 @@ from tests.deploy.files import (
     image_tag,
     parse_dockerfile,
 )
-from tests.deploy.gateway_process import running_gateway
+from tests.support.gateway_process import running_gateway
+from tests.support.waits import WAIT
 
 HADOLINT: Final = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.defpath]))
 RUNTIME_USER: Final = "10001"

@@ -24,10 +24,10 @@ from typing import Final
 import pytest
 from aiohttp import ClientPayloadError, ClientSession, ClientTimeout, TCPConnector
 
-from tests.conftest import WAIT, JsonObj, read_comment, read_event
-from tests.deploy.files import nginx_directives, nginx_size
-from tests.deploy.gateway_process import HttpMcp, running_gateway
-from tests.deploy.nginx_process import (
+from tests.support.deploy_files import nginx_directives, nginx_size
+from tests.support.gateway_process import HttpMcp, running_gateway
+from tests.support.mcp import read_comment, read_event
+from tests.support.nginx_process import (
     LOCATION_SNIPPET,
     NGINX,
     SERVER_SNIPPET,
@@ -35,6 +35,8 @@ from tests.deploy.nginx_process import (
     location_copy,
     running_nginx,
 )
+from tests.support.types import JsonObj
+from tests.support.waits import WAIT
 
 pytestmark = pytest.mark.slow
 

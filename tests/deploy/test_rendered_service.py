@@ -14,7 +14,14 @@ import pytest
 import yaml
 
 from gateway.tools.new_service import make_service, write_service
-from tests.deploy.files import ENV_EXAMPLE, SCHEMA_FILE, environment_of, interpolate_tree, load_compose, read_dotenv
+from tests.support.deploy_files import (
+    ENV_EXAMPLE,
+    SCHEMA_FILE,
+    environment_of,
+    interpolate_tree,
+    load_compose,
+    read_dotenv,
+)
 
 EXAMPLE: Final = "mcp-time"
 DOMAIN: Final = "notes.example.org"

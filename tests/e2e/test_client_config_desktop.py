@@ -23,9 +23,12 @@ import pytest
 from mcp import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from mcp.types import TextContent
+from pytest_aiohttp import AiohttpServer
 
-from tests.conftest import SDK_SERVER, WAIT, child_pids, eventually
-from tests.e2e.bridge_process import TOKEN, gateway_settings, serve_gateway
+from tests.support.connect_process import TOKEN, gateway_settings, serve_gateway
+from tests.support.processes import child_pids
+from tests.support.servers import SDK_SERVER
+from tests.support.waits import WAIT, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +77,7 @@ def as_launched(server: dict[str, Any], token: str) -> StdioServerParameters:
 
 
 @pytest.fixture
-async def gateway_url(aiohttp_server: Any) -> str:
+async def gateway_url(aiohttp_server: AiohttpServer) -> str:
     url, _ = await serve_gateway(aiohttp_server, gateway_settings([sys.executable, str(SDK_SERVER)]))
     return url
 

@@ -38,8 +38,9 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout, TCPConnector
 
 from gateway.http.connections import MAX_LINGERING
-from tests.conftest import WAIT, echo_command, eventually
-from tests.deploy.gateway_process import GatewayProcess, HttpMcp, running_gateway
+from tests.support.gateway_process import GatewayProcess, HttpMcp, running_gateway
+from tests.support.servers import echo_command
+from tests.support.waits import WAIT, eventually
 
 pytestmark = pytest.mark.slow
 

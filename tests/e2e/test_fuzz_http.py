@@ -29,7 +29,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ACCEPT_BOTH, LATEST, echo_command
+from tests.support.mcp import ACCEPT_BOTH, LATEST
+from tests.support.servers import echo_command
 
 pytestmark = pytest.mark.slow
 

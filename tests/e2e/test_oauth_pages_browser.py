@@ -22,15 +22,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import unused_port
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from tests.conftest import WAIT
-from tests.oauth_helpers import REDIRECT_URI, SERVICE_TOKEN, authorize_url, oauth_settings, pkce
-from tests.oidc_provider import FakeProvider
+from tests.support.oauth import REDIRECT_URI, SERVICE_TOKEN, authorize_url, oauth_settings, pkce
+from tests.support.oidc_provider import FakeProvider
+from tests.support.waits import WAIT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "oauth"
-ServerFactory = Any
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 
@@ -148,7 +148,7 @@ async def register_client(base: str) -> str:
         return client_id
 
 
-async def test_pages_in_headless_chromium(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+async def test_pages_in_headless_chromium(aiohttp_server: AiohttpServer, tmp_path: Path) -> None:
     port = unused_port()
     await aiohttp_server(create_app(oauth_settings(port)), port=port)
     base = f"http://127.0.0.1:{port}"
@@ -181,7 +181,7 @@ async def test_pages_in_headless_chromium(aiohttp_server: ServerFactory, tmp_pat
     assert {"consent.png", "error.png", "signin.png"} <= {path.name for path in ARTIFACTS.glob("*.png")}
 
 
-async def test_oidc_sign_in_in_headless_chromium(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+async def test_oidc_sign_in_in_headless_chromium(aiohttp_server: AiohttpServer, tmp_path: Path) -> None:
     provider = FakeProvider()
     await provider.start(aiohttp_server)
     port = unused_port()

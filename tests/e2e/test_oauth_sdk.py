@@ -18,11 +18,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 from pydantic import AnyUrl
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from tests.oauth_helpers import REDIRECT_URI, Browser, MemoryTokenStorage, oauth_settings
+from tests.support.oauth import REDIRECT_URI, Browser, MemoryTokenStorage, oauth_settings
 
-ServerFactory = Any
 # Parameters worth showing in the recorded sequence (never a secret's value).
 SHOWN_PARAMS = ("response_type", "client_id", "code_challenge_method", "resource", "scope")
 
@@ -39,7 +39,7 @@ def recorder(sequence: list[str]) -> Any:
     return record
 
 
-async def test_sdk_oauth_client_full_flow(aiohttp_server: ServerFactory) -> None:
+async def test_sdk_oauth_client_full_flow(aiohttp_server: AiohttpServer) -> None:
     port = unused_port()
     app = create_app(oauth_settings(port))
     sequence: list[str] = []

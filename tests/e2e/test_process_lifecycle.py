@@ -21,20 +21,11 @@ from typing import Any, Final
 import pytest
 from aiohttp import ClientResponse, ClientSession
 
-from tests.conftest import (
-    ACCEPT_BOTH,
-    LATEST,
-    WAIT,
-    JsonObj,
-    descendants,
-    drain_log,
-    echo_command,
-    eventually,
-    group_members,
-    live_processes,
-    parse_sse,
-    startup_log,
-)
+from tests.support.mcp import ACCEPT_BOTH, LATEST, parse_sse
+from tests.support.processes import descendants, drain_log, group_members, live_processes, startup_log
+from tests.support.servers import echo_command
+from tests.support.types import JsonObj
+from tests.support.waits import WAIT, eventually
 
 pytestmark = pytest.mark.slow
 

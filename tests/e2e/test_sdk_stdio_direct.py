@@ -16,7 +16,7 @@ import mcp
 import pytest
 from mcp import StdioServerParameters
 
-from tests.e2e.sdk_scenarios import ALL_SCENARIOS, Scenario
+from tests.support.sdk_scenarios import ALL_SCENARIOS, Scenario
 
 SDK_SERVER = Path(__file__).resolve().parents[1] / "servers" / "sdk_server.py"
 

@@ -8,32 +8,30 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import anyio
 import mcp
 import pytest
-from aiohttp.test_utils import TestServer, unused_port
+from aiohttp.test_utils import unused_port
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings
-from tests.conftest import SDK_SERVER
-from tests.e2e.sdk_scenarios import ALL_SCENARIOS, Scenario, scenario_tools
-
-ServerFactory = Any  # pytest-aiohttp's aiohttp_server fixture
+from gateway.config import Settings
+from tests.support.sdk_scenarios import ALL_SCENARIOS, Scenario, scenario_tools
+from tests.support.servers import SDK_SERVER
 
 
-async def _serve(aiohttp_server: ServerFactory, command: list[str]) -> str:
-    server: TestServer = await aiohttp_server(create_app(Settings(command=command, port=0)))
+async def _serve(aiohttp_server: AiohttpServer, command: list[str]) -> str:
+    server = await aiohttp_server(create_app(Settings(command=command, port=0)))
     return str(server.make_url("/mcp"))
 
 
 @pytest.fixture
-async def sdk_gateway_url(aiohttp_server: ServerFactory) -> str:
+async def sdk_gateway_url(aiohttp_server: AiohttpServer) -> str:
     return await _serve(aiohttp_server, [sys.executable, str(SDK_SERVER)])
 
 
@@ -47,7 +45,7 @@ async def test_dual_era_client_falls_back_to_initialize(sdk_gateway_url: str) ->
     await scenario_tools(lambda **kwargs: mcp.Client(sdk_gateway_url, mode="auto", **kwargs))
 
 
-async def test_default_server_of_make_run(aiohttp_server: ServerFactory) -> None:
+async def test_default_server_of_make_run(aiohttp_server: AiohttpServer) -> None:
     """The published server `make run` wraps answers a tool call through the gateway."""
     time_server = Path(sys.executable).parent / "mcp-server-time"
     url = await _serve(aiohttp_server, [str(time_server), "--local-timezone", "UTC"])
@@ -60,7 +58,7 @@ async def test_default_server_of_make_run(aiohttp_server: ServerFactory) -> None
             assert "UTC" in str(result.content[0])
 
 
-async def test_sdk_client_with_a_bearer_header(aiohttp_server: ServerFactory) -> None:
+async def test_sdk_client_with_a_bearer_header(aiohttp_server: AiohttpServer) -> None:
     token = "sdk-client-token-42"
     port = unused_port()  # served at its public URL, which requests must name
     settings = Settings(
@@ -70,7 +68,7 @@ async def test_sdk_client_with_a_bearer_header(aiohttp_server: ServerFactory) ->
         static_tokens=[{"principal": "sdk", "sha256": digest_of(token)}],
         public_url=f"http://127.0.0.1:{port}",
     )
-    server: TestServer = await aiohttp_server(create_app(settings), port=port)
+    server = await aiohttp_server(create_app(settings), port=port)
     url = str(server.make_url("/mcp"))
     authorized = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
     await scenario_tools(

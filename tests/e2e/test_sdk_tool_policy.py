@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestServer, unused_port
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings
-from tests.conftest import SDK_SERVER
-from tests.e2e.sdk_scenarios import SCENARIO_TIMEOUT, text_of
+from gateway.config import Settings
+from tests.support.sdk_scenarios import SCENARIO_TIMEOUT, text_of
+from tests.support.servers import SDK_SERVER
 
-ServerFactory = Any  # pytest-aiohttp's aiohttp_server fixture
 Connect = Callable[[str | None], Any]
 
 READER = "sdk-reader-token-0123456789"  # no scope
@@ -33,7 +33,7 @@ SDK_TOOLS = {"add", "echo", "slow_progress", "log_then_answer", "ask_llm", "ask_
 ANNOTATED = {"peek", "save", "wipe"}
 
 
-async def _serve(aiohttp_server: ServerFactory, **settings: Any) -> str:
+async def _serve(aiohttp_server: AiohttpServer, **settings: Any) -> str:
     """Serve the SDK server at its public URL, on a loopback port of its own."""
     port = unused_port()
     public = f"http://127.0.0.1:{port}"
@@ -55,7 +55,7 @@ async def connected(url: str, token: str | None = None) -> AsyncIterator[mcp.Cli
         await http.aclose()
 
 
-async def test_denied_tools_are_hidden_and_refused(aiohttp_server: ServerFactory) -> None:
+async def test_denied_tools_are_hidden_and_refused(aiohttp_server: AiohttpServer) -> None:
     url = await _serve(aiohttp_server, tool_deny=["wipe", "ask_*"])
     async with connected(url) as client:
         names = {tool.name for tool in (await client.list_tools()).tools}
@@ -66,7 +66,7 @@ async def test_denied_tools_are_hidden_and_refused(aiohttp_server: ServerFactory
         assert text_of(await client.call_tool("add", {"a": 2, "b": 3})) == "5"
 
 
-async def test_token_scopes_decide_the_annotated_tools(aiohttp_server: ServerFactory) -> None:
+async def test_token_scopes_decide_the_annotated_tools(aiohttp_server: AiohttpServer) -> None:
     tokens = [
         {"principal": "reader", "sha256": digest_of(READER)},
         {"principal": "admin", "sha256": digest_of(ADMIN), "scopes": [WRITE, DESTRUCTIVE]},

@@ -24,8 +24,12 @@ from typing import Any, Final
 import pytest
 from aiohttp import ClientResponse, ClientSession
 
-from tests.conftest import LATEST, WAIT, JsonObj, descendants, echo_command, eventually, group_members, parse_sse
-from tests.deploy.gateway_process import HttpMcp, running_gateway
+from tests.support.gateway_process import HttpMcp, running_gateway
+from tests.support.mcp import LATEST, parse_sse
+from tests.support.processes import descendants, group_members
+from tests.support.servers import echo_command
+from tests.support.types import JsonObj
+from tests.support.waits import WAIT, eventually
 
 pytestmark = pytest.mark.slow
 

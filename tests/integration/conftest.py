@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import unused_port
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from tests.conftest import WAIT
-from tests.oauth_helpers import Browser, Gateway, oauth_settings
-
-ServerFactory = Any
-GatewayFactory = Callable[..., Awaitable[Gateway]]
+from tests.support.oauth import Browser, Gateway, GatewayFactory, oauth_settings
+from tests.support.waits import WAIT
 
 
 @pytest.fixture
-async def oauth_gateway(aiohttp_server: ServerFactory) -> AsyncIterator[GatewayFactory]:
+async def oauth_gateway(aiohttp_server: AiohttpServer) -> AsyncIterator[GatewayFactory]:
     """Factory: `await oauth_gateway(**settings)` serves a gateway with the built-in server on a
     loopback port of its own (its public URL), and closes its clients afterwards."""
     opened: list[Gateway] = []

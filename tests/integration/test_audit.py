@@ -8,7 +8,6 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,10 @@ import pytest
 
 from gateway.auth.static import digest_of
 from gateway.observe.logs import JsonFormatter
-from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, eventually
+from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp
+from tests.support.types import Gateway
+from tests.support.waits import eventually
 
-Gateway = Callable[..., Awaitable[Mcp]]
 ALICE = "alice-audit-token-0123456789"
 WRONG = "not-a-known-token-5555"
 PUBLIC = "https://mcp.example.com"

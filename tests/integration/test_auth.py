@@ -6,16 +6,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
 
 from gateway.auth.static import digest_of
-from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, text_of
+from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp, text_of
+from tests.support.types import Gateway
 
-Gateway = Callable[..., Awaitable[Mcp]]
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210"
 PUBLIC = "https://mcp.example.com"

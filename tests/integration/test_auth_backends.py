@@ -6,21 +6,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth import introspection
 from gateway.auth.registry import AuthStartupError
-from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
+from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp
+from tests.support.settings import make_settings
+from tests.support.types import Gateway
 
-Gateway = Callable[..., Awaitable[Mcp]]
-ServerFactory = Any
 RESOURCE = "https://mcp.example.com/mcp"
 ISSUER = "https://auth.example.com"
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": LATEST}}
@@ -56,7 +57,7 @@ class FakeBackend:
 
 
 @pytest.fixture
-async def backend(aiohttp_server: ServerFactory) -> FakeBackend:
+async def backend(aiohttp_server: AiohttpServer) -> FakeBackend:
     fake = FakeBackend()
     app = web.Application()
     app.router.add_post("/introspect", fake.introspect)

@@ -3,7 +3,6 @@ clients), from a real (fake) authorization server, and the SDK's OAuth client di
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,18 +15,17 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.auth import OAuthClientMetadata
 from pydantic import AnyUrl
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth.registry import AuthStartupError
 from gateway.auth.static import digest_of
-from tests.conftest import Mcp, make_settings
-from tests.oauth_helpers import MemoryTokenStorage
-
-Gateway = Callable[..., Awaitable[Mcp]]
-ServerFactory = Any
+from tests.support.oauth import MemoryTokenStorage
+from tests.support.settings import make_settings
+from tests.support.types import Gateway
 
 
-async def authorization_server(aiohttp_server: ServerFactory, *, openid: bool, issuer_suffix: str = "") -> str:
+async def authorization_server(aiohttp_server: AiohttpServer, *, openid: bool, issuer_suffix: str = "") -> str:
     app = web.Application()
     issuer: dict[str, str] = {}
 
@@ -60,7 +58,7 @@ def settings_for(issuer: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("openid", [False, True], ids=["rfc8414", "openid"])
 async def test_authorization_server_metadata_is_served(
-    gateway: Gateway, aiohttp_server: ServerFactory, openid: bool
+    gateway: Gateway, aiohttp_server: AiohttpServer, openid: bool
 ) -> None:
     issuer = await authorization_server(aiohttp_server, openid=openid)
     mcp = await gateway(**settings_for(issuer))
@@ -89,7 +87,7 @@ async def test_no_authorization_server_no_metadata(gateway: Gateway) -> None:
 
 
 @pytest.mark.parametrize("fault", ["issuer-mismatch", "down"])
-async def test_metadata_must_be_right_at_startup(aiohttp_server: ServerFactory, fault: str) -> None:
+async def test_metadata_must_be_right_at_startup(aiohttp_server: AiohttpServer, fault: str) -> None:
     if fault == "down":
         dead = web.Application()
         server: TestServer = await aiohttp_server(dead)  # answers 404 everywhere
@@ -106,7 +104,7 @@ class _Stop(Exception):
     """Ends the OAuth flow once the authorization URL is known (no browser in a test)."""
 
 
-async def test_sdk_oauth_client_discovers_through_the_gateway(aiohttp_server: ServerFactory) -> None:
+async def test_sdk_oauth_client_discovers_through_the_gateway(aiohttp_server: AiohttpServer) -> None:
     """401 → our resource metadata → the authorization server's metadata → registration → the
     authorization URL, which names our resource: the SDK's OAuth client finds its way."""
     hits: list[str] = []

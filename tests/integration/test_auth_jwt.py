@@ -9,7 +9,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,17 +22,18 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth import AuthError
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import JwtVerifier
 from gateway.auth.registry import AuthStartupError
-from gateway.config.settings import Settings
-from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
+from gateway.config import Settings
+from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp
+from tests.support.settings import make_settings
+from tests.support.types import Gateway
 
-Gateway = Callable[..., Awaitable[Mcp]]
-ServerFactory = Any  # pytest-aiohttp's aiohttp_server
 ISSUER = "https://idp.example"
 RESOURCE = "https://mcp.example.com/mcp"
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": LATEST}}
@@ -82,7 +83,7 @@ class FakeIdentityProvider:
 
 
 @pytest.fixture
-async def idp(aiohttp_server: ServerFactory) -> FakeIdentityProvider:
+async def idp(aiohttp_server: AiohttpServer) -> FakeIdentityProvider:
     provider = FakeIdentityProvider()
     app = web.Application()
     app.router.add_get("/jwks", provider.jwks)

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
 from pydantic import ValidationError
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth.registry import AuthStartupError
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings
-from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, make_settings
+from gateway.config import Settings
+from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp
+from tests.support.settings import make_settings
+from tests.support.types import Gateway
 
-Gateway = Callable[..., Awaitable[Mcp]]
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": LATEST}}
 STATIC = "static-token-123"
 PUBLIC = {"public_url": "https://mcp.example.com"}
@@ -64,7 +65,7 @@ async def test_chain_first_acceptance_wins(gateway: Gateway) -> None:
     assert await status_for(mcp, "neither") == 401
 
 
-async def test_chain_with_a_backend_down_fails_closed(gateway: Gateway, aiohttp_server: Any) -> None:
+async def test_chain_with_a_backend_down_fails_closed(gateway: Gateway, aiohttp_server: AiohttpServer) -> None:
     """If no verifier accepted and one could not answer, the answer is 503, never 401."""
     failing = {"down": False}
 

@@ -4,7 +4,6 @@ and a gateway-signed assertion; the token itself only where it is the upstream's
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings
-from tests.conftest import Mcp, text_of
+from gateway.config import Settings
+from tests.support.mcp import Mcp, text_of
+from tests.support.types import Gateway
 
-Gateway = Callable[..., Awaitable[Mcp]]
 PUBLIC = "https://mcp.example.com"
 ALICE, BOB = "alice-token-1234", "bob-token-5678"
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import resource
-from collections.abc import Awaitable, Callable
 
-from tests.conftest import Mcp, text_of
-
-Gateway = Callable[..., Awaitable[Mcp]]
+from tests.support.mcp import text_of
+from tests.support.types import Gateway
 
 
 async def test_configured_limits_reach_the_child(gateway: Gateway) -> None:

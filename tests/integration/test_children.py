@@ -14,25 +14,16 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
-from gateway.config.settings import DEFAULT_CHILD_ENV_ALLOW
-from tests.conftest import (
-    ACCEPT_BOTH,
-    LATEST,
-    JsonObj,
-    Mcp,
-    child_pids,
-    eventually,
-    group_members,
-    text_of,
-)
-
-Gateway = Callable[..., Awaitable[Mcp]]
+from gateway.config.child import DEFAULT_CHILD_ENV_ALLOW
+from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp, text_of
+from tests.support.processes import child_pids, group_members
+from tests.support.types import Gateway, JsonObj
+from tests.support.waits import eventually
 
 MiB: Final = 1024 * 1024
 # JSON-RPC codes the gateway answers with (gateway/jsonrpc.py).

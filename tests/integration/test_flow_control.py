@@ -4,7 +4,6 @@ and a child that stops reading its input fails the request instead of hanging it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,9 +11,10 @@ import pytest
 from gateway import keys
 from gateway.sessions import child as child_module
 from gateway.sessions.streams import BACKLOG_MESSAGES, CONGESTED_BYTES
-from tests.conftest import WAIT, Mcp, eventually, read_comment, read_event, text_of
+from tests.support.mcp import Mcp, read_comment, read_event, text_of
+from tests.support.types import Gateway
+from tests.support.waits import WAIT, eventually
 
-Gateway = Callable[..., Awaitable[Mcp]]
 MiB = 1024 * 1024
 # Notification size: well under the test client's line limit, large enough to fill buffers fast.
 NOTE_BYTES = 32 * 1024

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from gateway import keys
-from tests.conftest import WAIT, Mcp, eventually, live_processes, text_of
-
-Gateway = Any
+from tests.support.mcp import Mcp, text_of
+from tests.support.processes import live_processes
+from tests.support.types import Gateway
+from tests.support.waits import WAIT, eventually
 
 
 async def raw_call(mcp: Mcp, lines: list[str], *, answer: bool) -> tuple[int, list[dict[str, Any]]]:

@@ -24,14 +24,15 @@ from typing import Any, cast
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application
-from pytest_aiohttp.plugin import AiohttpClient as PluginClient
-from pytest_aiohttp.plugin import AiohttpServer
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway import create_app, keys
 from gateway.app import SERVER_OPTIONS
 from gateway.auth.static import digest_of
 from gateway.sessions.router import ASK_ID_PREFIX, GATEWAY_ID_BITS
-from tests.conftest import LARGE_BODY, WAIT, AiohttpClient, Mcp, eventually, make_settings, text_of
+from tests.support.mcp import LARGE_BODY, Mcp, text_of
+from tests.support.settings import make_settings
+from tests.support.waits import WAIT, eventually
 
 NO_SCOPE = "no-scope-token-0123456789"
 ADMIN = "admin-token-0123456789"
@@ -367,7 +368,7 @@ async def test_a_last_event_id_this_gateway_never_sent_is_a_clear_4xx(
 )
 async def test_a_compressed_body_is_refused_with_415_unread(
     aiohttp_server: AiohttpServer,
-    aiohttp_client: PluginClient,
+    aiohttp_client: AiohttpClient,
     encoding: str,
     body: bytes,
     caplog: pytest.LogCaptureFixture,

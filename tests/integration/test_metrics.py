@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -15,9 +14,11 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.auth.static import digest_of
-from tests.conftest import LATEST, WAIT, Mcp, make_settings
+from tests.support.mcp import LATEST, Mcp
+from tests.support.settings import make_settings
+from tests.support.types import Gateway
+from tests.support.waits import WAIT
 
-Gateway = Callable[..., Awaitable[Mcp]]
 ALICE = "alice-metrics-token-0123456789"
 SCRAPER = "scraper-token-abcdef"
 PUBLIC = "https://mcp.example.com"

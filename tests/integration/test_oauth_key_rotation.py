@@ -11,8 +11,7 @@ import jwt
 import pytest
 
 from gateway.oauth import keyset
-from tests.integration.conftest import GatewayFactory
-from tests.oauth_helpers import Gateway
+from tests.support.oauth import Gateway, GatewayFactory
 
 ROTATION = 3600.0
 

@@ -18,31 +18,30 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth.identity import ASSERTION_ENV, PRINCIPAL_ENV
 from gateway.auth.registry import AuthStartupError
 from gateway.auth.static import digest_of
 from gateway.oauth import oidc as oidc_module
-from tests.integration.conftest import GatewayFactory
-from tests.oauth_helpers import (
+from tests.support.oauth import (
     REDIRECT_URI,
     SERVICE_TOKEN,
     Browser,
     Gateway,
+    GatewayFactory,
     Step,
     authorize_url,
     forms_of,
     oauth_settings,
     pkce,
 )
-from tests.oidc_provider import SUBJECT, FakeProvider
-
-ServerFactory = Any
+from tests.support.oidc_provider import SUBJECT, FakeProvider
 
 
 @pytest.fixture
-async def provider(aiohttp_server: ServerFactory) -> FakeProvider:
+async def provider(aiohttp_server: AiohttpServer) -> FakeProvider:
     fake = FakeProvider()
     await fake.start(aiohttp_server)
     return fake
@@ -188,7 +187,7 @@ async def test_consent_is_remembered_per_provider_user(oidc: Setup) -> None:
 
 
 async def test_a_public_client_at_the_provider_and_oidc_alone(
-    oauth_gateway: GatewayFactory, aiohttp_server: ServerFactory
+    oauth_gateway: GatewayFactory, aiohttp_server: AiohttpServer
 ) -> None:
     provider = FakeProvider(client_secret=None)
     await provider.start(aiohttp_server)

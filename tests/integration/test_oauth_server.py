@@ -15,21 +15,13 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from gateway import create_app
 from gateway.oauth.clients import MAX_CIMD_BYTES, PublicResolver
 from gateway.oauth.tokens import digest
-from tests.conftest import public_host
-from tests.oauth_helpers import (
-    REDIRECT_URI,
-    SERVICE_TOKEN,
-    Gateway,
-    authorize_url,
-    oauth_settings,
-    pkce,
-)
-
-ServerFactory = Any
+from tests.support.oauth import REDIRECT_URI, SERVICE_TOKEN, Gateway, authorize_url, oauth_settings, pkce
+from tests.support.settings import public_host
 
 
 async def test_metadata_names_every_endpoint(oauth_gateway: Callable[..., Awaitable[Gateway]]) -> None:
@@ -307,7 +299,7 @@ async def test_denying_sends_access_denied(oauth_gateway: Callable[..., Awaitabl
     assert denied.redirect_params["error"] == "access_denied"
 
 
-async def test_pages_carry_strict_headers_and_production_cookie(aiohttp_client: Any) -> None:
+async def test_pages_carry_strict_headers_and_production_cookie(aiohttp_client: AiohttpClient) -> None:
     settings = oauth_settings(0, public_url="https://mcp.example.com")
     client = await aiohttp_client(create_app(settings), headers=public_host(settings))
     async with client.post(
@@ -506,7 +498,7 @@ async def test_a_rate_limited_page_is_a_page_and_an_endpoint_keeps_json(
 # --- client metadata documents --------------------------------------------------------------------
 
 
-async def _document_server(aiohttp_server: ServerFactory, body: Callable[[str], bytes]) -> str:
+async def _document_server(aiohttp_server: AiohttpServer, body: Callable[[str], bytes]) -> str:
     app = web.Application()
 
     async def document(request: web.Request) -> web.Response:
@@ -524,7 +516,7 @@ def _document(url: str, **extra: Any) -> bytes:
 
 
 async def test_a_client_metadata_document_names_the_client(
-    oauth_gateway: Callable[..., Awaitable[Gateway]], aiohttp_server: ServerFactory
+    oauth_gateway: Callable[..., Awaitable[Gateway]], aiohttp_server: AiohttpServer
 ) -> None:
     url = await _document_server(aiohttp_server, _document)
     gw = await oauth_gateway(oauth_cimd_allow_private=True)
@@ -591,7 +583,7 @@ async def test_a_host_name_resolving_to_loopback_is_refused() -> None:
 )
 async def test_bad_client_metadata_documents_are_refused(
     oauth_gateway: Callable[..., Awaitable[Gateway]],
-    aiohttp_server: ServerFactory,
+    aiohttp_server: AiohttpServer,
     body: Callable[[str], bytes],
     reason: str,
 ) -> None:

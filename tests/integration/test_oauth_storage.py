@@ -7,19 +7,26 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer, unused_port
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from gateway.oauth.storage import OAuthStore, SqliteStore, open_store
-from tests.conftest import WAIT
-from tests.integration.test_ratelimit_redis import REDIS, RedisServer
-from tests.oauth_helpers import Browser, Gateway, oauth_settings
-
-ServerFactory = Any
+from gateway.oauth.storage import OAuthStore, SqliteStore, StorageError, open_store
+from tests.support.oauth import (
+    SERVICE_TOKEN,
+    Browser,
+    Gateway,
+    GatewayFactory,
+    authorize_url,
+    oauth_settings,
+    pkce,
+)
+from tests.support.redis_process import REDIS, RedisServer
+from tests.support.waits import WAIT
 
 
 @pytest.fixture
@@ -66,14 +73,14 @@ async def test_sqlite_file_is_private(tmp_path: Path) -> None:
     assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
 
 
-async def _gateway(aiohttp_server: ServerFactory, port: int, **settings: Any) -> tuple[Gateway, TestServer]:
+async def _gateway(aiohttp_server: AiohttpServer, port: int, **settings: Any) -> tuple[Gateway, TestServer]:
     app = create_app(oauth_settings(port, **settings))
     server: TestServer = await aiohttp_server(app, port=port)
     http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT))
     return Gateway(f"http://127.0.0.1:{port}", app, http, Browser()), server
 
 
-async def test_grants_survive_a_restart(aiohttp_server: ServerFactory, tmp_path: Path) -> None:
+async def test_grants_survive_a_restart(aiohttp_server: AiohttpServer, tmp_path: Path) -> None:
     port = unused_port()
     key = "k" * 43 + "="
     settings = {"oauth_session_key": key, "data_dir": tmp_path / "data"}
@@ -97,7 +104,7 @@ async def test_grants_survive_a_restart(aiohttp_server: ServerFactory, tmp_path:
     await again.browser.close()
 
 
-async def test_a_flow_on_redis(aiohttp_server: ServerFactory, redis_url: str) -> None:
+async def test_a_flow_on_redis(aiohttp_server: AiohttpServer, redis_url: str) -> None:
     gw, _ = await _gateway(aiohttp_server, unused_port(), oauth_storage=redis_url)
     client = await gw.register()
     tokens = await gw.tokens(client["client_id"])
@@ -112,3 +119,31 @@ async def test_a_flow_on_redis(aiohttp_server: ServerFactory, redis_url: str) ->
     assert (await gw.mcp_status(tokens["access_token"]))[0] == 401
     await gw.http.close()
     await gw.browser.close()
+
+
+async def test_a_storage_that_stops_answering_is_unavailable_as_a_page_or_json(
+    oauth_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every endpoint answers a storage failure alike: 503 `temporarily_unavailable`, as a page
+    where a browser visits and as JSON where a client calls."""
+    gw = await oauth_gateway()
+    client = await gw.register()
+    _, challenge = pkce()
+    signin = await gw.browser.get(authorize_url(gw.base, client["client_id"], challenge))
+    assert signin.status == 200, signin.text
+
+    async def gone(*args: object) -> NoReturn:
+        raise StorageError("the storage does not answer")
+
+    for method in ("get", "put", "delete", "first_use", "values"):
+        monkeypatch.setattr(gw.oauth.store, method, gone)
+    for page in (
+        await gw.browser.submit(signin, token=SERVICE_TOKEN),
+        await gw.browser.get(authorize_url(gw.base, client["client_id"], challenge)),
+    ):
+        assert (page.status, page.headers["Content-Type"]) == (503, "text/html; charset=utf-8")
+        assert "<code>temporarily_unavailable</code>" in page.text
+    status, body = await gw.token(grant_type="authorization_code", code="c", client_id=client["client_id"])
+    assert (status, body["error"]) == (503, "temporarily_unavailable")
+    async with gw.http.post(gw.base + "/oauth/register", json={"redirect_uris": ["https://a.example/cb"]}) as answer:
+        assert (answer.status, (await answer.json())["error"]) == (503, "temporarily_unavailable")

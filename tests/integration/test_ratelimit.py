@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,9 +17,9 @@ from gateway.auth.bearer import VERIFIED_TOKEN_TTL
 from gateway.auth.static import digest_of
 from gateway.http import ratelimit
 from gateway.http.ratelimit import address_key
-from tests.conftest import LATEST, Mcp
+from tests.support.mcp import LATEST, Mcp
+from tests.support.types import Gateway
 
-Gateway = Callable[..., Awaitable[Mcp]]
 ALICE = "alice-ratelimit-token-0123456789"
 BOB = "bob-ratelimit-token-9876543210"
 PUBLIC = "https://mcp.example.com"

@@ -3,60 +3,19 @@ fail-open / fail-closed policies with Redis stopped (requests and `/ready`)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app
-from tests.conftest import WAIT, AiohttpClient, Mcp, make_settings
+from tests.support.redis_process import REDIS, RedisServer
+from tests.support.settings import make_settings
 
-Gateway = Callable[..., Awaitable[Mcp]]
 PING = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
-REDIS = shutil.which("redis-server")
-
-
-class RedisServer:
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.workdir = workdir
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"async+redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS is not None
-        argv = [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(argv, cwd=self.workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + WAIT
-        while not self._answers():
-            assert self.process.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
-                connection.sendall(b"PING\r\n")
-                return connection.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=WAIT)
-            self.process = None
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tests.conftest import WAIT, Mcp, eventually, parse_sse, read_comment, read_event, text_of
-
-Gateway = Callable[..., Awaitable[Mcp]]
-JsonObj = dict[str, Any]
+from tests.support.mcp import Mcp, parse_sse, read_comment, read_event, text_of
+from tests.support.types import Gateway, JsonObj
+from tests.support.waits import WAIT, eventually
 
 
 def call(name: str, msg_id: object, **arguments: Any) -> JsonObj:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,9 +23,10 @@ from gateway import keys
 from gateway.auth.static import digest_of
 from gateway.sessions import store as store_module
 from gateway.sessions.store import SessionStore
-from tests.conftest import LATEST, WAIT, Mcp, eventually, read_event
+from tests.support.mcp import LATEST, Mcp, read_event
+from tests.support.types import Gateway
+from tests.support.waits import WAIT, eventually
 
-Gateway = Callable[..., Awaitable[Mcp]]
 TOKENS: Final = {name: f"{name}-caps-token-0123456789" for name in ("alice", "bob", "carol")}
 PUBLIC: Final = "https://mcp.example.com"
 PROXY: Final = {"trusted_proxies": ["127.0.0.1/32"]}  # the test client is the proxy: X-Real-IP names the client

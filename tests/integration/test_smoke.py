@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.conftest import Mcp, text_of
+from tests.support.mcp import Mcp, text_of
 
 
 async def test_echo_round_trip(gateway) -> None:  # type: ignore[no-untyped-def]

@@ -13,11 +13,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application
+from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app, jsonrpc
 from gateway.auth.static import digest_of
 from gateway.sessions.router import ASK_ID_PREFIX
-from tests.conftest import LATEST, AiohttpClient, JsonObj, Mcp, make_settings, public_host, text_of
+from tests.support.mcp import LATEST, Mcp, text_of
+from tests.support.settings import make_settings, public_host
+from tests.support.types import JsonObj
 
 READER = "reader-token-0123456789"  # no scope
 WRITER = "writer-token-0123456789"  # tools:write

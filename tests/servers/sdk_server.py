@@ -3,7 +3,7 @@
 Run it as ``python tests/servers/sdk_server.py``; it speaks newline-delimited
 JSON-RPC on stdin/stdout and serves handshake-era clients (the ``initialize``
 handshake, protocol versions 2024-11-05 .. 2025-11-25) as well as 2026-07-28
-clients. Each feature below is exercised by ``tests/e2e/sdk_scenarios.py``:
+clients. Each feature below is exercised by ``tests/support/sdk_scenarios.py``:
 
 * tools: ``add``, ``echo``, ``slow_progress`` (progress notifications),
   ``log_then_answer`` (``notifications/message``), ``ask_llm`` (a

@@ -18,7 +18,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "gateway"
 # Modules that import nothing of the gateway but one another: what the server and the client may share.
 SHARED_LEAVES = frozenset({"gateway._version", "gateway.jsonrpc", "gateway.framing", "gateway.logline"})
 # Leaves the server's rooms stand on; each imports only leaves.
-LEAVES = SHARED_LEAVES | {"gateway.keys", "gateway.net", "gateway.errors"}
+LEAVES = SHARED_LEAVES | {
+    "gateway.keys",
+    "gateway.net",
+    "gateway.errors",
+    # What configuration checks and runtime uses alike, defined once: the JOSE algorithms and PEM
+    # keys (config and the jwt verifier), the well-known paths (config and discovery).
+    "gateway.jose",
+    "gateway.wellknown",
+}
 # Entry points: they parse the command line and hand over to a room, so they may import any.
 ENTRY_POINTS = frozenset({"gateway", "gateway.__main__", "gateway.cli"})
 

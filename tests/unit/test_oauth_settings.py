@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import ValidationError
 
 from gateway.auth.static import digest_of
-from gateway.cli import main
-from tests.conftest import make_settings
+from gateway.cli import EXIT_CONFIG, main
+from gateway.config import describe_errors
+from tests.support.settings import make_settings
 
 KEY = Fernet.generate_key().decode()
 STATIC = {"auth": "static", "static_tokens": [{"principal": "a", "sha256": digest_of("t")}]}
@@ -63,6 +65,62 @@ def test_a_complete_configuration() -> None:
 def test_configuration_problems(overrides: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         _settings(**overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"public_url": None}, "public_url"),
+        ({"public_url": "http://mcp.example.com"}, "public_url"),
+        ({"oauth_session_key": "not-a-key"}, "oauth_session_key"),
+        ({"auth": "none", "static_tokens": []}, "auth"),
+        ({"authorization_servers": ["https://auth.example.com"]}, "authorization_servers"),
+        ({"oauth_storage": "postgres://db"}, "oauth_storage"),
+        ({"data_dir": "/nonexistent/data/dir"}, "data_dir"),
+        ({"oauth_signin_methods": []}, "oauth_signin_methods"),
+        ({"oauth_token_to_env": True}, "oauth_token_to_env"),
+        ({"oauth_oidc_issuer": "https://accounts.example.com"}, "oauth_oidc_issuer"),
+    ],
+    ids=[
+        "no-url",
+        "http",
+        "bad-key",
+        "no-verifier",
+        "external-as",
+        "storage",
+        "data-dir",
+        "no-method",
+        "to-env",
+        "oidc",
+    ],
+)
+def test_each_problem_is_filed_under_its_own_setting(overrides: dict[str, Any], setting: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(**overrides)
+    assert [item["loc"] for item in caught.value.errors()] == [(setting,)]
+
+
+BAD_PUBLIC_URL = [
+    "public_url: URL scheme should be 'http' or 'https'",
+    "auth: oauth_server: token sign-in checks the pasted token with the static or whoami verifier: set auth",
+    "oauth_session_key: oauth_server: needs oauth_session_key (generate one with `mcp-gateway oauth-key`)",
+]
+
+
+def test_a_bad_public_url_is_reported_once() -> None:
+    """The URL's own problem, not also "needs public_url"; the others under their own settings,
+    none under oauth_token_to_env, which nobody set."""
+    with pytest.raises(ValidationError) as caught:
+        make_settings(oauth_server=True, public_url="ftp://x")
+    assert describe_errors(caught.value) == BAD_PUBLIC_URL
+
+
+def test_check_reports_a_bad_public_url_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--oauth-server", "--public-url", "ftp://x", "--", sys.executable]) == EXIT_CONFIG
+    assert capsys.readouterr().err.splitlines() == [
+        "mcp-gateway: invalid configuration:",
+        *(f"  {line}" for line in BAD_PUBLIC_URL),
+    ]
 
 
 def test_plain_http_is_allowed_on_loopback_only() -> None:

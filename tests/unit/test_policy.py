@@ -1,17 +1,25 @@
 """Tool policy rules without I/O: globs, deny winning, annotation classes with the spec's
-defaults, scopes per class, and configuration validation reporting every problem at once."""
+defaults, scopes per class, configuration validation reporting every problem at once, and where
+a session's catalog lives."""
 
 from __future__ import annotations
 
+import gc
 import sys
+import weakref
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from gateway import jsonrpc
+from gateway.auth import ANONYMOUS
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings, describe_errors
-from gateway.sessions.policy import ToolClass, ToolPolicy, glob_problem, shown, tool_class
+from gateway.config import Settings, describe_errors
+from gateway.config.tools import glob_problem
+from gateway.observe.audit import Audit
+from gateway.sessions.policy import ToolCatalog, ToolClass, ToolFilter, ToolPolicy, shown, tool_class
+from gateway.sessions.router import Router
 
 PY = sys.executable
 STATIC: dict[str, Any] = {"auth": "static", "static_tokens": [{"principal": "p", "sha256": digest_of("t" * 20)}]}
@@ -147,3 +155,23 @@ def test_policy_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -
     assert settings.tool_deny == ["delete_*", "drop_*"]
     assert settings.tool_allow == ["read_*", "delete_*"]
     assert settings.tool_scope_write == "mcp:write"
+
+
+async def test_a_sessions_catalog_is_the_policys_and_ends_with_its_router() -> None:
+    """The policy keeps each session's catalog, plugged into the router's one interceptor slot;
+    it holds the router only weakly, so the catalog goes when the session's router goes."""
+    tool_filter = ToolFilter(ToolPolicy(write_scope="tools:write"), list_timeout=1.0, audit=Audit(None))
+    router = Router(label="test", request_timeout=1.0, violation_limit=1, on_close=lambda _: None)
+    listing = jsonrpc.classify({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    screening = await tool_filter.screen(router, [listing], ANONYMOUS)
+    assert screening is not None
+    assert list(screening.intercepted) == [0]
+    assert isinstance(router.interceptor, ToolCatalog)
+    router.interceptor.classes["peek"] = ToolClass.READ_ONLY
+    changed = jsonrpc.classify({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
+    assert router.interceptor.intercept(changed) is False  # seen, forwarded unchanged
+    assert router.interceptor.classes == {}
+    session_router = weakref.ref(router)
+    del router, screening
+    gc.collect()
+    assert session_router() is None  # the policy's catalogs keep no session alive

@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway import cli
-from gateway.config.settings import Settings, describe_errors
+from gateway.config import Settings, describe_errors
 
 PY = sys.executable
 
@@ -243,6 +243,85 @@ def test_auth_configuration_problems(overrides: dict[str, Any], problem: str) ->
     with pytest.raises(ValidationError) as caught:
         Settings(**{**values, **overrides})
     assert any(line.startswith(f"{problem}") for line in describe_errors(caught.value))
+
+
+STATIC = {"auth": "static", "static_tokens": [{"principal": "a", "sha256": DIGEST}]}
+WILDCARD = "0.0.0.0"  # noqa: S104 - a bind the rules are about
+
+
+@pytest.mark.parametrize(
+    ("values", "settings"),
+    [
+        ({"auth": "static"}, ["static_tokens"]),
+        ({"auth": "jwt"}, ["token_issuer", "token_audience", "jwt_public_keys"]),
+        (
+            {"auth": "introspection", "introspection_url": "https://auth.example/introspect"},
+            ["introspection_client_id", "introspection_client_secret"],
+        ),
+        ({"auth": "chain", "auth_chain": "whoami,plugin"}, ["whoami_url", "plugin"]),
+        (
+            {"startup_token": "t", "child_identity": True, "tool_scope_write": "w"},
+            ["startup_token", "child_identity", "tool_scope_write"],
+        ),
+        ({"metrics_host": WILDCARD, "metrics_port": 9100}, ["metrics_port"]),
+        ({**STATIC, "host": WILDCARD}, ["auth"]),
+        # A setting that failed its own check is not read as unset: its problem alone is reported.
+        ({**STATIC, "host": WILDCARD, "public_url": "ftp://x"}, ["public_url"]),
+        ({**STATIC, "host": WILDCARD, "public_url": "https://x.example/prefix"}, ["public_url"]),
+        ({"auth": "static", "static_tokens_file": "/nonexistent/tokens.json"}, ["static_tokens_file"]),
+        ({"auth": "static", "static_tokens": [{"principal": "x", "sha256": "nothex"}]}, ["static_tokens.0.sha256"]),
+        ({"auth": "bogus", "host": WILDCARD}, ["auth"]),
+        ({"auth": "jwt", "token_env": "1bad"}, ["token_issuer", "token_audience", "jwt_public_keys", "token_env"]),
+        ({"tool_scope_write": "two words"}, ["tool_scope_write"]),
+    ],
+    ids=[
+        "static",
+        "jwt",
+        "introspection",
+        "chain",
+        "need-auth",
+        "metrics",
+        "wildcard",
+        "wildcard-bad-url",
+        "wildcard-url-path",
+        "bad-tokens-file",
+        "bad-token",
+        "bad-auth",
+        "bad-token-env",
+        "bad-scope",
+    ],
+)
+def test_each_problem_between_settings_is_filed_once_under_its_setting(
+    values: dict[str, Any], settings: list[str]
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(command=[PY], **values)
+    assert [line.split(":")[0] for line in describe_errors(caught.value)] == settings
+
+
+def test_problems_of_both_kinds_come_together_in_the_order_of_the_settings() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(command=[PY], auth="jwt", token_issuer="https://idp.example", port="x", jwt_algorithms="HS256")
+    errors = caught.value.errors()
+    assert [(item["loc"], item["type"]) for item in errors] == [
+        (("port",), "int_parsing"),
+        (("token_audience",), "value_error"),
+        (("jwt_public_keys",), "value_error"),
+        (("jwt_algorithms",), "value_error"),
+    ]
+    # A setting's own problem keeps its words and its type among the others.
+    assert errors[0]["msg"] == "Input should be a valid integer, unable to parse string as an integer"
+    assert errors[1]["msg"] == "Value error, the jwt verifier requires token_audience"
+
+
+def test_rate_limits_read_as_values() -> None:
+    settings = Settings(command=[PY], ratelimit_spawn="5/second;100/minute", ratelimit_requests_ip="off")
+    assert [str(item) for item in settings.rate_limit("spawn")] == ["5 per 1 second", "100 per 1 minute"]
+    assert settings.rate_limit("requests_ip") == []
+    assert settings.ratelimit_shared_storage is None
+    assert Settings(command=[PY], ratelimit_storage="async+memory://").ratelimit_shared_storage is None
+    shared = "async+redis://redis.internal:6379/0"
+    assert Settings(command=[PY], ratelimit_storage=shared).ratelimit_shared_storage == shared
 
 
 def test_authentication_allows_a_remote_bind() -> None:

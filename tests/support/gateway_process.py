@@ -22,19 +22,11 @@ from typing import Any, Final
 
 from aiohttp import ClientResponse, ClientSession
 
-from tests.conftest import (
-    ACCEPT_BOTH,
-    LARGE_BODY,
-    LATEST,
-    WAIT,
-    JsonObj,
-    descendants,
-    drain_log,
-    echo_command,
-    live_processes,
-    parse_sse,
-    startup_log,
-)
+from tests.support.mcp import ACCEPT_BOTH, LARGE_BODY, LATEST, parse_sse
+from tests.support.processes import descendants, drain_log, live_processes, startup_log
+from tests.support.servers import echo_command
+from tests.support.types import JsonObj
+from tests.support.waits import WAIT
 
 # Bytes of one stderr line the reader accepts (log records are short; this only bounds memory).
 LOG_LINE_LIMIT: Final = 1024 * 1024

@@ -8,9 +8,10 @@ import base64
 import hashlib
 import json
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import aiohttp
@@ -20,9 +21,11 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 from gateway import keys
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.oauth.server import OAuthServer
-from tests.conftest import ACCEPT_BOTH, LATEST, WAIT, make_settings, parse_sse
+from tests.support.mcp import ACCEPT_BOTH, LATEST, parse_sse
+from tests.support.settings import make_settings
+from tests.support.waits import WAIT
 
 SERVICE_TOKEN = "alice-service-token-1234"
 OTHER_TOKEN = "bob-service-token-5678"
@@ -162,6 +165,9 @@ def authorize_url(base: str, client_id: str, challenge: str, **overrides: str | 
 
 @dataclass
 class Gateway:
+    """A gateway serving the built-in authorization server at `base`, and the steps of a client
+    (registration, the token endpoint, the browser's part of a flow, an MCP request)."""
+
     base: str
     app: web.Application
     http: aiohttp.ClientSession
@@ -243,6 +249,10 @@ class Gateway:
             pass
         environment: dict[str, str] = json.loads(messages[-1]["result"]["content"][0]["text"])
         return environment
+
+
+GatewayFactory: TypeAlias = Callable[..., Awaitable[Gateway]]
+"""The `oauth_gateway` fixture: `await oauth_gateway(**settings)` serves one on a port of its own."""
 
 
 class MemoryTokenStorage:

@@ -20,7 +20,7 @@ VHOST_DIR: Final = DEPLOY / "vhost.d"
 BASE_DOCKERFILE: Final = DEPLOY / "Dockerfile"
 EXAMPLE_DOCKERFILE: Final = DEPLOY / "mcp-time" / "Dockerfile"
 DOCKERIGNORE: Final = ROOT / ".dockerignore"
-SCHEMA_FILE: Final = Path(__file__).parent / "data" / "compose-spec.json"
+SCHEMA_FILE: Final = ROOT / "tests" / "deploy" / "data" / "compose-spec.json"
 
 
 # --- Compose ----------------------------------------------------------------------------------

@@ -19,11 +19,11 @@ from urllib.parse import unquote, urlencode
 import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
+from pytest_aiohttp import AiohttpServer
 
 CLIENT_ID = "gateway-at-the-provider"
 CLIENT_SECRET = "provider-client-secret-0123"
 SUBJECT = "248289761001"
-ServerFactory = Any
 
 
 def _s256(verifier: str) -> str:
@@ -56,7 +56,7 @@ class FakeProvider:
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, Any]] = []
 
-    async def start(self, aiohttp_server: ServerFactory) -> str:
+    async def start(self, aiohttp_server: AiohttpServer) -> str:
         app = web.Application()
         app.router.add_get("/.well-known/openid-configuration", self._discovery)
         app.router.add_get("/jwks", self._jwks)

@@ -19,8 +19,8 @@ import yaml
 from pydantic import ValidationError
 
 from gateway import cli
-from gateway.config.settings import Settings
-from gateway.tools import new_service as scaffold
+from gateway.config import Settings
+from gateway.tools import new_service
 from gateway.tools.client_config import TOKEN_PLACEHOLDER
 from gateway.tools.new_service import (
     NODE_SERVER,
@@ -30,7 +30,7 @@ from gateway.tools.new_service import (
     plan_install,
     render_template,
 )
-from tests.conftest import WAIT
+from tests.support.waits import WAIT
 
 HADOLINT: Final = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.defpath]))
 PYTHON_COMMAND: Final = "mcp-server-time --local-timezone UTC"
@@ -64,7 +64,7 @@ def secret_like(text: str) -> list[str]:
     return mixed + HEX_DIGEST.findall(text)
 
 
-def new_service(out: Path, name: str, *options: str) -> int:
+def run_new_service(out: Path, name: str, *options: str) -> int:
     return cli.main(["new-service", name, "--out", str(out), *options])
 
 
@@ -125,7 +125,7 @@ MATRIX = [(runtime, command, auth) for runtime, command in RUNTIMES for auth in 
 @pytest.fixture(params=MATRIX, ids=[f"{runtime}-{auth}" for runtime, _, auth in MATRIX])
 def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str, Path]:
     runtime, command, auth = request.param
-    status = new_service(tmp_path, "tools", "--command", command, "--auth", auth, "--domain", "tools.example.org")
+    status = run_new_service(tmp_path, "tools", "--command", command, "--auth", auth, "--domain", "tools.example.org")
     assert status == 0
     return runtime, auth, tmp_path / "tools"
 
@@ -477,13 +477,13 @@ def test_commands_that_cannot_be_mapped(command: str, runtime: Any, package: str
 
 def test_a_quote_in_an_argument_survives_the_dockerfile(tmp_path: Path) -> None:
     command = """mcp-server-time --greeting "it's \\"here\\" $HOME" --x"""
-    assert new_service(tmp_path, "quotes", "--command", command) == 0
+    assert run_new_service(tmp_path, "quotes", "--command", command) == 0
     final = stages((tmp_path / "quotes/Dockerfile").read_text())[-1]
     assert env_command(final) == ["/opt/mcp-server/bin/mcp-server-time", "--greeting", 'it\'s "here" $HOME', "--x"]
 
 
 def test_the_static_time_service_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status = new_service(tmp_path, "time", "--command", "mcp-server-time", "--domain", "time.example.com")
+    status = run_new_service(tmp_path, "time", "--command", "mcp-server-time", "--domain", "time.example.com")
     out = capsys.readouterr().out
     assert status == 0
     assert out.startswith(f"created {tmp_path / 'time'}/ for https://time.example.com/mcp\n")
@@ -545,7 +545,7 @@ def test_the_static_time_service_tree(tmp_path: Path, capsys: pytest.CaptureFixt
 def test_refusals_write_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, options: list[str], message: str
 ) -> None:
-    assert new_service(tmp_path, name, *options) == 2
+    assert run_new_service(tmp_path, name, *options) == 2
     captured = capsys.readouterr()
     assert message in captured.err
     assert captured.out == ""
@@ -553,7 +553,7 @@ def test_refusals_write_nothing(
 
 
 def test_every_problem_is_reported_at_once(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert new_service(tmp_path, "Bad", "--command", "", "--domain", "nope") == 2
+    assert run_new_service(tmp_path, "Bad", "--command", "", "--domain", "nope") == 2
     err = capsys.readouterr().err
     assert "NAME 'Bad'" in err
     assert "'nope' is not a host name" in err
@@ -564,7 +564,7 @@ def test_an_existing_folder_is_never_touched(tmp_path: Path, capsys: pytest.Capt
     (tmp_path / "time").mkdir()
     (tmp_path / "time" / "mine.txt").write_text("keep me")
     before = listing(tmp_path)
-    assert new_service(tmp_path, "time", "--command", "mcp-server-time") == 2
+    assert run_new_service(tmp_path, "time", "--command", "mcp-server-time") == 2
     assert "already exists: nothing was written" in capsys.readouterr().err
     assert listing(tmp_path) == before
     assert (tmp_path / "time" / "mine.txt").read_text() == "keep me"
@@ -572,13 +572,13 @@ def test_an_existing_folder_is_never_touched(tmp_path: Path, capsys: pytest.Capt
 
 def test_an_empty_existing_folder_is_refused_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "time").mkdir()
-    assert new_service(tmp_path, "time", "--command", "mcp-server-time") == 2
+    assert run_new_service(tmp_path, "time", "--command", "mcp-server-time") == 2
     assert "already exists" in capsys.readouterr().err
     assert listing(tmp_path) == ["time"]
 
 
 def test_a_missing_output_folder_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert new_service(tmp_path / "nowhere", "time", "--command", "mcp-server-time") == 2
+    assert run_new_service(tmp_path / "nowhere", "time", "--command", "mcp-server-time") == 2
     assert "does not exist" in capsys.readouterr().err
     assert listing(tmp_path) == []
 
@@ -596,7 +596,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(Path, "write_text", fail_on_third)
     with pytest.raises(OSError, match="No space left"):
-        scaffold.write_service(scaffold.make_service("time", "mcp-server-time"), tmp_path)
+        new_service.write_service(new_service.make_service("time", "mcp-server-time"), tmp_path)
     assert listing(tmp_path) == []
 
 
@@ -625,29 +625,29 @@ def test_render_template_errors(text: str, message: str) -> None:
 
 def test_every_shipped_template_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     used: set[str] = set()
-    real_read = scaffold.read_template
+    real_read = new_service.read_template
 
     def recording(name: str) -> str:
         used.add(name)
         return real_read(name)
 
-    monkeypatch.setattr(scaffold, "read_template", recording)
+    monkeypatch.setattr(new_service, "read_template", recording)
     for runtime, command in RUNTIMES:
         for pinned in (False, True):
             for auth in AUTHS:
                 package = {"python": "mcp-server-time==1.0.0", "node": "@modelcontextprotocol/server-filesystem@1.0.0"}
-                service = scaffold.make_service(
+                service = new_service.make_service(
                     "tools",
                     command,
                     package=package[runtime] if pinned else None,
                     auth=auth,  # type: ignore[arg-type]
                 )
-                scaffold.render_files(service)
+                new_service.render_files(service)
     import importlib.resources
 
     shipped = {
         entry.name
-        for entry in importlib.resources.files(scaffold.TEMPLATE_PACKAGE).iterdir()
+        for entry in importlib.resources.files(new_service.TEMPLATE_PACKAGE).iterdir()
         if entry.name.endswith(".tmpl")
     }
     assert used == shipped

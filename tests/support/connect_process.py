@@ -14,14 +14,16 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from aiohttp.test_utils import TestServer, unused_port
+from aiohttp.test_utils import unused_port
 from aiohttp.web import Application
+from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.auth.static import digest_of
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.jsonrpc import classify
-from tests.conftest import WAIT, JsonObj
+from tests.support.types import JsonObj
+from tests.support.waits import WAIT
 
 TOKEN_VAR: Final = "MCP_BRIDGE_TEST_TOKEN"
 TOKEN: Final = "bridge-test-token-7c1d9e"
@@ -47,9 +49,9 @@ def gateway_settings(command: list[str], **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-async def serve_gateway(aiohttp_server: Any, settings: Settings) -> tuple[str, Application]:
+async def serve_gateway(aiohttp_server: AiohttpServer, settings: Settings) -> tuple[str, Application]:
     app = create_app(settings)
-    server: TestServer = await aiohttp_server(app, port=settings.port)
+    server = await aiohttp_server(app, port=settings.port)
     return str(server.make_url("/mcp")), app
 
 

@@ -4,7 +4,7 @@ Behind the bridge: the gateway (static bearer auth) in front of the SDK test ser
 SDK's own Streamable HTTP server. Every SDK scenario passing over both shows the bridge is
 transparent for a legacy-era client: initialize, tools, progress, logging, sampling and
 elicitation round trips, resource subscriptions. Protocol details (errors, bounds, expiry,
-shutdown) are checked line by line in test_bridge.py.
+shutdown) are checked line by line in test_connect.py.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import Any
 import mcp
 import pytest
 from mcp import StdioServerParameters
+from pytest_aiohttp import AiohttpServer
 
-from tests.conftest import SDK_SERVER, SERVERS, WAIT
-from tests.e2e.bridge_process import TOKEN, TOKEN_VAR, bridge_argv, gateway_settings, serve_gateway
-from tests.e2e.sdk_scenarios import ALL_SCENARIOS, Scenario
+from tests.support.connect_process import TOKEN, TOKEN_VAR, bridge_argv, gateway_settings, serve_gateway
+from tests.support.sdk_scenarios import ALL_SCENARIOS, Scenario
+from tests.support.servers import SDK_SERVER, SERVERS
+from tests.support.waits import WAIT
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +41,7 @@ def bridged_client(url: str, token: str = TOKEN) -> Any:
 
 
 @pytest.fixture
-async def gateway_url(aiohttp_server: Any) -> str:
+async def gateway_url(aiohttp_server: AiohttpServer) -> str:
     url, _ = await serve_gateway(aiohttp_server, gateway_settings([sys.executable, str(SDK_SERVER)]))
     return url
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from multidict import CIMultiDict
+from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app, keys
-from tests.conftest import ACCEPT_BOTH, LATEST, Mcp, text_of
-from tests.oauth_helpers import REDIRECT_URI, oauth_settings
+from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp, text_of
+from tests.support.oauth import REDIRECT_URI, oauth_settings
+from tests.support.types import Gateway
 
-Gateway = Callable[..., Awaitable[Mcp]]
 PING = {"jsonrpc": "2.0", "id": 5, "method": "ping"}
 
 
@@ -340,7 +340,9 @@ async def test_the_host_must_name_the_public_url(
 
 
 @pytest.mark.parametrize(("host", "status"), [("mcp.example.com", 201), ("evil.example", 421)], ids=["match", "other"])
-async def test_the_authorization_server_checks_the_host_too(aiohttp_client: Any, host: str, status: int) -> None:
+async def test_the_authorization_server_checks_the_host_too(
+    aiohttp_client: AiohttpClient, host: str, status: int
+) -> None:
     app = create_app(oauth_settings(0, public_url="https://mcp.example.com"))
     client = await aiohttp_client(app)
     registration = {"redirect_uris": [REDIRECT_URI], "client_name": "host check"}

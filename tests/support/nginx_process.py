@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from tests.conftest import WAIT
-from tests.deploy.files import VHOST_DIR
+from tests.support.deploy_files import VHOST_DIR
+from tests.support.waits import WAIT
 
 NGINX: Final = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 HOST: Final = "mcp.example.com"

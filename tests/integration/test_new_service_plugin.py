@@ -13,12 +13,15 @@ from typing import Final
 
 import aiohttp
 import pytest
+from pytest_aiohttp import AiohttpClient
 
 from gateway import cli, create_app
 from gateway.auth import AuthError
 from gateway.auth.plugin import load_plugin
-from gateway.config.settings import Settings
-from tests.conftest import ACCEPT_BOTH, LATEST, AiohttpClient, echo_command, public_host
+from gateway.config import Settings
+from tests.support.mcp import ACCEPT_BOTH, LATEST
+from tests.support.servers import echo_command
+from tests.support.settings import public_host
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 # mypy over the skeleton and the gateway's typed package, from a cold cache.

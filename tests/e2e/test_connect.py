@@ -21,13 +21,16 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
+from pytest_aiohttp import AiohttpServer
 
 from gateway import keys
 from gateway.sessions.store import SessionStore
-from tests.conftest import ECHO_SERVER, WAIT, JsonObj, child_pids, eventually
-from tests.e2e.bridge_process import TOKEN, TOKEN_VAR, gateway_settings, running_bridge, serve_gateway
+from tests.support.connect_process import TOKEN, TOKEN_VAR, gateway_settings, running_bridge, serve_gateway
+from tests.support.processes import child_pids
+from tests.support.servers import ECHO_SERVER
+from tests.support.types import JsonObj
+from tests.support.waits import WAIT, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +46,7 @@ def text_of(response: JsonObj) -> str:
 
 
 @pytest.fixture
-async def echo_gateway(aiohttp_server: Any) -> tuple[str, SessionStore]:
+async def echo_gateway(aiohttp_server: AiohttpServer) -> tuple[str, SessionStore]:
     url, app = await serve_gateway(aiohttp_server, gateway_settings(ECHO))
     return url, app[keys.SESSIONS]
 
@@ -324,9 +327,9 @@ class Script:
         return web.Response(status=405)
 
 
-async def test_against_a_scripted_server(aiohttp_server: Any) -> None:
+async def test_against_a_scripted_server(aiohttp_server: AiohttpServer) -> None:
     script = Script()
-    server: TestServer = await aiohttp_server(script.app())
+    server = await aiohttp_server(script.app())
     try:
         await _scripted_session(str(server.make_url("/mcp")), script)
     finally:
@@ -385,10 +388,10 @@ async def _scripted_session(url: str, script: Script) -> None:
         assert headers["Authorization"] == f"Bearer {TOKEN}"
 
 
-async def test_a_server_without_a_standalone_stream(aiohttp_server: Any) -> None:
+async def test_a_server_without_a_standalone_stream(aiohttp_server: AiohttpServer) -> None:
     """GET answered 405: no stream, and no reconnection attempts either."""
     script = Script(get_status=405)
-    server: TestServer = await aiohttp_server(script.app())
+    server = await aiohttp_server(script.app())
     async with running_bridge(str(server.make_url("/mcp"))) as bridge:
         await bridge.initialize()
         assert await eventually(lambda: len(script.gets) == 1)

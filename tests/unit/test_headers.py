@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.http.headers import OriginPolicy, accepted
 
 

@@ -1,0 +1,105 @@
+"""The child: the stdio server every session runs, the environment it gets, how much bad output
+it may write, and the resource limits it starts under. Nothing here reads a request: a child's
+command and environment come from configuration only. Field groups of `Settings`; the rules
+between settings (the command found on the child's own PATH) are in `checks.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from gateway.config.limits import MiB
+from gateway.config.parsing import TextList
+
+# What a child inherits from the gateway's environment by default: enough to find programs and
+# a home directory, nothing that could carry the gateway's own secrets.
+DEFAULT_CHILD_ENV_ALLOW: Final = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TZ")
+
+
+class ChildSettings(BaseModel):
+    """The command every session runs, and the environment and directory it runs in."""
+
+    child_env_allow: TextList[str] = Field(
+        list(DEFAULT_CHILD_ENV_ALLOW), description="Names of gateway environment variables a child inherits."
+    )
+    child_env: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Extra environment for every child, as a JSON object (values are secret)."
+    )
+    child_cwd: Path | None = Field(None, description="Working directory of every child (default: the gateway's).")
+    # Not a comma-separated list: a command reads as a JSON array or as shell words.
+    command: Annotated[list[str], NoDecode] = Field(
+        description="The stdio MCP server to run per session: a JSON array or a shell-style string (no shell runs).",
+    )
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _parse_command(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else shlex.split(text)
+        return value
+
+    @field_validator("child_env")
+    @classmethod
+    def _check_child_env(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        bad = [name for name in value if not name or "=" in name or "\0" in name]
+        if bad:
+            raise ValueError(f"invalid variable names: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("child_cwd")
+    @classmethod
+    def _check_cwd(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{str(value)!r} is not a directory")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, value: list[str]) -> list[str]:
+        if not value or not value[0]:
+            raise ValueError("no server command: pass it after '--' or set MCP_GATEWAY_COMMAND")
+        return value
+
+    def child_environment(self) -> dict[str, str]:
+        """The exact environment of every child: the allow-listed inherited values plus extras."""
+        env = {name: os.environ[name] for name in self.child_env_allow if name in os.environ}
+        env.update({name: secret.get_secret_value() for name, secret in self.child_env.items()})
+        return env
+
+
+class ChildOutputSettings(BaseModel):
+    """How much a child may break the stdout protocol before its session closes."""
+
+    stdout_violation_limit: int = Field(
+        20, ge=1, description="Non-JSON or oversized stdout lines tolerated before a session is closed."
+    )
+
+
+class ChildLimitSettings(BaseModel):
+    """The resource limits (`setrlimit`) every child starts under; unset means inherited."""
+
+    child_rlimit_as_mb: int | None = Field(None, ge=16, description="Address-space limit of each child, MiB.")
+    child_rlimit_cpu_seconds: int | None = Field(None, ge=1, description="CPU-time limit of each child, seconds.")
+    child_rlimit_nofile: int | None = Field(None, ge=8, description="Open-file limit of each child.")
+    child_rlimit_nproc: int | None = Field(
+        None, ge=1, description="Process limit of each child (counted per user ID, not per session)."
+    )
+
+    def child_rlimits(self) -> tuple[tuple[int, int], ...]:
+        """The configured (resource, limit) pairs each child gets at spawn."""
+        pairs = [
+            (resource.RLIMIT_AS, self.child_rlimit_as_mb * MiB if self.child_rlimit_as_mb else None),
+            (resource.RLIMIT_CPU, self.child_rlimit_cpu_seconds),
+            (resource.RLIMIT_NOFILE, self.child_rlimit_nofile),
+            (resource.RLIMIT_NPROC, self.child_rlimit_nproc),
+        ]
+        return tuple((which, limit) for which, limit in pairs if limit is not None)
