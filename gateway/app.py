@@ -28,24 +28,23 @@ from typing import TYPE_CHECKING, Any, Final
 from aiohttp import web
 from limits import RateLimitItem
 
-from gateway import keys, net
+from gateway import keys, net, request_context
 from gateway._version import __version__
-from gateway.auth import discovery
+from gateway.auth import AuthStartupError, discovery
 from gateway.auth.bearer import Authenticator, auth_middleware
 from gateway.auth.discovery import protected_resource_metadata
 from gateway.auth.identity import IdentityIssuer
-from gateway.auth.registry import AuthStartupError, build_verifier, check_startup_token
+from gateway.auth.registry import build_verifier, check_startup_token
 from gateway.auth.server_metadata import AuthorizationServerMetadata
 from gateway.errors import error_middleware
 from gateway.http import connections, cors, health, ratelimit
-from gateway.http import context as request_context
 from gateway.http.clientip import client_ip_middleware
 from gateway.http.headers import HostPolicy, OriginPolicy, host_middleware
 from gateway.oauth import routes as oauth_routes
-from gateway.oauth.server import PREFIX as OAUTH_PREFIX
 from gateway.observe import metrics
 from gateway.observe.audit import Audit
 from gateway.observe.metrics import Metrics
+from gateway.paths import OAUTH_PREFIX
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.policy import ToolFilter, ToolPolicy
 from gateway.sessions.store import SessionLimits, SessionStore
@@ -83,8 +82,9 @@ def create_app(settings: Settings) -> web.Application:
         auth_middleware(authenticator),
         ratelimit.principal_middleware(settings.mcp_path),
     ]
-    if settings.oauth_server:
-        cookie = oauth_routes.browser_session_middleware(settings)
+    if settings.oauth_server and settings.oauth_session_key is not None:
+        secure = settings.base_url.startswith("https://")
+        cookie = oauth_routes.browser_session_middleware(settings.oauth_session_key.get_secret_value(), secure=secure)
         # Pages get their refusals as pages (outside the rate limits); the cookie is read after them.
         middlewares[2:4] = [oauth_routes.browser_error_pages, *middlewares[2:4], cookie]
     if (hosts := HostPolicy.from_settings(settings)) is not None:

@@ -62,9 +62,9 @@ def build_parser(action: str | None = None) -> argparse.ArgumentParser:
         "client-config", help="Print what to paste into an MCP client (Claude, Cursor, VS Code) to reach a gateway."
     )
     if action is None or action == "connect":
-        from gateway.client import connect as bridge
+        from gateway.client import connect as connect_command
 
-        bridge.add_arguments(connect)
+        connect_command.add_arguments(connect)
     if action is None or action in ("new-service", "client-config"):
         from gateway.tools import client_config as client_config_tool
         from gateway.tools import new_service as new_service_tool
@@ -94,9 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(Fernet.generate_key().decode())
         return 0
     if args.action == "connect":
-        from gateway.client import connect as bridge
+        from gateway.client import connect
 
-        return bridge.main(args)
+        return connect.main(args)
     if args.action == "new-service":
         from gateway.tools import new_service
 
@@ -110,13 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings_command(args: argparse.Namespace, command: list[str]) -> int:
     """`check` or `serve`: both validate every setting first and report every problem at once."""
-    import json
-
     from pydantic import ValidationError
 
+    from gateway import serve
     from gateway.config import describe_errors
     from gateway.config.flags import load_settings
-    from gateway.http import connections
 
     try:
         settings = load_settings(args, command)
@@ -125,14 +123,7 @@ def _settings_command(args: argparse.Namespace, command: list[str]) -> int:
         for line in describe_errors(error):
             print(f"  {line}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.action == "check":
-        print(json.dumps(settings.redacted(), indent=2))
-        if (problem := connections.descriptor_problem(settings, connections.reachable_descriptor_limit())) is not None:
-            print(f"mcp-gateway: warning: {problem}", file=sys.stderr)
-        return 0
-    from gateway import serve
-
-    return serve.run(settings)
+    return serve.check(settings) if args.action == "check" else serve.run(settings)
 
 
 def _hash_token() -> int:

@@ -1,4 +1,5 @@
-"""Newline framing for a child's output streams, with a hard per-line size limit.
+"""Newline framing of a JSON-RPC byte stream (a child's stdout and stderr, `connect`'s stdin), with a
+hard per-line size limit.
 
 Invariant: the framer never hands out part of a line as if it were a whole line. A line longer
 than the limit is dropped through its terminating newline (however many chunks that takes) and

@@ -1,7 +1,8 @@
 """Outbound HTTP and URLs: the one way the gateway opens a client session (so every request it
 makes names itself with the same `User-Agent`), the one way it fetches a JSON document from
-another server, and the URL helpers both configuration and runtime need. A leaf: it imports
-nothing of the gateway but the version.
+another server, reading a body up to a bound (`read_at_most`, for the forms clients post too),
+and the URL helpers both configuration and runtime need. A leaf: it imports nothing of the
+gateway but the version.
 
 Invariant of `fetch_json`: it never follows a redirect, never waits longer than its caller's
 time limit, never holds more than `limit + 1` bytes of a body (a longer one is refused as too large,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 # What the gateway calls itself on every outbound request (identity providers, JWKS, CIMD, …).
 USER_AGENT: Final = f"mcp-gateway/{__version__}"
 # The statuses whose body `fetch_json` reads unless told otherwise.
-OK: Final = frozenset({200})
+OK_STATUSES: Final = frozenset({200})
 
 FetchProblem = Literal["status", "too_large", "not_json", "unreachable", "timeout"]
 
@@ -66,7 +67,7 @@ async def fetch_json(
     *,
     limit: int,
     within: float,
-    expect: Container[int] | None = OK,
+    expect: Container[int] | None = OK_STATUSES,
     headers: Mapping[str, str] | None = None,
     data: Mapping[str, str] | None = None,
 ) -> JsonAnswer:
@@ -92,7 +93,7 @@ async def fetch_json(
             declared = response.content_length
             if declared is not None and declared > limit:
                 raise _too_large(limit, status)
-            body = await _read_at_most(response.content, limit + 1)
+            body = await read_at_most(response.content, limit + 1)
             answer_headers = response.headers
     except TimeoutError as exc:  # before ClientError: aiohttp's timeouts are both
         raise FetchError("timeout", type(exc).__name__, detail=str(exc)) from exc
@@ -113,8 +114,9 @@ def _too_large(limit: int, status: int) -> FetchError:
     return FetchError("too_large", f"the document is larger than {limit} bytes", status=status)
 
 
-async def _read_at_most(content: aiohttp.StreamReader, size: int) -> bytes:
-    """Up to `size` bytes of a body: `read(n)` returns what has arrived, so read until EOF or `size`."""
+async def read_at_most(content: aiohttp.StreamReader, size: int) -> bytes:
+    """Up to `size` bytes of a body (a response's or a request's): `read(n)` returns only what has
+    arrived, so read until the end of the body or `size`."""
     chunks: list[bytes] = []
     remaining = size
     while remaining > 0:

@@ -1,6 +1,6 @@
-"""Serving: the listener with its connection limits, until SIGTERM or SIGINT, then the graceful
-stop. The budget of that stop is at most `shutdown_timeout` plus `CHILD_STOP_BUDGET` seconds from
-the signal to the exit.
+"""Serving: `mcp-gateway serve` runs the listener with its connection limits until SIGTERM or
+SIGINT, then stops gracefully; `mcp-gateway check` shows what it would serve with. The budget of
+the stop is at most `shutdown_timeout` plus `CHILD_STOP_BUDGET` seconds from the signal to the exit.
 
 The order:
 1. Drain. The listener stays open: `/health` is answered, `/ready` answers 503 (`draining`), a
@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
+import sys
 from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
@@ -31,7 +33,7 @@ from aiohttp import web
 from gateway import keys
 from gateway._version import __version__
 from gateway.app import SERVER_OPTIONS, create_app
-from gateway.auth.registry import AuthStartupError
+from gateway.auth import AuthStartupError
 from gateway.http import connections
 from gateway.http.connections import ConnectionLimiter
 from gateway.net import is_loopback_host
@@ -138,6 +140,15 @@ def _check_descriptors(settings: Settings) -> connections.DescriptorLimit:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def check(settings: Settings) -> int:
+    """`mcp-gateway check`: print the configuration (secrets masked), and warn when the open-file
+    limit the gateway could reach does not fit its sessions and connections."""
+    print(json.dumps(settings.redacted(), indent=2))
+    if (problem := connections.descriptor_problem(settings, connections.reachable_descriptor_limit())) is not None:
+        print(f"mcp-gateway: warning: {problem}", file=sys.stderr)
+    return 0
 
 
 def run(settings: Settings) -> int:

@@ -2,7 +2,9 @@
 
 A verifier is one-method `TokenVerifier`: `verify(token)` returns the principal or raises
 `AuthError` with a `Literal` code. Verifiers never see HTTP and never log tokens; the bearer
-middleware (bearer.py) turns their outcome into responses, in one place.
+middleware (bearer.py) turns their outcome into responses, in one place. `AuthStartupError` stops
+startup when authentication cannot work as configured: a verifier's backend (registry.py) or the
+built-in authorization server's storage or OpenID provider (gateway.oauth) did not answer.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ class AuthError(Exception):
         super().__init__(reason)
         self.code: AuthErrorCode = code
         self.reason = reason
+
+
+class AuthStartupError(RuntimeError):
+    """Authentication cannot work as configured (a backend did not answer): do not start."""
 
 
 class TokenVerifier(Protocol):

@@ -30,10 +30,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from multidict import CIMultiDictProxy
 
-from gateway import keys
+from gateway import keys, request_context
 from gateway.auth import ANONYMOUS, AuthError, Principal
 from gateway.errors import ErrorCode, GatewayError, InsufficientScope
-from gateway.http import context as request_context
 from gateway.jsonrpc import RequestId
 from gateway.logline import fingerprint
 

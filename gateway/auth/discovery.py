@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway.errors import GatewayError
-from gateway.wellknown import PRM_PATH
+from gateway.paths import PRM_PATH, WELL_KNOWN_PREFIX
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -53,8 +53,8 @@ async def handle_protected_resource(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, mcp_path: str) -> None:
     app.router.add_get(PRM_PATH, handle_protected_resource)
     app.router.add_get(PRM_PATH + mcp_path, handle_protected_resource)
-    app.router.add_get("/.well-known/oauth-authorization-server", handle_authorization_server)
-    app.router.add_get("/.well-known/openid-configuration", handle_authorization_server)
+    app.router.add_get(WELL_KNOWN_PREFIX + "oauth-authorization-server", handle_authorization_server)
+    app.router.add_get(WELL_KNOWN_PREFIX + "openid-configuration", handle_authorization_server)
 
 
 async def handle_authorization_server(request: web.Request) -> web.Response:

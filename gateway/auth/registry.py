@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
-from gateway.auth import AuthError, TokenVerifier
+from gateway.auth import AuthError, AuthStartupError, TokenVerifier
 from gateway.auth.chain import ChainVerifier
 from gateway.auth.introspection import IntrospectionVerifier
 from gateway.auth.jwks import JwksCache, StaticKeySet
@@ -27,10 +27,6 @@ log = logging.getLogger("gateway.auth")
 
 # An unknown key id forces at most one JWKS refresh per this many seconds.
 JWKS_KID_MISS_COOLDOWN: Final = 30.0
-
-
-class AuthStartupError(RuntimeError):
-    """Authentication cannot work as configured (a backend did not answer): do not start."""
 
 
 async def build_verifier(settings: Settings, http: aiohttp.ClientSession) -> TokenVerifier | None:

@@ -1,3 +1,4 @@
 """The client side: `mcp-gateway connect`, a stdio MCP server that relays to a remote gateway.
 
-It imports only the shared leaves of the package (`jsonrpc`, `framing`, `_version`), never the server."""
+It imports only the shared leaves of the package (`jsonrpc`, `framing`, `logline`,
+`_version`), never the server."""

@@ -52,7 +52,7 @@ from gateway.framing import LineFramer
 from gateway.jsonrpc import JsonObject, Kind, Message, RequestId
 from gateway.logline import fingerprint
 
-log = logging.getLogger("gateway.bridge")
+log = logging.getLogger("gateway.bridge")  # the name operators already filter on
 
 EXIT_OK: Final = 0
 EXIT_CONFIG: Final = 2

@@ -31,7 +31,7 @@ OWN_CREDENTIAL_VERIFIERS: Final = frozenset({"static", "whoami"})
 OAUTH_STORAGE_SCHEMES: Final = ("sqlite:///", "redis://", "rediss://")
 DOMAIN: Final = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+")
 # How the problems of the built-in server's settings begin: they are problems because it is on.
-OAUTH: Final = "oauth_server: "
+OAUTH_PROBLEM: Final = "oauth_server: "
 
 
 class Problem(NamedTuple):
@@ -145,53 +145,60 @@ def oauth_server(values: Values) -> Iterator[Problem]:
         return
     public_url = values.get("public_url")
     if public_url is None:
-        yield Problem("public_url", OAUTH + "needs public_url: it is the issuer, and its MCP URL the tokens' audience")
+        yield Problem(
+            "public_url", OAUTH_PROBLEM + "needs public_url: it is the issuer, and its MCP URL the tokens' audience"
+        )
     elif public_url.scheme != "https" and not is_loopback_host(public_url.host or ""):
         yield Problem(
-            "public_url", OAUTH + "public_url must be https (plain http only on a loopback address, for development)"
+            "public_url",
+            OAUTH_PROBLEM + "public_url must be https (plain http only on a loopback address, for development)",
         )
     key = values.get("oauth_session_key")
     if key is None:
         yield Problem(
-            "oauth_session_key", OAUTH + "needs oauth_session_key (generate one with `mcp-gateway oauth-key`)"
+            "oauth_session_key", OAUTH_PROBLEM + "needs oauth_session_key (generate one with `mcp-gateway oauth-key`)"
         )
     else:
         try:
             Fernet(key.get_secret_value())
         except ValueError:
             yield Problem(
-                "oauth_session_key", OAUTH + "oauth_session_key is not a Fernet key (32 bytes, URL-safe base64)"
+                "oauth_session_key", OAUTH_PROBLEM + "oauth_session_key is not a Fernet key (32 bytes, URL-safe base64)"
             )
     if values.get("authorization_servers"):
         yield Problem(
             "authorization_servers",
-            OAUTH + "it is this resource's authorization server: leave authorization_servers empty",
+            OAUTH_PROBLEM + "it is this resource's authorization server: leave authorization_servers empty",
         )
     storage = values.get("oauth_storage")
     if storage is not None and not storage.startswith(OAUTH_STORAGE_SCHEMES):
-        yield Problem("oauth_storage", OAUTH + "oauth_storage is sqlite:///path/file.db or redis://host:6379/0")
+        yield Problem("oauth_storage", OAUTH_PROBLEM + "oauth_storage is sqlite:///path/file.db or redis://host:6379/0")
     data_dir = values.get("data_dir")
     creatable = data_dir is None or data_dir.is_dir() or data_dir.parent.is_dir()
     if "oauth_storage" in values and storage is None and not creatable:
         yield Problem(
-            "data_dir", OAUTH + f"data_dir {str(data_dir)!r} cannot be created: its parent is not a directory"
+            "data_dir", OAUTH_PROBLEM + f"data_dir {str(data_dir)!r} cannot be created: its parent is not a directory"
         )
     for path in values.get("oauth_signing_key_files", ()):
         if problem := p256_problem(path):
-            yield Problem("oauth_signing_key_files", OAUTH + problem)
+            yield Problem("oauth_signing_key_files", OAUTH_PROBLEM + problem)
     if not _passed(values, "oauth_signin_methods"):
         return
     methods = values["oauth_signin_methods"]
     if not methods:
-        yield Problem("oauth_signin_methods", OAUTH + "needs at least one sign-in method (oauth_signin_methods)")
+        yield Problem(
+            "oauth_signin_methods", OAUTH_PROBLEM + "needs at least one sign-in method (oauth_signin_methods)"
+        )
     checkable = _passed(values, "auth", "auth_chain")
     if "token" in methods and checkable and not (_uses(values, "static") or _uses(values, "whoami")):
         yield Problem(
-            "auth", OAUTH + "token sign-in checks the pasted token with the static or whoami verifier: set auth"
+            "auth", OAUTH_PROBLEM + "token sign-in checks the pasted token with the static or whoami verifier: set auth"
         )
     to_env = values.get("oauth_token_to_env") and _passed(values, "token_env")
     if to_env and not (values["token_env"] and "token" in methods):
-        yield Problem("oauth_token_to_env", OAUTH + "oauth_token_to_env needs token_env and the token sign-in method")
+        yield Problem(
+            "oauth_token_to_env", OAUTH_PROBLEM + "oauth_token_to_env needs token_env and the token sign-in method"
+        )
     yield from _oidc_signin(values, offered="oidc" in methods)
 
 
@@ -200,40 +207,45 @@ def _oidc_signin(values: Values, *, offered: bool) -> Iterator[Problem]:
     if not offered:
         given = [name for name in OIDC_SETTINGS if values.get(name)]
         if given:
-            yield Problem(given[0], OAUTH + f"{', '.join(given)} set, but oidc is not in oauth_signin_methods")
+            yield Problem(given[0], OAUTH_PROBLEM + f"{', '.join(given)} set, but oidc is not in oauth_signin_methods")
         return
     issuer = values.get("oauth_oidc_issuer")
     if not issuer:
         yield Problem(
-            "oauth_oidc_issuer", OAUTH + "oidc sign-in needs oauth_oidc_issuer (the OpenID provider's issuer URL)"
+            "oauth_oidc_issuer",
+            OAUTH_PROBLEM + "oidc sign-in needs oauth_oidc_issuer (the OpenID provider's issuer URL)",
         )
     elif problem := https_url_problem(issuer, "oauth_oidc_issuer"):
-        yield Problem("oauth_oidc_issuer", OAUTH + problem)
+        yield Problem("oauth_oidc_issuer", OAUTH_PROBLEM + problem)
     if not values.get("oauth_oidc_client_id"):
         yield Problem(
             "oauth_oidc_client_id",
-            OAUTH + "oidc sign-in needs oauth_oidc_client_id (register this gateway with the provider)",
+            OAUTH_PROBLEM + "oidc sign-in needs oauth_oidc_client_id (register this gateway with the provider)",
         )
     scopes = values.get("oauth_oidc_scopes", [])
     if "openid" not in scopes:
-        yield Problem("oauth_oidc_scopes", OAUTH + "oauth_oidc_scopes must include openid")
+        yield Problem("oauth_oidc_scopes", OAUTH_PROBLEM + "oauth_oidc_scopes must include openid")
     if bad := [scope for scope in scopes if not SCOPE_TOKEN.fullmatch(scope)]:
-        yield Problem("oauth_oidc_scopes", OAUTH + f"oauth_oidc_scopes: not scope tokens: {', '.join(map(repr, bad))}")
+        yield Problem(
+            "oauth_oidc_scopes", OAUTH_PROBLEM + f"oauth_oidc_scopes: not scope tokens: {', '.join(map(repr, bad))}"
+        )
     domains = values.get("oauth_oidc_allowed_domains", [])
     if bad := [domain for domain in domains if not DOMAIN.fullmatch(domain)]:
         yield Problem(
             "oauth_oidc_allowed_domains",
-            OAUTH + f"oauth_oidc_allowed_domains are domains like example.com, got {', '.join(map(repr, bad))}",
+            OAUTH_PROBLEM + f"oauth_oidc_allowed_domains are domains like example.com, got {', '.join(map(repr, bad))}",
         )
     if (domains or values.get("oauth_oidc_subject_claim") == "email") and "email" not in scopes:
         yield Problem(
-            "oauth_oidc_scopes", OAUTH + "email domains and email subjects need the email scope in oauth_oidc_scopes"
+            "oauth_oidc_scopes",
+            OAUTH_PROBLEM + "email domains and email subjects need the email scope in oauth_oidc_scopes",
         )
     allow_lists = ("oauth_oidc_allowed_domains", "oauth_oidc_allowed_subjects", "oauth_oidc_allow_any_account")
     if _passed(values, *allow_lists) and not any(values[name] for name in allow_lists):
         yield Problem(
             "oauth_oidc_allowed_domains",
-            OAUTH + "oidc sign-in needs an allow-list: oauth_oidc_allowed_domains and/or oauth_oidc_allowed_subjects "
+            OAUTH_PROBLEM
+            + "oidc sign-in needs an allow-list: oauth_oidc_allowed_domains and/or oauth_oidc_allowed_subjects "
             "(or oauth_oidc_allow_any_account, when every account of the provider is on your team)",
         )
 

@@ -11,13 +11,13 @@ from typing import Final
 from pydantic import BaseModel, Field, HttpUrl, field_validator
 
 from gateway.config.parsing import TextList
-from gateway.wellknown import PRM_PATH, WELL_KNOWN_PREFIX
+from gateway.paths import HEALTH_PATH, OAUTH_PREFIX, PRM_PATH, READY_PATH, WELL_KNOWN_PREFIX
 
 DEFAULT_ALLOWED_ORIGINS: Final = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*")
 WILDCARD_HOSTS: Final = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - names, not a bind
 # Paths the gateway serves itself, which the MCP endpoint may not take.
-RESERVED_PATHS: Final = frozenset({"/health", "/ready"})
-RESERVED_PREFIXES: Final = (WELL_KNOWN_PREFIX, "/oauth/")
+RESERVED_PATHS: Final = frozenset({HEALTH_PATH, READY_PATH})
+RESERVED_PREFIXES: Final = (WELL_KNOWN_PREFIX, OAUTH_PREFIX)
 
 
 class ListenerSettings(BaseModel):

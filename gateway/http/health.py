@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway import keys
 from gateway._version import __version__
+from gateway.paths import HEALTH_PATH, READY_PATH
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -34,15 +35,15 @@ async def handle_ready(request: web.Request) -> web.Response:
     app = request.app
     store = app[keys.SESSIONS]
     limiter = app[keys.LIMITER]
-    guard_ok = app[keys.WATCHDOG].running
+    watchdog_ok = app[keys.WATCHDOG].running
     storage_ok = await limiter.healthy()
     full = store.full
-    ready = store.accepting and guard_ok and (storage_ok or not limiter.fails_closed) and not full
+    ready = store.accepting and watchdog_ok and (storage_ok or not limiter.fails_closed) and not full
     body = {
         "ready": ready,
         "accepting_sessions": store.accepting,
         "draining": store.draining,  # shutting down: in-flight requests finish, new sessions get 503
-        "orphan_guard": guard_ok,
+        "orphan_guard": watchdog_ok,  # the key operators' probes already read
         "ratelimit_storage": "ok" if storage_ok else "down",
         "sessions": "full" if full else "ok",
     }
@@ -50,5 +51,5 @@ async def handle_ready(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/health", handle_health)
-    app.router.add_get("/ready", handle_ready)
+    app.router.add_get(HEALTH_PATH, handle_health)
+    app.router.add_get(READY_PATH, handle_ready)

@@ -48,6 +48,7 @@ from gateway.auth import ANONYMOUS
 from gateway.auth.bearer import RecentlyVerified
 from gateway.errors import GatewayError
 from gateway.observe.audit import Audit
+from gateway.paths import HEALTH_PATH, METRICS_PATH, OAUTH_PREFIX, READY_PATH, WELL_KNOWN_PREFIX
 
 log = logging.getLogger("gateway.ratelimit")
 
@@ -71,8 +72,7 @@ FAILURE_LOG_INTERVAL: Final = 30.0
 # The local storage sweeps keys whose windows emptied every this many hits (bounded memory for
 # addresses seen once, without a background task).
 SWEEP_EVERY: Final = 4096
-PUBLIC_PREFIXES: Final = ("/.well-known/", "/health", "/ready", "/metrics")
-OAUTH_PREFIX: Final = "/oauth/"
+PUBLIC_PREFIXES: Final = (WELL_KNOWN_PREFIX, HEALTH_PATH, READY_PATH, METRICS_PATH)
 
 Clock = Callable[[], float]
 T = TypeVar("T")

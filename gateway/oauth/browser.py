@@ -37,7 +37,7 @@ from gateway.oauth.errors import NO_STORE, OAuthError
 from gateway.oauth.oidc import OidcError
 from gateway.oauth.pages import Markup, error_page, fragment, page
 from gateway.oauth.params import read_form, single
-from gateway.oauth.refusals import Attempt, refusals, unavailable_page
+from gateway.oauth.refusals import Attempt, answers_refusals, unavailable_page
 from gateway.oauth.server import OAuthServer, server_of
 from gateway.oauth.tokens import Grant, s256
 
@@ -83,7 +83,7 @@ def _consent_key(user: SignedInUser, client_id: str) -> str:
 # --- authorization endpoint ---------------------------------------------------------------------
 
 
-@refusals("authorize", answer="page")
+@answers_refusals("authorize", answer="page")
 async def handle_authorize(request: web.Request, attempt: Attempt) -> web.Response:
     server = server_of(request)
     params = single(request.query.items())
@@ -251,7 +251,7 @@ async def _browser_form(request: web.Request) -> tuple[OAuthServer, BrowserState
 # --- sign-in ------------------------------------------------------------------------------------
 
 
-@refusals("signin", answer="page")
+@answers_refusals("signin", answer="page")
 async def handle_signin(request: web.Request, attempt: Attempt) -> web.Response:
     server, state, form, request_id, client = await _browser_form(request)
     method = form.get("method", "token")
@@ -316,7 +316,7 @@ def _start_oidc(server: OAuthServer, state: BrowserState, request_id: str) -> we
     return _redirect(location)
 
 
-@refusals("oidc_callback", answer="page")
+@answers_refusals("oidc_callback", answer="page")
 async def handle_oidc_callback(request: web.Request, attempt: Attempt) -> web.Response:
     """The OpenID provider's answer: the code (or error) for a sign-in this browser started."""
     server = server_of(request)
@@ -364,7 +364,7 @@ async def handle_oidc_callback(request: web.Request, attempt: Attempt) -> web.Re
 # --- consent ------------------------------------------------------------------------------------
 
 
-@refusals("consent", answer="page")
+@answers_refusals("consent", answer="page")
 async def handle_consent(request: web.Request, attempt: Attempt) -> web.Response:
     server, state, form, request_id, client = await _browser_form(request)
     pending = state.pending(request_id)

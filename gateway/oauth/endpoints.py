@@ -18,10 +18,11 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from gateway.net import read_at_most
 from gateway.oauth.clients import GRANT_TYPES, MAX_REGISTRATION_BYTES, Client, ClientRegistry
 from gateway.oauth.errors import NO_STORE, OAuthError
 from gateway.oauth.params import read_form
-from gateway.oauth.refusals import Attempt, refusals
+from gateway.oauth.refusals import Attempt, answers_refusals
 from gateway.oauth.server import JWKS_CACHE_SECONDS, OAuthServer, server_of
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def _invalid_client(basic: bool) -> OAuthError:
     return OAuthError("invalid_client", "Client authentication failed", headers=headers)
 
 
-@refusals("token", answer="json", names_client=True)
+@answers_refusals("token", answer="json", names_client=True)
 async def handle_token(request: web.Request, attempt: Attempt) -> web.Response:
     server = server_of(request)
     form = await read_form(request)
@@ -131,7 +132,7 @@ async def handle_token(request: web.Request, attempt: Attempt) -> web.Response:
     return web.json_response(issued.body, headers={**NO_STORE, **CORS})
 
 
-@refusals("revoke", answer="json")
+@answers_refusals("revoke", answer="json")
 async def handle_revoke(request: web.Request, attempt: Attempt) -> web.Response:
     server = server_of(request)
     form = await read_form(request)
@@ -144,12 +145,12 @@ async def handle_revoke(request: web.Request, attempt: Attempt) -> web.Response:
     return web.Response(status=200, headers={**NO_STORE, **CORS})
 
 
-@refusals("register", answer="json")
+@answers_refusals("register", answer="json")
 async def handle_register(request: web.Request, attempt: Attempt) -> web.Response:
     server = server_of(request)
     if request.content_type != "application/json":
         raise OAuthError("invalid_client_metadata", "The registration body is application/json")
-    body = await request.content.read(MAX_REGISTRATION_BYTES + 1)
+    body = await read_at_most(request.content, MAX_REGISTRATION_BYTES + 1)
     if len(body) > MAX_REGISTRATION_BYTES:
         raise OAuthError("invalid_client_metadata", "The registration body is too large")
     try:

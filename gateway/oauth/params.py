@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from gateway.net import read_at_most
 from gateway.oauth.errors import OAuthError
 
 MAX_FORM_BYTES: Final = 16 * 1024
@@ -30,7 +31,7 @@ async def read_form(request: web.Request) -> dict[str, str]:
     """The request's form body, each parameter once."""
     if request.content_type != FORM_TYPE:
         raise OAuthError("invalid_request", f"The body must be {FORM_TYPE}")
-    body = await request.content.read(MAX_FORM_BYTES + 1)
+    body = await read_at_most(request.content, MAX_FORM_BYTES + 1)
     if len(body) > MAX_FORM_BYTES:
         raise OAuthError("invalid_request", "The form is too large")
     try:

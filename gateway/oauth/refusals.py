@@ -1,13 +1,16 @@
 """How every endpoint of the authorization server answers what it refuses, written once.
 
-An endpoint's handler raises; `refusals(endpoint, answer=…)` answers:
+An endpoint's OAuth handler raises what it refuses; `@answers_refusals(endpoint, answer=…)` makes
+it the aiohttp handler, which answers:
 - `OAuthError`: audited as `oauth.refused` (naming the endpoint, the error and its description;
   at an endpoint that authenticates its client, that client once known), then answered as the
   endpoint's kind answers — an error page for the pages a browser visits (an unverified redirect
   URI must never receive anything), the RFC 6749 JSON error for the endpoints clients call;
 - `ReusedToken` (a code or refresh token presented twice; its family is now revoked): audited as
   `oauth.reuse`, answered the same way;
-- `StorageError` (the OAuth storage did not answer): logged, answered `temporarily_unavailable`.
+- `StorageError` (the OAuth storage did not answer), wherever the handler was: logged, answered
+  503 `temporarily_unavailable` — a storage that is down makes the server unavailable, never an
+  internal error.
 
 The gateway's own refusals (`GatewayError`: rate limits) pass through to the middlewares, which
 render them as pages or JSON by path (routes.py).
@@ -70,8 +73,11 @@ def _answer(answer: Answer, error: OAuthError) -> web.Response:
     return json_response(error)
 
 
-def refusals(endpoint: Endpoint, *, answer: Answer, names_client: bool = False) -> Callable[[OAuthHandler], Handler]:
-    """The aiohttp handler of `endpoint`: its OAuth handler, with its refusals audited and answered."""
+def answers_refusals(
+    endpoint: Endpoint, *, answer: Answer, names_client: bool = False
+) -> Callable[[OAuthHandler], Handler]:
+    """Make an OAuth handler the aiohttp handler of `endpoint`, its refusals audited and answered
+    as `answer` says (see the module docstring)."""
 
     def wrap(handler: OAuthHandler) -> Handler:
         @functools.wraps(handler)

@@ -15,7 +15,7 @@ the configured verifier, and the discovery document is its RFC 8414 metadata.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -26,11 +26,9 @@ from gateway.errors import GatewayError
 from gateway.oauth import browser, endpoints
 from gateway.oauth.browser_state import session_cookie
 from gateway.oauth.pages import error_page
-from gateway.oauth.server import BROWSER_PATHS, JWKS_PATH, OIDC_CALLBACK_PATH, PREFIX, OAuthServer
+from gateway.oauth.server import BROWSER_PATHS, JWKS_PATH, OIDC_CALLBACK_PATH, OAuthServer
 from gateway.oauth.tokens import GrantVerifier, OwnTokensFirst
-
-if TYPE_CHECKING:
-    from gateway.config import Settings
+from gateway.paths import OAUTH_PREFIX
 
 # What an error page says for the gateway's own refusals of a page (else the error's message).
 PAGE_TEXT: Final[dict[str, str]] = {
@@ -41,18 +39,18 @@ PAGE_TEXT: Final[dict[str, str]] = {
 
 def add_routes(app: web.Application, *, dynamic_registration: bool, oidc: bool) -> None:
     app.router.add_get(JWKS_PATH, endpoints.handle_jwks)
-    app.router.add_get(PREFIX + "authorize", browser.handle_authorize)
-    app.router.add_post(PREFIX + "signin", browser.handle_signin)
-    app.router.add_post(PREFIX + "consent", browser.handle_consent)
+    app.router.add_get(OAUTH_PREFIX + "authorize", browser.handle_authorize)
+    app.router.add_post(OAUTH_PREFIX + "signin", browser.handle_signin)
+    app.router.add_post(OAUTH_PREFIX + "consent", browser.handle_consent)
     if oidc:
         app.router.add_get(OIDC_CALLBACK_PATH, browser.handle_oidc_callback)
-    app.router.add_post(PREFIX + "token", endpoints.handle_token)
-    app.router.add_post(PREFIX + "revoke", endpoints.handle_revoke)
-    app.router.add_route("OPTIONS", PREFIX + "token", endpoints.handle_preflight)
-    app.router.add_route("OPTIONS", PREFIX + "revoke", endpoints.handle_preflight)
+    app.router.add_post(OAUTH_PREFIX + "token", endpoints.handle_token)
+    app.router.add_post(OAUTH_PREFIX + "revoke", endpoints.handle_revoke)
+    app.router.add_route("OPTIONS", OAUTH_PREFIX + "token", endpoints.handle_preflight)
+    app.router.add_route("OPTIONS", OAUTH_PREFIX + "revoke", endpoints.handle_preflight)
     if dynamic_registration:
-        app.router.add_post(PREFIX + "register", endpoints.handle_register)
-        app.router.add_route("OPTIONS", PREFIX + "register", endpoints.handle_preflight)
+        app.router.add_post(OAUTH_PREFIX + "register", endpoints.handle_register)
+        app.router.add_route("OPTIONS", OAUTH_PREFIX + "register", endpoints.handle_preflight)
 
 
 @web.middleware
@@ -71,13 +69,11 @@ async def browser_error_pages(request: web.Request, handler: Handler) -> web.Str
         return error_page(error.code, text, status=error.status, headers=headers)
 
 
-def browser_session_middleware(settings: Settings) -> Middleware:
-    """The aiohttp-session cookie of the sign-in pages: loaded before their handler, written back
-    after it; no other path ever reads or sets a cookie."""
-    if settings.oauth_session_key is None:  # pragma: no cover - Settings ensure it
-        raise ValueError("oauth_server needs oauth_session_key")
-    secure = settings.base_url.startswith("https://")
-    storage = session_cookie(settings.oauth_session_key.get_secret_value(), secure=secure)
+def browser_session_middleware(session_key: str, *, secure: bool) -> Middleware:
+    """The aiohttp-session cookie of the sign-in pages, under a key derived from `session_key`
+    (`secure` with an https public URL): loaded before their handler, written back after it; no
+    other path ever reads or sets a cookie."""
+    storage = session_cookie(session_key, secure=secure)
 
     @web.middleware
     async def browser_session(request: web.Request, handler: Handler) -> web.StreamResponse:

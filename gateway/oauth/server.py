@@ -27,9 +27,8 @@ import aiohttp
 from aiohttp import web
 
 from gateway import keys
-from gateway.auth import Principal, TokenVerifier
+from gateway.auth import AuthStartupError, Principal, TokenVerifier
 from gateway.auth.jwt import LEEWAY_SECONDS
-from gateway.auth.registry import AuthStartupError
 from gateway.errors import GatewayError
 from gateway.net import client_session
 from gateway.oauth.clients import AUTH_METHODS, ClientRegistry, cimd_session
@@ -37,17 +36,19 @@ from gateway.oauth.keyset import KeySet, derive_fernet
 from gateway.oauth.oidc import AllowList, ClientCredentials, OidcProvider
 from gateway.oauth.storage import OAuthStore, StorageError, open_store
 from gateway.oauth.tokens import Tokens
+from gateway.paths import OAUTH_PREFIX, WELL_KNOWN_PREFIX
 
 if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.observe.audit import Audit, EventName
 
-PREFIX: Final = "/oauth/"
 # Where the upstream OpenID provider sends the browser back (the redirect URI registered there).
-OIDC_CALLBACK_PATH: Final = PREFIX + "oidc/callback"
+OIDC_CALLBACK_PATH: Final = OAUTH_PREFIX + "oidc/callback"
 # The pages a browser visits (the other endpoints are for clients, and never see a cookie).
-BROWSER_PATHS: Final = frozenset({PREFIX + "authorize", PREFIX + "signin", PREFIX + "consent", OIDC_CALLBACK_PATH})
-JWKS_PATH: Final = "/.well-known/jwks.json"
+BROWSER_PATHS: Final = frozenset(
+    {OAUTH_PREFIX + "authorize", OAUTH_PREFIX + "signin", OAUTH_PREFIX + "consent", OIDC_CALLBACK_PATH}
+)
+JWKS_PATH: Final = WELL_KNOWN_PREFIX + "jwks.json"
 # The key of the secrets this server stores encrypted, derived from oauth_session_key.
 SECRETS_KEY_PURPOSE: Final = "mcp-gateway oauth stored secrets"
 # A generated signing key stays published this long after it stops signing: longer than any
@@ -61,19 +62,19 @@ class Endpoints:
 
     @property
     def authorize(self) -> str:
-        return f"{self.issuer}{PREFIX}authorize"
+        return f"{self.issuer}{OAUTH_PREFIX}authorize"
 
     @property
     def token(self) -> str:
-        return f"{self.issuer}{PREFIX}token"
+        return f"{self.issuer}{OAUTH_PREFIX}token"
 
     @property
     def register(self) -> str:
-        return f"{self.issuer}{PREFIX}register"
+        return f"{self.issuer}{OAUTH_PREFIX}register"
 
     @property
     def revoke(self) -> str:
-        return f"{self.issuer}{PREFIX}revoke"
+        return f"{self.issuer}{OAUTH_PREFIX}revoke"
 
     @property
     def jwks(self) -> str:

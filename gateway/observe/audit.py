@@ -27,8 +27,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any, Final, Literal, Protocol
 
+from gateway import request_context
 from gateway.auth import Principal
-from gateway.http import context as request_context
 from gateway.observe.redaction import redact, redact_text
 
 log = logging.getLogger("gateway.audit")

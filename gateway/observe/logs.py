@@ -14,8 +14,7 @@ from typing import Any, Final
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway import logline
-from gateway.http import context as request_context
+from gateway import logline, request_context
 
 # At most one "malformed request" line per this many seconds; the ones held back are counted.
 MALFORMED_LOG_INTERVAL: Final = 10.0
@@ -23,25 +22,23 @@ MALFORMED_LOG_INTERVAL: Final = 10.0
 MALFORMED_DETAIL_CHARS: Final = 200
 
 
-def _with_request(extras: dict[str, Any]) -> dict[str, Any]:
-    context = request_context.current()
-    if context is not None:
-        extras.setdefault("request_id", context.request_id)
-    return extras
+class _NamesTheRequest:
+    """A record made while a request is handled carries its `request_id`."""
+
+    def extras(self, record: logging.LogRecord) -> dict[str, Any]:
+        extras = logline.record_extras(record)
+        context = request_context.current()
+        if context is not None:
+            extras.setdefault("request_id", context.request_id)
+        return extras
 
 
-class JsonFormatter(logline.JsonFormatter):
+class JsonFormatter(_NamesTheRequest, logline.JsonFormatter):
     """`gateway.logline.JsonFormatter`, naming the request being handled."""
 
-    def extras(self, record: logging.LogRecord) -> dict[str, Any]:
-        return _with_request(logline.record_extras(record))
 
-
-class TextFormatter(logline.TextFormatter):
+class TextFormatter(_NamesTheRequest, logline.TextFormatter):
     """`gateway.logline.TextFormatter`, naming the request being handled."""
-
-    def extras(self, record: logging.LogRecord) -> dict[str, Any]:
-        return _with_request(logline.record_extras(record))
 
 
 class MalformedRequests(logging.Filter):

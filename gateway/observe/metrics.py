@@ -37,11 +37,12 @@ from prometheus_client.registry import Collector
 from gateway._version import __version__
 from gateway.auth.bearer import challenge
 from gateway.observe.audit import OAUTH_EVENTS, EventName
+from gateway.paths import METRICS_PATH
 
 log = logging.getLogger("gateway.metrics")
 
 NAMESPACE: Final = "mcp_gateway"
-PATH: Final = "/metrics"
+PATH: Final = METRICS_PATH
 # The protection space `/metrics` names in its challenge: not the MCP endpoint's, its token is another.
 REALM: Final = "metrics"
 # Methods counted under their own name; any other method is counted as "other".

@@ -3,10 +3,11 @@
 Owns the allow and deny globs, the scope class of a tool (from its `readOnlyHint` and
 `destructiveHint`, with the spec's defaults: not read-only, destructive), what each session has
 learned of its child's tools (a `ToolCatalog` per router, kept here, never on the router), and
-every refusal of a tool call. It reaches a session's traffic only through what the router offers
-any policy, its `Interceptor`: the `Screening` of a POST refuses calls and gives each `tools/list`
-an interceptor that filters the child's answer; the session's catalog, in the router's
-interceptor slot, watches for `notifications/tools/list_changed`.
+every refusal of a tool call. It reaches a session's traffic through what the router offers any
+policy, its `Interceptor` (and asks the child for its tool list with `Router.ask`): the `Screening`
+of a POST refuses calls and gives each `tools/list` an interceptor that filters the child's answer;
+the session's catalog, in the router's interceptor slot, watches for
+`notifications/tools/list_changed`.
 
 Invariants:
 - With no policy configured nothing here runs: the app holds no filter, so no message is

@@ -149,7 +149,7 @@ class Router:
         self._by_client: dict[RequestId, int | list[int]] = {}
         self._intercepted: dict[int, Interceptor] = {}  # by gateway id, for screened requests only
         self._asked: dict[str, asyncio.Future[JsonObject]] = {}  # the gateway's own requests
-        # Sees every request and notification of the child (a policy's, set by the policy).
+        # Sees every request and notification of the child: one slot, the tool policy's (it sets it).
         self.interceptor: Interceptor | None = None
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+# The logger and its messages keep the name operators already filter on ("guard").
 log = logging.getLogger("gateway.guard")
 
 # Seconds between SIGTERM and SIGKILL, matching the gateway's own stop sequence.

@@ -26,7 +26,7 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway import keys
 from gateway.sessions.store import SessionStore
-from tests.support.connect_process import TOKEN, TOKEN_VAR, gateway_settings, running_bridge, serve_gateway
+from tests.support.connect_process import TOKEN, TOKEN_VAR, gateway_settings, running_connect, serve_gateway
 from tests.support.processes import child_pids
 from tests.support.servers import ECHO_SERVER
 from tests.support.types import JsonObj
@@ -56,7 +56,7 @@ async def echo_gateway(aiohttp_server: AiohttpServer) -> tuple[str, SessionStore
 
 async def test_calls_progress_and_a_server_request_round_trip(echo_gateway: tuple[str, SessionStore]) -> None:
     url, _ = echo_gateway
-    async with running_bridge(url) as bridge:
+    async with running_connect(url) as bridge:
         init = await bridge.initialize(capabilities={"sampling": {}})
         assert init["result"]["serverInfo"]["name"] == "echo-server"
 
@@ -89,7 +89,7 @@ async def test_calls_progress_and_a_server_request_round_trip(echo_gateway: tupl
 
 async def test_requests_do_not_wait_for_each_other(echo_gateway: tuple[str, SessionStore]) -> None:
     url, _ = echo_gateway
-    async with running_bridge(url) as bridge:
+    async with running_connect(url) as bridge:
         await bridge.initialize()
         await bridge.send({"jsonrpc": "2.0", "id": "slow", "method": "tools/call", "params": tool_call("hang")})
         # Answered while the first request is still in flight.
@@ -107,7 +107,7 @@ async def test_requests_do_not_wait_for_each_other(echo_gateway: tuple[str, Sess
 
 async def test_an_expired_session_is_reinitialized_transparently(echo_gateway: tuple[str, SessionStore]) -> None:
     url, store = echo_gateway
-    async with running_bridge(url) as bridge:
+    async with running_connect(url) as bridge:
         await bridge.initialize()
         assert text_of(await bridge.request(1, "tools/call", tool_call("echo", text="before"))) == "before"
         (old,) = list(store)
@@ -128,7 +128,7 @@ async def test_an_expired_session_is_reinitialized_transparently(echo_gateway: t
 
 async def test_a_second_initialize_ends_the_first_session(echo_gateway: tuple[str, SessionStore]) -> None:
     url, store = echo_gateway
-    async with running_bridge(url) as bridge:
+    async with running_connect(url) as bridge:
         await bridge.initialize()
         first_pid = int(text_of(await bridge.request(1, "tools/call", tool_call("pid"))))
         (first,) = list(store)
@@ -145,7 +145,7 @@ async def test_a_second_initialize_ends_the_first_session(echo_gateway: tuple[st
 
 async def test_stdin_eof_ends_the_session_and_the_process(echo_gateway: tuple[str, SessionStore]) -> None:
     url, store = echo_gateway
-    async with running_bridge(url) as bridge:
+    async with running_connect(url) as bridge:
         await bridge.initialize()
         server_pid = int(text_of(await bridge.request(1, "tools/call", tool_call("pid"))))
         assert len(store) == 1
@@ -160,7 +160,7 @@ async def test_a_signal_ends_the_session_and_exits_zero(
     echo_gateway: tuple[str, SessionStore], signum: signal.Signals
 ) -> None:
     url, store = echo_gateway
-    async with running_bridge(url) as bridge:
+    async with running_connect(url) as bridge:
         await bridge.initialize()
         await bridge.request(1, "ping")
         assert len(store) == 1
@@ -172,7 +172,7 @@ async def test_a_signal_ends_the_session_and_exits_zero(
 
 async def test_oversized_and_invalid_lines(echo_gateway: tuple[str, SessionStore]) -> None:
     url, _ = echo_gateway
-    async with running_bridge(url, "--max-message-bytes", "2048") as bridge:
+    async with running_connect(url, "--max-message-bytes", "2048") as bridge:
         await bridge.initialize()
         big = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": tool_call("echo", text="x" * 5000)}
         await bridge.send(big)
@@ -212,7 +212,7 @@ async def test_oversized_and_invalid_lines(echo_gateway: tuple[str, SessionStore
 
 async def test_no_stdout_pollution_and_no_token_in_stderr(echo_gateway: tuple[str, SessionStore]) -> None:
     url, _ = echo_gateway
-    async with running_bridge(url) as bridge:  # --log-level debug
+    async with running_connect(url) as bridge:  # --log-level debug
         await bridge.initialize()
         await bridge.request(1, "tools/call", tool_call("log", message="note"))
         await bridge.request(2, "tools/call", tool_call("stderr", lines=3))
@@ -228,7 +228,7 @@ async def test_no_stdout_pollution_and_no_token_in_stderr(echo_gateway: tuple[st
 
 async def test_a_wrong_token_is_an_error_naming_the_auth_failure(echo_gateway: tuple[str, SessionStore]) -> None:
     url, store = echo_gateway
-    async with running_bridge(url, token="not-the-token") as bridge:
+    async with running_connect(url, token="not-the-token") as bridge:
         init = await bridge.initialize()
         message = init["error"]["message"]
         assert "refused the credentials (HTTP 401 (invalid_token" in message
@@ -241,7 +241,7 @@ async def test_a_wrong_token_is_an_error_naming_the_auth_failure(echo_gateway: t
 
 
 async def test_unreachable_server_answers_with_an_error(unused_tcp_port: int) -> None:
-    async with running_bridge(f"http://127.0.0.1:{unused_tcp_port}/mcp") as bridge:
+    async with running_connect(f"http://127.0.0.1:{unused_tcp_port}/mcp") as bridge:
         init = await bridge.request("init", "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}})
         assert init["error"]["code"] == -32000
         assert "cannot reach the MCP server" in init["error"]["message"]
@@ -337,7 +337,7 @@ async def test_against_a_scripted_server(aiohttp_server: AiohttpServer) -> None:
 
 
 async def _scripted_session(url: str, script: Script) -> None:
-    async with running_bridge(url) as bridge:
+    async with running_connect(url) as bridge:
         await bridge.initialize()
 
         # The standalone stream's request reaches the client, whose answer is POSTed back.
@@ -392,7 +392,7 @@ async def test_a_server_without_a_standalone_stream(aiohttp_server: AiohttpServe
     """GET answered 405: no stream, and no reconnection attempts either."""
     script = Script(get_status=405)
     server = await aiohttp_server(script.app())
-    async with running_bridge(str(server.make_url("/mcp"))) as bridge:
+    async with running_connect(str(server.make_url("/mcp"))) as bridge:
         await bridge.initialize()
         assert await eventually(lambda: len(script.gets) == 1)
         assert await eventually(lambda: "offers no standalone stream (405)" in bridge.stderr_text())

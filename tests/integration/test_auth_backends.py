@@ -16,8 +16,7 @@ from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from gateway.auth import introspection
-from gateway.auth.registry import AuthStartupError
+from gateway.auth import AuthStartupError, introspection
 from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp
 from tests.support.settings import make_settings
 from tests.support.types import Gateway

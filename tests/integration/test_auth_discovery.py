@@ -18,7 +18,7 @@ from pydantic import AnyUrl
 from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from gateway.auth.registry import AuthStartupError
+from gateway.auth import AuthStartupError
 from gateway.auth.static import digest_of
 from tests.support.oauth import MemoryTokenStorage
 from tests.support.settings import make_settings

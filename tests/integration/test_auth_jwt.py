@@ -25,10 +25,9 @@ from pydantic import ValidationError
 from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from gateway.auth import AuthError
+from gateway.auth import AuthError, AuthStartupError
 from gateway.auth.jwks import JwksCache
 from gateway.auth.jwt import JwtVerifier
-from gateway.auth.registry import AuthStartupError
 from gateway.config import Settings
 from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp
 from tests.support.settings import make_settings

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
-from gateway.auth.registry import AuthStartupError
+from gateway.auth import AuthStartupError
 from gateway.auth.static import digest_of
 from gateway.config import Settings
 from tests.support.mcp import ACCEPT_BOTH, LATEST, Mcp

@@ -23,10 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app, net
-from gateway.auth import AuthError, introspection, whoami
+from gateway.auth import AuthError, AuthStartupError, introspection, whoami
 from gateway.auth.jwks import MAX_JWKS_BYTES, JwksCache
 from gateway.auth.jwt import JwtVerifier
-from gateway.auth.registry import AuthStartupError
 from gateway.auth.server_metadata import MAX_METADATA_BYTES
 from gateway.auth.static import digest_of
 from gateway.oauth.clients import MAX_CIMD_BYTES

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
+from gateway.auth import AuthStartupError
 from gateway.auth.identity import ASSERTION_ENV, PRINCIPAL_ENV
-from gateway.auth.registry import AuthStartupError
 from gateway.auth.static import digest_of
 from gateway.oauth import oidc as oidc_module
 from tests.support.oauth import (

@@ -4,10 +4,11 @@ accepting what it issued. Negative cases are tables where they share a shape."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -610,3 +611,34 @@ async def test_a_child_gets_the_pasted_service_token_only_with_the_opt_in(
     assert tokens["access_token"] not in json.dumps(environment)  # the gateway's own token never
     stored = json.dumps(await gw.oauth.store.values("family"))
     assert SERVICE_TOKEN not in stored  # encrypted at rest
+
+
+@pytest.mark.parametrize("endpoint", ["register", "token"])
+async def test_a_body_arriving_in_pieces_is_read_whole(aiohttp_client: AiohttpClient, endpoint: str) -> None:
+    """A registration or token request whose body reaches the gateway in several pieces (chunked,
+    with a pause between them) is read to its end, not cut at the first piece."""
+    settings = oauth_settings(0, public_url="https://mcp.example.com")
+    client = await aiohttp_client(create_app(settings), headers=public_host(settings))
+    if endpoint == "register":
+        body = json.dumps({"redirect_uris": [REDIRECT_URI], "client_name": "pieces"}).encode()
+        content_type = "application/json"
+    else:
+        # A form the endpoint refuses only once it has read it all: `code` is at its very end.
+        registered = await client.post("/oauth/register", json={"redirect_uris": [REDIRECT_URI]})
+        client_id = (await registered.json())["client_id"]
+        form = f"grant_type=authorization_code&client_id={client_id}&redirect_uri={quote(REDIRECT_URI)}"
+        body = (form + "&code_verifier=" + "v" * 64 + "&code=not-a-code").encode()
+        content_type = "application/x-www-form-urlencoded"
+
+    async def in_pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 16):
+            yield body[start : start + 16]
+            await asyncio.sleep(0.005)
+
+    async with client.post(f"/oauth/{endpoint}", data=in_pieces(), headers={"Content-Type": content_type}) as response:
+        answer = await response.json()
+    if endpoint == "register":
+        assert response.status == 201, answer
+        assert answer["client_name"] == "pieces"
+    else:  # the whole form was read: the code is judged, not a form cut short before it
+        assert answer["error"] == "invalid_grant", answer

@@ -1,11 +1,14 @@
 """The authorization server's storage: both backends behave alike (expiry, single use), the
-SQLite default survives a restart (keys, grants and refresh tokens), and Redis serves a whole
-flow with reuse detection."""
+SQLite default survives a restart (keys, grants and refresh tokens), Redis serves a whole flow
+with reuse detection, and a storage that stops answering — at a handler's first operation or a
+later one — makes an endpoint unavailable (503), never an internal error."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -21,6 +24,7 @@ from tests.support.oauth import (
     Browser,
     Gateway,
     GatewayFactory,
+    Step,
     authorize_url,
     oauth_settings,
     pkce,
@@ -147,3 +151,77 @@ async def test_a_storage_that_stops_answering_is_unavailable_as_a_page_or_json(
     assert (status, body["error"]) == (503, "temporarily_unavailable")
     async with gw.http.post(gw.base + "/oauth/register", json={"redirect_uris": ["https://a.example/cb"]}) as answer:
         assert (answer.status, (await answer.json())["error"]) == (503, "temporarily_unavailable")
+
+
+# The steps of a browser up to one whose handler reaches the storage after the client and its
+# redirect URI are verified (or the user's token accepted); `fail()` breaks the storage just before it.
+LaterStep = Callable[[Browser, str, Callable[[], None]], Awaitable[Step]]
+
+
+async def _sign_in(browser: Browser, url: str, fail: Callable[[], None]) -> Step:
+    signin = await browser.get(url)
+    assert signin.status == 200, signin.text
+    fail()
+    return await browser.submit(signin, token=SERVICE_TOKEN)
+
+
+async def _authorize_signed_in(browser: Browser, url: str, fail: Callable[[], None]) -> Step:
+    consent = await browser.submit(await browser.get(url), token=SERVICE_TOKEN)
+    assert consent.status == 200, consent.text
+    fail()
+    return await browser.get(url)
+
+
+async def _authorize_consent_remembered(browser: Browser, url: str, fail: Callable[[], None]) -> Step:
+    assert "code" in await browser.sign_in_and_consent(url)
+    fail()
+    return await browser.get(url)
+
+
+@dataclass(frozen=True)
+class LateFailure:
+    """The storage failing late in a page's handler: the one operation, on one kind of record."""
+
+    steps: LaterStep
+    method: str
+    kind: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        pytest.param(LateFailure(_sign_in, "get", "consent"), id="signin-consent-lookup"),
+        pytest.param(
+            LateFailure(_sign_in, "put", "credential", {"token_env": "UPSTREAM_TOKEN", "oauth_token_to_env": True}),
+            id="signin-credential",
+        ),
+        pytest.param(LateFailure(_authorize_signed_in, "get", "consent"), id="authorize-consent-lookup"),
+        pytest.param(LateFailure(_authorize_consent_remembered, "put", "code"), id="authorize-code"),
+    ],
+)
+async def test_a_storage_failing_after_the_checks_is_unavailable_not_an_internal_error(
+    oauth_gateway: GatewayFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, late: LateFailure
+) -> None:
+    """The storage failing late in a page's handler — once the client is found, its redirect URI
+    verified and the user's token accepted — is the same 503 page as failing first, logged as
+    such, never a 500: only the one operation on the one kind of record fails here."""
+    gw = await oauth_gateway(**late.settings)
+    client = await gw.register()
+    _, challenge = pkce()
+    store = gw.oauth.store
+    real = getattr(store, late.method)
+
+    async def failing(record_kind: str, *args: Any) -> Any:
+        if record_kind == late.kind:
+            raise StorageError("the storage does not answer")
+        return await real(record_kind, *args)
+
+    def fail() -> None:
+        monkeypatch.setattr(store, late.method, failing)
+
+    with caplog.at_level(logging.ERROR, logger="gateway.oauth"):
+        page = await late.steps(gw.browser, authorize_url(gw.base, client["client_id"], challenge), fail)
+    assert (page.status, page.headers["Content-Type"]) == (503, "text/html; charset=utf-8"), page.text
+    assert "<code>temporarily_unavailable</code>" in page.text
+    assert "OAuth storage failed: the storage does not answer" in caplog.messages

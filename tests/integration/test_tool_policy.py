@@ -65,11 +65,11 @@ def scoped(**extra: Any) -> dict[str, Any]:
     }
 
 
-Gateway = Callable[..., Awaitable[TokenMcp]]
+TokenGateway = Callable[..., Awaitable[TokenMcp]]
 
 
 @pytest.fixture
-def gateway(aiohttp_client: AiohttpClient) -> Gateway:
+def gateway(aiohttp_client: AiohttpClient) -> TokenGateway:
     """`await gateway(token, *echo_flags, version=..., **settings)`: an initialized session."""
 
     async def start(token: str | None, *flags: str, version: str = LATEST, **settings: Any) -> TokenMcp:
@@ -97,27 +97,27 @@ async def received(mcp: Mcp) -> list[list[Any]]:
     return list(json.loads(text_of(await mcp.call_tool("received"))))
 
 
-async def all_tools(gateway: Gateway) -> set[str]:
+async def all_tools(gateway: TokenGateway) -> set[str]:
     return await listed(await gateway(None))
 
 
 # --- names ---------------------------------------------------------------------------------------
 
 
-async def test_denied_names_are_not_listed(gateway: Gateway) -> None:
+async def test_denied_names_are_not_listed(gateway: TokenGateway) -> None:
     everything = await all_tools(gateway)
     mcp = await gateway(None, tool_deny=["delete_*", "crash"])
     assert await listed(mcp) == everything - {"delete_note", "crash"}
 
 
-async def test_allow_list_and_deny_wins(gateway: Gateway) -> None:
+async def test_allow_list_and_deny_wins(gateway: TokenGateway) -> None:
     mcp = await gateway(None, tool_allow=["*_note", "received"], tool_deny=["delete_*"])
     assert await listed(mcp) == {"read_note", "write_note", "received"}
     response = await mcp.call_tool("echo", text="hi")
     assert response["error"] == {"code": jsonrpc.INVALID_PARAMS, "message": "Tool not allowed: echo"}
 
 
-async def test_a_denied_call_never_reaches_the_child(gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_denied_call_never_reaches_the_child(gateway: TokenGateway, caplog: pytest.LogCaptureFixture) -> None:
     mcp = await gateway(None, tool_deny=["delete_note"])
     with caplog.at_level(logging.INFO, logger="gateway.policy"):
         status, messages = await mcp.post(
@@ -132,7 +132,7 @@ async def test_a_denied_call_never_reaches_the_child(gateway: Gateway, caplog: p
     assert logged_denials(caplog) == [("delete_note", "denied", None)]
 
 
-async def test_a_refused_name_is_bounded_and_printable(gateway: Gateway) -> None:
+async def test_a_refused_name_is_bounded_and_printable(gateway: TokenGateway) -> None:
     mcp = await gateway(None, tool_deny=["bad*"])
     response = await mcp.call_tool("bad\x07" + "x" * 10_000)
     message = response["error"]["message"]
@@ -149,7 +149,7 @@ async def test_a_refused_name_is_bounded_and_printable(gateway: Gateway) -> None
     [(READER, "write and destructive"), (WRITER, "destructive"), (ADMIN, "nothing")],
     ids=["no-scope", "write-scope", "both-scopes"],
 )
-async def test_lists_show_what_the_caller_may_use(gateway: Gateway, token: str, hidden: str) -> None:
+async def test_lists_show_what_the_caller_may_use(gateway: TokenGateway, token: str, hidden: str) -> None:
     everything = await all_tools(gateway)
     mcp = await gateway(token, **scoped())
     expected = {
@@ -171,7 +171,7 @@ async def test_lists_show_what_the_caller_may_use(gateway: Gateway, token: str, 
     ids=["write-without-scope", "destructive-without-scopes", "unannotated", "destructive-with-write-only"],
 )
 async def test_a_call_without_its_scope_is_403(
-    gateway: Gateway, caplog: pytest.LogCaptureFixture, tmp_path: Path, *, token: str, tool: str, scope: str
+    gateway: TokenGateway, caplog: pytest.LogCaptureFixture, tmp_path: Path, *, token: str, tool: str, scope: str
 ) -> None:
     audit_log = tmp_path / "audit.jsonl"
     mcp = await gateway(token, **scoped(), audit_log=str(audit_log))
@@ -198,12 +198,12 @@ async def test_a_call_without_its_scope_is_403(
     [(READER, "read_note", "read"), (WRITER, "write_note", "write"), (ADMIN, "delete_note", "delete")],
     ids=["read-only", "write", "destructive"],
 )
-async def test_a_call_with_its_scope_is_forwarded(gateway: Gateway, token: str, tool: str, answer: str) -> None:
+async def test_a_call_with_its_scope_is_forwarded(gateway: TokenGateway, token: str, tool: str, answer: str) -> None:
     mcp = await gateway(token, **scoped())
     assert text_of(await mcp.call_tool(tool)) == answer
 
 
-async def test_a_call_before_any_list_makes_the_gateway_list_every_page(gateway: Gateway) -> None:
+async def test_a_call_before_any_list_makes_the_gateway_list_every_page(gateway: TokenGateway) -> None:
     mcp = await gateway(READER, "--page-size", "4", **scoped())
     seen = await received(mcp)  # a read-only tool, listed on the last page
     pages = -(-len(await all_tools(gateway)) // 4)
@@ -216,7 +216,7 @@ async def test_a_call_before_any_list_makes_the_gateway_list_every_page(gateway:
     assert [entry for entry in await received(mcp) if entry[0] == "tools/list"] == [["tools/list", None]] * pages
 
 
-async def test_a_list_that_does_not_come_in_time_is_cancelled_and_refuses_the_call(gateway: Gateway) -> None:
+async def test_a_list_that_does_not_come_in_time_is_cancelled_and_refuses_the_call(gateway: TokenGateway) -> None:
     mcp = await gateway(ADMIN, "--slow-first-list", "30", request_timeout=0.5, **scoped())
     status, messages = await mcp.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo"}})
     assert status == 504
@@ -231,7 +231,7 @@ async def test_a_list_that_does_not_come_in_time_is_cancelled_and_refuses_the_ca
     assert ["tools/call", "echo"] not in await received(mcp)
 
 
-async def test_tools_learned_from_the_clients_own_list(gateway: Gateway) -> None:
+async def test_tools_learned_from_the_clients_own_list(gateway: TokenGateway) -> None:
     mcp = await gateway(READER, **scoped())
     await listed(mcp)
     status, _ = await mcp.post({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "write_note"}})
@@ -239,7 +239,7 @@ async def test_tools_learned_from_the_clients_own_list(gateway: Gateway) -> None
     assert [entry for entry in await received(mcp) if entry[0] == "tools/list"] == [["tools/list", None]]
 
 
-async def test_list_changed_forgets_what_was_learned(gateway: Gateway) -> None:
+async def test_list_changed_forgets_what_was_learned(gateway: TokenGateway) -> None:
     mcp = await gateway(READER, **scoped())
     assert text_of(await mcp.call_tool("read_note")) == "read"
     assert text_of(await mcp.call_tool("retag", tool="read_note", annotations={"destructiveHint": True})) == "retagged"
@@ -250,7 +250,7 @@ async def test_list_changed_forgets_what_was_learned(gateway: Gateway) -> None:
     assert text_of(await mcp.call_tool("read_note")) == "read"
 
 
-async def test_pagination_survives_filtering(gateway: Gateway) -> None:
+async def test_pagination_survives_filtering(gateway: TokenGateway) -> None:
     mcp = await gateway(READER, "--page-size", "5", **scoped())
     names: set[str] = set()
     cursors: list[str] = []
@@ -275,7 +275,7 @@ def call(request_id: int, name: str) -> JsonObj:
     return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": name, "arguments": {}}}
 
 
-async def test_a_batch_refuses_only_its_denied_calls(gateway: Gateway) -> None:
+async def test_a_batch_refuses_only_its_denied_calls(gateway: TokenGateway) -> None:
     mcp = await gateway(None, version="2025-03-26", tool_deny=["delete_note"])
     status, messages = await mcp.post([call(1, "read_note"), call(2, "delete_note"), call(3, "write_note")])
     assert status == 200
@@ -287,7 +287,7 @@ async def test_a_batch_refuses_only_its_denied_calls(gateway: Gateway) -> None:
     assert ["tools/call", "delete_note"] not in await received(mcp)
 
 
-async def test_a_batch_with_a_call_lacking_its_scope_is_refused_whole(gateway: Gateway) -> None:
+async def test_a_batch_with_a_call_lacking_its_scope_is_refused_whole(gateway: TokenGateway) -> None:
     mcp = await gateway(READER, version="2025-03-26", **scoped())
     status, messages = await mcp.post([call(1, "read_note"), call(2, "write_note")])
     assert status == 403

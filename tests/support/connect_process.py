@@ -55,7 +55,7 @@ async def serve_gateway(aiohttp_server: AiohttpServer, settings: Settings) -> tu
     return str(server.make_url("/mcp")), app
 
 
-class BridgeProcess:
+class ConnectProcess:
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
         self.stdout: list[bytes] = []
@@ -135,9 +135,9 @@ async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running_bridge(
+async def running_connect(
     url: str, *options: str, env: dict[str, str] | None = None, token: str = TOKEN
-) -> AsyncIterator[BridgeProcess]:
+) -> AsyncIterator[ConnectProcess]:
     """`mcp-gateway connect URL --bearer-env TOKEN_VAR OPTIONS`; killed on the way out if still running."""
     environment = {**os.environ, TOKEN_VAR: token, **(env or {})}
     process = await asyncio.create_subprocess_exec(
@@ -148,7 +148,7 @@ async def running_bridge(
         env=environment,
         limit=STDOUT_LIMIT,
     )
-    bridge = BridgeProcess(process)
+    bridge = ConnectProcess(process)
     assert process.stderr is not None
     drain = asyncio.get_running_loop().create_task(_drain(process.stderr, bridge.stderr))
     try:

@@ -23,10 +23,25 @@ LEAVES = SHARED_LEAVES | {
     "gateway.net",
     "gateway.errors",
     # What configuration checks and runtime uses alike, defined once: the JOSE algorithms and PEM
-    # keys (config and the jwt verifier), the well-known paths (config and discovery).
+    # keys (config and the jwt verifier), the paths the gateway serves (config, discovery, rate limits, health).
     "gateway.jose",
-    "gateway.wellknown",
+    "gateway.paths",
+    # The request being handled: read by authentication, the audit log, the logs and the HTTP edge.
+    "gateway.request_context",
 }
+# The server's rooms from the bottom up: a room imports only rooms below it (and leaves).
+ROOMS = (
+    ("config", "client", "tools"),
+    ("auth",),
+    ("observe",),
+    ("http",),
+    ("sessions",),
+    ("transport",),
+    ("oauth",),
+    ("app",),
+    ("serve",),
+)
+RANK = {room: rank for rank, rooms in enumerate(ROOMS, start=1) for room in rooms}
 # Entry points: they parse the command line and hand over to a room, so they may import any.
 ENTRY_POINTS = frozenset({"gateway", "gateway.__main__", "gateway.cli"})
 
@@ -111,6 +126,28 @@ def test_no_runtime_import_cycle() -> None:
     for module in sorted(GRAPH):
         if module not in state:
             visit(module)
+
+
+def room_of(module: str) -> str:
+    """`gateway.sessions.router` is in `sessions`; a top-level module is a room of its own."""
+    return module.split(".")[1] if "." in module else module
+
+
+def test_every_room_has_a_place() -> None:
+    rooms = {room_of(module) for module in MODULES if module not in LEAVES | ENTRY_POINTS}
+    assert rooms == RANK.keys()
+
+
+def test_imports_point_down() -> None:
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        if module not in LEAVES | ENTRY_POINTS
+        for target in targets
+        if target not in LEAVES and room_of(target) != room_of(module)
+        if RANK[room_of(target)] >= RANK[room_of(module)]
+    ]
+    assert upward == []
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from gateway.http.context import MAX_REQUEST_ID, incoming_id, trace_ids
+from gateway.request_context import MAX_REQUEST_ID, incoming_id, trace_ids
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"

@@ -7,6 +7,9 @@ is kept only when it is well formed, so logs join the caller's distributed trace
 request is found through a context variable: code that does not see the HTTP request (the session
 store, say) can still name it. The context is marked finished when the request ends, because
 callbacks registered while it ran (a child's pipe readers) keep a copy of it afterwards.
+
+A leaf: the audit log, the process logs, authentication and the HTTP edge all read the current
+request, so it imports nothing of the gateway.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ import contextvars
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.auth import Principal
+if TYPE_CHECKING:
+    from gateway.auth import Principal
 
 HEADER: Final = "X-Request-ID"
 TRACEPARENT: Final = "traceparent"
