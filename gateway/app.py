@@ -47,6 +47,7 @@ from gateway.observe.metrics import Metrics
 from gateway.paths import OAUTH_PREFIX
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.policy import ToolFilter, ToolPolicy
+from gateway.sessions.sandbox import Sandbox
 from gateway.sessions.store import SessionLimits, SessionStore
 from gateway.sessions.watchdog import OrphanWatchdog
 from gateway.transport import legacy
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_identity_provider)
     app.cleanup_ctx.append(oauth_routes.authorization_server)
     app.cleanup_ctx.append(_orphan_watchdog)
+    app.cleanup_ctx.append(_sandbox)
     app.cleanup_ctx.append(_session_store)
     app.on_shutdown.append(_end_streams)
     legacy.add_routes(app, settings.mcp_path)
@@ -224,6 +226,19 @@ async def _orphan_watchdog(app: web.Application) -> AsyncIterator[None]:
     await watchdog.aclose()
 
 
+async def _sandbox(app: web.Application) -> AsyncIterator[None]:
+    """Decide how children are isolated (`IsolationUnavailable` stops startup when the isolation
+    asked for cannot be had), and say which isolation is in force."""
+    settings = app[keys.SETTINGS]
+    sandbox = await Sandbox.open(
+        settings.child_isolation, settings.child_program(), settings.child_uids(), app[keys.WATCHDOG]
+    )
+    app[keys.SANDBOX] = sandbox
+    log.info("child isolation: %s", sandbox.mode, extra={"reason": sandbox.decision.reason})
+    yield
+    sandbox.close()
+
+
 async def _session_store(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     spec = ChildSpec(
@@ -245,7 +260,9 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         evict_idle_after=settings.session_evict_idle_after,
         max_in_flight=settings.max_requests_in_flight,
     )
-    store = SessionStore(spec, limits, app[keys.WATCHDOG], identity_issuer(settings), app[keys.AUDIT])
+    store = SessionStore(
+        spec, limits, app[keys.WATCHDOG], identity_issuer(settings), app[keys.AUDIT], sandbox=app[keys.SANDBOX]
+    )
     app[keys.SESSIONS] = store
     if (registry := app[keys.METRICS]) is not None:
         registry.watch(sessions=lambda: len(store), children=lambda: store.children, in_flight=store.requests_in_flight)

@@ -39,6 +39,7 @@ from gateway.http.connections import ConnectionLimiter
 from gateway.net import is_loopback_host
 from gateway.observe import logs
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE, use_pidfd_child_watcher
+from gateway.sessions.sandbox import IsolationUnavailable, decide
 from gateway.sessions.store import SessionStore
 
 if TYPE_CHECKING:
@@ -143,11 +144,18 @@ def _url_host(host: str) -> str:
 
 
 def check(settings: Settings) -> int:
-    """`mcp-gateway check`: print the configuration (secrets masked), and warn when the open-file
-    limit the gateway could reach does not fit its sessions and connections."""
+    """`mcp-gateway check`: print the configuration (secrets masked), warn when the open-file
+    limit the gateway could reach does not fit its sessions and connections, and name the child
+    isolation it would start with (exit status 1 when the isolation asked for is not possible)."""
     print(json.dumps(settings.redacted(), indent=2))
     if (problem := connections.descriptor_problem(settings, connections.reachable_descriptor_limit())) is not None:
         print(f"mcp-gateway: warning: {problem}", file=sys.stderr)
+    try:
+        decision = asyncio.run(decide(settings.child_isolation, settings.child_program(), settings.child_uids()[0]))
+    except IsolationUnavailable as error:
+        print(f"mcp-gateway: {error}", file=sys.stderr)
+        return EXIT_STARTUP
+    print(f"mcp-gateway: child isolation: {decision.mode} ({decision.reason})", file=sys.stderr)
     return 0
 
 
@@ -157,7 +165,7 @@ def run(settings: Settings) -> int:
     use_pidfd_child_watcher()
     try:
         asyncio.run(serve(settings))
-    except AuthStartupError as error:
+    except (AuthStartupError, IsolationUnavailable) as error:
         log.error("cannot start: %s", error)
         return EXIT_STARTUP
     return 0

@@ -70,6 +70,19 @@ def child(values: Values) -> Iterator[Problem]:
         yield Problem("command", f"{command[0]!r} is not an executable on the child's PATH")
 
 
+def isolation(values: Values) -> Iterator[Problem]:
+    """With uid isolation possible, the range holds a user ID for every session."""
+    if values.get("child_isolation", "none") == "none" or not _passed(values, "child_uid_range", "max_sessions"):
+        return
+    first, _, last = values["child_uid_range"].partition("-")
+    size = int(last) - int(first) + 1
+    if size < values["max_sessions"]:
+        yield Problem(
+            "child_uid_range",
+            f"holds {size} user IDs, fewer than max_sessions ({values['max_sessions']}): one child needs one",
+        )
+
+
 def exposure(values: Values) -> Iterator[Problem]:
     """A bind beyond loopback: with authentication it needs a public URL, without it consent."""
     if not _passed(values, "host", "auth"):
@@ -270,6 +283,7 @@ def metrics(values: Values) -> Iterator[Problem]:
 
 AREAS: Final[tuple[Callable[[Values], Iterator[Problem]], ...]] = (
     child,
+    isolation,
     exposure,
     verifiers,
     identity,

@@ -1,7 +1,8 @@
-"""The child: the stdio server every session runs, the environment it gets, how much bad output
-it may write, and the resource limits it starts under. Nothing here reads a request: a child's
-command and environment come from configuration only. Field groups of `Settings`; the rules
-between settings (the command found on the child's own PATH) are in `checks.py`.
+"""The child: the stdio server every session runs, the environment it gets, how much bad output it may
+write, the resource limits it starts under, and how children are isolated from each other. Nothing
+here reads a request: a child's command and environment come from configuration only. Field groups
+of `Settings`; the rules between settings (the command found on the child's own PATH) are in
+`checks.py`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 import os
 import resource
 import shlex
+import shutil
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
@@ -22,6 +24,13 @@ from gateway.config.parsing import TextList
 # What a child inherits from the gateway's environment by default: enough to find programs and
 # a home directory, nothing that could carry the gateway's own secrets.
 DEFAULT_CHILD_ENV_ALLOW: Final = ("HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LANG", "LC_ALL", "TZ")
+# User IDs below this are the system's and its people's: never a child's.
+LOWEST_CHILD_UID: Final = 1000
+# The default range of children's user IDs: far above the ranges distributions hand out to people
+# (from 1000) and to rootless containers (/etc/subuid, from 100000), so no child shares its user
+# ID with anything else on the host.
+DEFAULT_CHILD_UIDS: Final = "1000000000-1000065535"
+HIGHEST_UID: Final = 2**32 - 2  # (uid_t)-1 means "no change"
 
 
 class ChildSettings(BaseModel):
@@ -75,6 +84,10 @@ class ChildSettings(BaseModel):
         env.update({name: secret.get_secret_value() for name, secret in self.child_env.items()})
         return env
 
+    def child_program(self) -> str | None:
+        """The file the command runs, found on the child's own PATH (None when it is not found)."""
+        return shutil.which(self.command[0], path=self.child_environment().get("PATH"))
+
 
 class ChildOutputSettings(BaseModel):
     """How much a child may break the stdout protocol before its session closes."""
@@ -103,3 +116,32 @@ class ChildLimitSettings(BaseModel):
             (resource.RLIMIT_NPROC, self.child_rlimit_nproc),
         ]
         return tuple((which, limit) for which, limit in pairs if limit is not None)
+
+
+class ChildIsolationSettings(BaseModel):
+    """How each session's child is kept from every other's processes, environment and files."""
+
+    child_isolation: Literal["auto", "none", "uid"] = Field(
+        "auto",
+        description="Isolation between children: uid (each runs as a user ID of its own, with a private HOME and "
+        "TMPDIR), none (all run as the gateway's user), or auto (uid when the host allows it).",
+    )
+    child_uid_range: str = Field(
+        DEFAULT_CHILD_UIDS, description="The user IDs children run as with uid isolation, FIRST-LAST (one per child)."
+    )
+
+    @field_validator("child_uid_range")
+    @classmethod
+    def _check_uid_range(cls, value: str) -> str:
+        first, sep, last = value.strip().partition("-")
+        if not sep or not first.strip().isdigit() or not last.strip().isdigit():
+            raise ValueError(f"is FIRST-LAST, two user IDs, got {value!r}")
+        low, high = int(first), int(last)
+        if not LOWEST_CHILD_UID <= low <= high <= HIGHEST_UID:
+            raise ValueError(f"is a range of user IDs from {LOWEST_CHILD_UID} to {HIGHEST_UID}, got {value!r}")
+        return f"{low}-{high}"
+
+    def child_uids(self) -> tuple[int, int]:
+        """The first and last user ID of the children's range."""
+        first, _, last = self.child_uid_range.partition("-")
+        return int(first), int(last)

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.config import checks
 from gateway.config.auth import AuthorizationSettings, IdentitySettings, VerifierSettings
-from gateway.config.child import ChildLimitSettings, ChildOutputSettings, ChildSettings
+from gateway.config.child import ChildIsolationSettings, ChildLimitSettings, ChildOutputSettings, ChildSettings
 from gateway.config.limits import (
     ConnectionSettings,
     MessageSettings,
@@ -42,6 +42,7 @@ _passed: ContextVar[dict[str, Any]] = ContextVar("settings_passed")
 # pydantic lists the fields of the last base first: read from the bottom up, the groups below are
 # in the order of the settings (the README's configuration table, `mcp-gateway check`, the flags).
 class Settings(
+    ChildIsolationSettings,
     MetricsSettings,
     AuditSettings,
     ExposureSettings,

@@ -23,6 +23,7 @@ async def handle_health(request: web.Request) -> web.Response:
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - app[keys.STARTED_AT], 3),
             "sessions": len(app[keys.SESSIONS]),
+            "isolation": app[keys.SANDBOX].mode,
         }
     )
 

@@ -30,10 +30,13 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.framing import LineFramer
 from gateway.sessions.watchdog import OrphanWatchdog, group_alive, signal_group
+
+if TYPE_CHECKING:
+    from gateway.sessions.sandbox import ChildUser
 
 log = logging.getLogger("gateway.child")
 
@@ -133,6 +136,38 @@ def _pre_exec(rlimits: tuple[tuple[int, int], ...], nofile: tuple[int, int] | No
             resource.setrlimit(which, (limit, limit))
 
     return prepare
+
+
+def _pre_exec_as(user: ChildUser, cwd: Path | None, then: Callable[[], None] | None) -> Callable[[], None]:
+    """The pre-exec hook of a child that runs as its own user. Python has switched the user by the
+    time it runs, so the child makes its private directories itself (its user owns them, mode
+    0700), enters its working directory as that user, and can gain no privilege from then on;
+    then `then` (the parent-death signal, armed after the switch, which would clear it)."""
+    directories = (os.fsencode(user.directory), os.fsencode(user.home), os.fsencode(user.tmp))
+    workdir = os.fsencode(cwd if cwd is not None else user.home)
+    no_new_privs = _no_new_privs()
+
+    def prepare() -> None:
+        for directory in directories:
+            os.mkdir(directory, 0o700)
+        os.chdir(workdir)
+        no_new_privs()
+        if then is not None:
+            then()
+
+    return prepare
+
+
+def _no_new_privs() -> Callable[[], None]:
+    """A pre-exec hook setting `no_new_privs` (Linux): exec never grants privileges afterwards."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    pr_set_no_new_privs = 38
+
+    def set_no_new_privs() -> None:
+        if prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0:
+            os._exit(126)  # never run a child without it
+
+    return set_no_new_privs
 
 
 def _parent_death_signal() -> Callable[[], None] | None:
@@ -244,21 +279,34 @@ class Child:
         self.pid = 0
 
     @classmethod
-    async def spawn(cls, spec: ChildSpec, sink: ChildSink, watchdog: OrphanWatchdog | None, label: str) -> Child:
-        """Start the process; raises `OSError` when it cannot be executed."""
+    async def spawn(
+        cls,
+        spec: ChildSpec,
+        sink: ChildSink,
+        watchdog: OrphanWatchdog | None,
+        label: str,
+        user: ChildUser | None = None,
+    ) -> Child:
+        """Start the process (as `user`, with uid isolation); raises `OSError` when it cannot be executed."""
         child = cls(spec, sink, watchdog, label)
         loop = asyncio.get_running_loop()
+        pre_exec = _pre_exec(spec.rlimits, spec.nofile)
+        switch: dict[str, Any] = {}
+        if user is not None:
+            switch = {"user": user.uid, "group": user.gid, "extra_groups": []}
+            pre_exec = _pre_exec_as(user, spec.cwd, pre_exec)
         transport, _ = await loop.subprocess_exec(
             lambda: _ChildProtocol(child),
             *spec.argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=dict(spec.env),
-            cwd=spec.cwd,
+            env={**spec.env, **user.environment()} if user is not None else dict(spec.env),
+            cwd=spec.cwd if user is None else None,  # as its user, the child enters it itself
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_pre_exec(spec.rlimits, spec.nofile),
+            preexec_fn=pre_exec,
+            **switch,
         )
         child._transport = transport
         child.pid = transport.get_pid()

@@ -41,6 +41,7 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.observe.audit import Audit
 from gateway.sessions.child import Child, ChildSpec
 from gateway.sessions.router import Router
+from gateway.sessions.sandbox import ChildUser, NoFreeUser, Sandbox
 from gateway.sessions.watchdog import OrphanWatchdog
 
 log = logging.getLogger("gateway.sessions")
@@ -87,6 +88,7 @@ class Session:
         "owner",
         "principal",
         "router",
+        "user",
     )
 
     def __init__(self, session_id: str, principal: Principal, router: Router, client_ip: str, address: str) -> None:
@@ -97,6 +99,7 @@ class Session:
         self.owner = principal.key  # sessions are never credentials: each belongs to one principal
         self.router = router
         self.child: Child | None = None
+        self.user: ChildUser | None = None  # the user its child runs as, with uid isolation
         self.created = time.monotonic()
         self.idle_since: float | None = None
         # When a request or stream last began or ended here: the order in which sessions give way.
@@ -141,8 +144,11 @@ class SessionStore:
         watchdog: OrphanWatchdog | None,
         identity: IdentityIssuer | None = None,
         audit: Audit | None = None,
+        *,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self._spec = spec
+        self._sandbox = sandbox
         self._audit = audit if audit is not None else Audit(None)
         self._identity = identity
         self._limits = limits
@@ -229,21 +235,49 @@ class SessionStore:
             if self._identity is not None:
                 spec = replace(spec, env={**spec.env, **self._identity.environment(principal, token)})
             started = time.monotonic()
-            child = await Child.spawn(spec, router, self._watchdog, label)
+            session.user = self._new_user()
+            child = await Child.spawn(spec, router, self._watchdog, label, session.user)
         except OSError as exc:
             self._release(session)
+            self._release_user_soon(session)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})
             raise GatewayError("upstream_failed", "The MCP server could not be started") from None
         except BaseException:
             self._release(session)  # cancelled while spawning: the place is not kept
+            self._release_user_soon(session)
             raise
         session.child = child
         router.child = child
         self._children += 1
         spawn_ms = round((time.monotonic() - started) * 1000, 3)
-        self._audit.record("child.spawn", session=session, command=self._spec.argv[0], spawn_ms=spawn_ms)
+        self._audit.record(
+            "child.spawn",
+            session=session,
+            command=self._spec.argv[0],
+            spawn_ms=spawn_ms,
+            isolation=self._sandbox.mode if self._sandbox is not None else "none",
+            uid=session.user.uid if session.user is not None else None,
+        )
         log.info("session starting", extra={"session": label, "pid": child.pid})
         return session
+
+    def _new_user(self) -> ChildUser | None:
+        """The user the next child runs as, with uid isolation; 503 when the range is used up."""
+        if self._sandbox is None:
+            return None
+        try:
+            return self._sandbox.new_user()
+        except NoFreeUser as exc:
+            log.error("%s", exc)
+            raise GatewayError("too_many_sessions", "The gateway is at its session limit; try again later") from None
+
+    def _release_user_soon(self, session: Session) -> None:
+        """Give back the user of a child that never started (its directories may exist already)."""
+        user, session.user = session.user, None
+        if user is not None and self._sandbox is not None:
+            task = asyncio.get_running_loop().create_task(self._sandbox.release(user))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     def _make_room(self, principal: Principal, address: str) -> None:
         """Admit one more session for `principal` from `address`, ending idle sessions that must
@@ -414,6 +448,9 @@ class SessionStore:
                 code = await session.child.stop()
             finally:
                 self._children -= 1
+                user, session.user = session.user, None
+                if user is not None and self._sandbox is not None:
+                    await self._sandbox.release(user)  # its processes ended, its files removed
             exit_code, signal_name = exit_status(code)
             self._audit.record("child.exit", session=session, reason=reason, exit_code=exit_code, signal=signal_name)
         log.info("session closed", extra={"session": session.id[:8], "reason": reason, "exit_code": code})

@@ -1,10 +1,14 @@
 """Orphan watchdog: a process that kills the gateway's child process groups if it dies.
 
 The gateway starts one watchdog and keeps the write end of a pipe to its stdin; it announces every
-child process group it creates (`+PGID`) and every group it has finished stopping (`-PGID`).
+child process group it creates (`+PGID`) and every group it has finished stopping (`-PGID`), and,
+with uid isolation, every user ID a child runs as (`+uUID`, `-uUID` once its cleanup is done) and
+the directory that holds the children's private ones (`+dPATH`).
 When the pipe reaches end of file — the gateway exited, however it exited, `kill -9` included —
 the watchdog sends SIGTERM to every group still announced, waits briefly, then SIGKILLs whatever
-remains. Killing the group, not just the child, also takes grandchildren.
+remains, then every process of an announced user, then removes the announced directories. Killing
+the group, not just the child, also takes grandchildren; killing the user also takes those that
+left the group.
 
 This file runs as a script with the interpreter's isolated flags (`-I -S`) so it starts fast and
 imports nothing but the standard library. On Linux each child additionally carries a parent-death
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -82,11 +87,24 @@ def terminate_groups(groups: set[int]) -> None:
         signal_group(pgid, signal.SIGKILL)
 
 
+def kill_users(uids: set[int]) -> None:
+    """SIGKILL every process whose user is one of `uids` (a /proc entry belongs to its process's user)."""
+    if not uids:
+        return
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{name}").st_uid in uids:
+                    os.kill(int(name), signal.SIGKILL)
+
+
 def main() -> int:
     # Interrupts aimed at the gateway's terminal are the gateway's to handle; the watchdog's
     # only exit is end of file on its stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     groups: set[int] = set()
+    users: set[int] = set()
+    directories: list[str] = []
     pending = b""
     while True:
         try:
@@ -98,14 +116,22 @@ def main() -> int:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
-            if len(line) < 2 or not line[1:].isdigit():
+            sign, what = line[:1], line[1:]
+            if sign == b"+" and what.startswith(b"d/"):
+                directories.append(os.fsdecode(what[1:]))
                 continue
-            pgid = int(line[1:])
-            if line.startswith(b"+"):
-                groups.add(pgid)
-            elif line.startswith(b"-"):
-                groups.discard(pgid)
+            members = users if what.startswith(b"u") else groups
+            number = what.removeprefix(b"u")
+            if not number.isdigit():
+                continue
+            if sign == b"+":
+                members.add(int(number))
+            elif sign == b"-":
+                members.discard(int(number))
     terminate_groups(groups)
+    kill_users(users)
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 
@@ -148,6 +174,16 @@ class OrphanWatchdog:
 
     def register(self, pgid: int) -> None:
         self._send(b"+%d\n" % pgid)
+
+    def register_user(self, uid: int) -> None:
+        self._send(b"+u%d\n" % uid)
+
+    def unregister_user(self, uid: int) -> None:
+        self._send(b"-u%d\n" % uid)
+
+    def register_directory(self, path: str) -> None:
+        """Remove `path` (absolute, one line) if the gateway dies: what its children left there."""
+        self._send(b"+d" + os.fsencode(path) + b"\n")
 
     def unregister(self, pgid: int) -> None:
         self._send(b"-%d\n" % pgid)

@@ -1,0 +1,326 @@
+"""Isolation between children: each session's child under a user ID of its own, with a private
+`HOME` and `TMPDIR`, so no child can read another's environment (`/proc/<pid>/environ`), signal or
+trace it, or read its files.
+
+Modes: `none` (every child runs as the gateway's own user) and `uid`. `uid` needs the power to
+switch users and to signal them (root, or `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL`); nothing else
+is needed: a child creates its own directories once it runs as its user, and the cleanup after it
+runs as that user too. The mode in force is decided once, at startup (`decide`), and named in the
+startup log, `/health`, `mcp-gateway check` and every `child.spawn` audit line.
+
+Invariants:
+- A user ID belongs to at most one child at a time, across every gateway process on the host: it
+  is held by an exclusive lock on a file of its own (released by the kernel if the gateway dies),
+  and it is taken only when no process of that user is alive. It is given back only after every
+  process of the user is gone and its directory is removed.
+- A child's private directory (mode 0700, its user's) sits in a directory that anyone may enter
+  but no one other than the gateway may list, under a name no other child can guess.
+- A child starts with `no_new_privs`: nothing it executes can gain privileges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+import stat
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from gateway.sessions.watchdog import OrphanWatchdog
+
+log = logging.getLogger("gateway.sandbox")
+
+IsolationMode = Literal["none", "uid"]
+# Bits of the capability sets in /proc/self/status (linux/capability.h).
+CAP_KILL: Final = 5
+CAP_SETGID: Final = 6
+CAP_SETUID: Final = 7
+# A shell and its `kill` and `rm`: what the cleanup runs as the child's user (present on every
+# Linux image that has a shell; without one, `uid` isolation is not offered).
+SHELL: Final = "/bin/sh"
+# Kill every other process of the calling user, three times over (a forking process may make a
+# new one between two sweeps), then remove the private directory given as $1.
+_CLEANUP_SCRIPT: Final = 'for sweep in 1 2 3; do kill -KILL -1 2>/dev/null; done; rm -rf -- "$1"'
+# Whether the user may execute a program: $1 the program, $2 (optional) its script interpreter.
+_EXECUTABLE_SCRIPT: Final = 'test -x "$1" && test -r "$1" && { [ -z "$2" ] || test -x "$2"; }'
+# A probe or a cleanup is a few system calls; a machine too loaded to run one in this long is
+# reported, never waited on forever.
+HELPER_TIMEOUT: Final = 10.0
+# Sweeps of the process table for survivors before a user ID is given back anyway is refused.
+RELEASE_ATTEMPTS: Final = 5
+RELEASE_RETRY_INTERVAL: Final = 0.2
+# Where the user-ID locks live: one file per user ID, shared by every gateway on the host.
+LOCK_DIR_NAME: Final = "mcp-gateway-uids"
+
+
+class IsolationUnavailable(Exception):
+    """The isolation asked for cannot be had on this host; the message says why."""
+
+
+class NoFreeUser(Exception):
+    """Every user ID of the range is held by a child (or by a process still alive)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChildUser:
+    """The user one child runs as, and its private directories."""
+
+    uid: int
+    gid: int
+    directory: Path  # the child's own: HOME and TMPDIR are inside it
+    lock: int  # the file descriptor whose lock holds the user ID
+
+    @property
+    def home(self) -> Path:
+        return self.directory / "home"
+
+    @property
+    def tmp(self) -> Path:
+        return self.directory / "tmp"
+
+    def environment(self) -> dict[str, str]:
+        """What the child's environment says about where it lives (it wins over configuration)."""
+        return {"HOME": str(self.home), "TMPDIR": str(self.tmp)}
+
+
+def effective_capabilities() -> int:
+    """The calling process's effective capability set (0 when /proc cannot tell)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def why_no_user_switching() -> str | None:
+    """Why this process cannot run children as other users (None: it can)."""
+    wanted = {CAP_SETUID: "CAP_SETUID", CAP_SETGID: "CAP_SETGID", CAP_KILL: "CAP_KILL"}
+    have = effective_capabilities()
+    missing = [name for bit, name in wanted.items() if not have & (1 << bit)]
+    if missing:
+        return f"the gateway lacks {', '.join(missing)} (run it as root, or grant those capabilities)"
+    if not os.access(SHELL, os.X_OK):
+        return f"{SHELL} is missing (the cleanup after a child runs it as the child's user)"
+    return None
+
+
+def live_users(first: int = 0, last: int = 2**32) -> set[int]:
+    """The user IDs from `first` to `last` that own a live process (a process's /proc entry
+    belongs to its user). A zombie is not alive: it is only waiting for its parent to reap it,
+    which, for an orphan whose new parent is a PID 1 that does not reap, may be never."""
+    users: set[int] = set()
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                uid = entry.stat(follow_symlinks=False).st_uid
+                if first <= uid <= last and uid not in users and not _zombie(entry.path):
+                    users.add(uid)
+    return users
+
+
+def _zombie(proc_entry: str) -> bool:
+    with open(f"{proc_entry}/stat", "rb") as file:
+        raw = file.read()
+    return raw[raw.rindex(b")") + 2 : raw.rindex(b")") + 3] in (b"Z", b"X")
+
+
+def interpreter_of(program: str) -> str | None:
+    """The interpreter a `#!` script names (None for a binary, or a script run through `env`)."""
+    try:
+        with open(program, "rb") as file:
+            head = file.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].split()
+    if not words or words[0].endswith(b"/env"):
+        return None
+    return os.fsdecode(words[0])
+
+
+async def _run_as(uid: int, gid: int, argv: Sequence[str]) -> int:
+    """Run a helper as `uid`:`gid` with no supplementary groups, no environment, in `/`."""
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={},
+        cwd="/",
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(HELPER_TIMEOUT):
+            return await process.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The isolation in force and why."""
+
+    mode: IsolationMode
+    reason: str
+
+
+async def decide(requested: str, program: str | None, probe_uid: int) -> Decision:
+    """The isolation children get: `requested` (`auto`, `none` or `uid`), checked against what this
+    host allows and whether `program` (the resolved command) is one the probe user may run.
+    `IsolationUnavailable` when `uid` is asked for and cannot be had; `auto` takes the strongest
+    that works."""
+    if requested == "none":
+        return Decision("none", "configured")
+    problem = why_no_user_switching()
+    if problem is None and program is not None:
+        interpreter = interpreter_of(program) or ""
+        code = await _run_as(probe_uid, probe_uid, [SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", program, interpreter])
+        if code != 0:
+            shown = f"{program} (run by {interpreter})" if interpreter else program
+            problem = f"user {probe_uid} may not execute {shown}: install the server where every user can read it"
+    if problem is None:
+        return Decision("uid", "configured" if requested == "uid" else "the host allows it")
+    if requested == "uid":
+        raise IsolationUnavailable(f"child_isolation=uid is not possible: {problem}")
+    return Decision("none", f"uid isolation is not possible: {problem}")
+
+
+class UserPool:
+    """Hands out the user IDs of a range, one per child, never one a live process still holds."""
+
+    def __init__(self, first: int, last: int, lock_dir: Path) -> None:
+        self._first, self._last = first, last
+        self._lock_dir = lock_dir
+        self._next = first + secrets.randbelow(last - first + 1)
+
+    @classmethod
+    def open(cls, first: int, last: int) -> UserPool:
+        """A pool over `first`..`last`, its locks in a directory of the system's temporary one."""
+        lock_dir = Path(tempfile.gettempdir()) / LOCK_DIR_NAME
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(lock_dir, 0o700)
+        info = os.lstat(lock_dir)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise IsolationUnavailable(f"{lock_dir} is not a private directory of this user (mode 0700)")
+        return cls(first, last, lock_dir)
+
+    def acquire(self) -> tuple[int, int]:
+        """A free user ID and the descriptor whose lock holds it; `NoFreeUser` when none is free."""
+        alive = live_users(self._first, self._last)
+        size = self._last - self._first + 1
+        for step in range(size):
+            uid = self._first + (self._next - self._first + step) % size
+            if uid in alive:
+                continue
+            fd = os.open(self._lock_dir / str(uid), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    continue  # another child of this or another gateway has it
+                raise
+            self._next = uid + 1 if uid < self._last else self._first
+            return uid, fd
+        raise NoFreeUser(f"all {size} user IDs of the child range are in use")
+
+    @staticmethod
+    def release(fd: int) -> None:
+        os.close(fd)
+
+
+class Sandbox:
+    """The isolation of this gateway's children: the mode, the user IDs, the private directories."""
+
+    def __init__(
+        self, decision: Decision, pool: UserPool | None, root: Path | None, watchdog: OrphanWatchdog | None = None
+    ) -> None:
+        self.decision = decision
+        self._pool = pool
+        self._root = root
+        self._watchdog = watchdog
+
+    @property
+    def mode(self) -> IsolationMode:
+        return self.decision.mode
+
+    @classmethod
+    async def open(
+        cls, requested: str, program: str | None, uid_range: tuple[int, int], watchdog: OrphanWatchdog | None = None
+    ) -> Sandbox:
+        """Decide the isolation and prepare what it needs (`IsolationUnavailable` if it cannot be
+        had). The orphan watchdog is told each child's user, so a gateway that dies takes every
+        process of it along, not only its process group."""
+        decision = await decide(requested, program, uid_range[0])
+        if decision.mode == "none":
+            return cls(decision, None, None)
+        pool = UserPool.open(*uid_range)
+        # Anyone may enter and create (each child makes its own directory once it runs as its
+        # user), no one but the gateway may list; the sticky bit keeps each entry its owner's.
+        root = Path(tempfile.mkdtemp(prefix="mcp-gateway-children-"))
+        os.chmod(root, 0o1733)  # noqa: S103 - world-writable by design: see the comment above
+        if watchdog is not None:
+            watchdog.register_directory(str(root))
+        return cls(decision, pool, root, watchdog)
+
+    def describe(self) -> Mapping[str, object]:
+        """What the startup log and `/health` say about the isolation in force."""
+        return {"isolation": self.mode, "isolation_reason": self.decision.reason}
+
+    def new_user(self) -> ChildUser | None:
+        """The user the next child runs as (None without uid isolation); `NoFreeUser` when none is free."""
+        if self._pool is None or self._root is None:
+            return None
+        uid, lock = self._pool.acquire()
+        if self._watchdog is not None:
+            self._watchdog.register_user(uid)
+        return ChildUser(uid, uid, self._root / secrets.token_hex(12), lock)
+
+    async def release(self, user: ChildUser) -> None:
+        """After its child's group is gone: end every process of the user, remove its directory,
+        give the user ID back. A user whose processes outlive every sweep is kept (logged)."""
+        try:
+            for _ in range(RELEASE_ATTEMPTS):
+                await _run_as(user.uid, user.gid, [SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", str(user.directory)])
+                if not live_users(user.uid, user.uid):
+                    break
+                await asyncio.sleep(RELEASE_RETRY_INTERVAL)
+            else:
+                log.error(
+                    "a child's user still has processes after its cleanup; its ID stays held", extra={"uid": user.uid}
+                )
+                return
+        except (OSError, TimeoutError) as exc:
+            log.error("cleanup after a child failed: %s; the user ID stays held", exc, extra={"uid": user.uid})
+            return
+        if self._watchdog is not None:
+            self._watchdog.unregister_user(user.uid)
+        if self._pool is not None:
+            self._pool.release(user.lock)
+
+    def close(self) -> None:
+        """Remove the (by now empty) root of the private directories."""
+        if self._root is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(self._root)
+            if self._root.exists():
+                shutil.rmtree(self._root, ignore_errors=True)
