@@ -39,7 +39,7 @@ from gateway.http.connections import ConnectionLimiter
 from gateway.net import is_loopback_host
 from gateway.observe import logs
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE, use_pidfd_child_watcher
-from gateway.sessions.sandbox import IsolationUnavailable, decide
+from gateway.sessions.sandbox import IsolationUnavailable, decide, shared_user_refusal
 from gateway.sessions.store import SessionStore
 
 if TYPE_CHECKING:
@@ -156,6 +156,10 @@ def check(settings: Settings) -> int:
         print(f"mcp-gateway: {error}", file=sys.stderr)
         return EXIT_STARTUP
     print(f"mcp-gateway: child isolation: {decision.mode} ({decision.reason})", file=sys.stderr)
+    refusal = shared_user_refusal(decision.mode, settings.per_user_child_values, settings.allow_shared_uid_children)
+    if refusal is not None:
+        print(f"mcp-gateway: cannot start: {refusal}", file=sys.stderr)
+        return EXIT_STARTUP
     return 0
 
 

@@ -129,6 +129,11 @@ class ChildIsolationSettings(BaseModel):
     child_uid_range: str = Field(
         DEFAULT_CHILD_UIDS, description="The user IDs children run as with uid isolation, FIRST-LAST (one per child)."
     )
+    allow_shared_uid_children: bool = Field(
+        False,
+        description="Start even though children share one user while their environments hold per-user values "
+        "(token_env, child_identity, child_env_claims, oauth_token_to_env): each child can then read the others'.",
+    )
 
     @field_validator("child_uid_range")
     @classmethod

@@ -111,6 +111,17 @@ class Settings(
         return [self.base_url] if self.oauth_server else self.authorization_servers
 
     @property
+    def per_user_child_values(self) -> list[str]:
+        """The settings that put values of the session's user into its child's environment."""
+        given = {
+            "token_env": self.token_env is not None,
+            "child_identity": self.child_identity,
+            "child_env_claims": bool(self.child_env_claims),
+            "oauth_token_to_env": self.oauth_token_to_env,
+        }
+        return [name for name, on in given.items() if on]
+
+    @property
     def metrics_on_main_listener(self) -> bool:
         """Whether /metrics is served by the main listener: never beyond loopback without a token."""
         if not self.metrics_enabled or self.metrics_port is not None:

@@ -204,6 +204,19 @@ async def decide(requested: str, program: str | None, probe_uid: int) -> Decisio
     return Decision("none", f"uid isolation is not possible: {problem}")
 
 
+def shared_user_refusal(mode: IsolationMode, per_user: Sequence[str], accepted: bool) -> str | None:
+    """Why the gateway must not start: children that share one user while their environments hold
+    their users' values (a token, an identity) can each read the others' (None: it may start)."""
+    if mode != "none" or not per_user or accepted:
+        return None
+    return (
+        f"children would share one user while {', '.join(per_user)} puts each user's values in their "
+        "environments, where every other child can read them (/proc/<pid>/environ): run with uid isolation "
+        "(root, or CAP_SETUID, CAP_SETGID and CAP_KILL, and a server every user may run), or accept the risk "
+        "with allow_shared_uid_children=true"
+    )
+
+
 class UserPool:
     """Hands out the user IDs of a range, one per child, never one a live process still holds."""
 

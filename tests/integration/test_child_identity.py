@@ -27,7 +27,9 @@ def static(**extra: Any) -> dict[str, Any]:
         {"principal": "alice", "sha256": digest_of(ALICE), "scopes": ["tools"]},
         {"principal": "bob", "sha256": digest_of(BOB)},
     ]
-    return {"auth": "static", "static_tokens": tokens, "public_url": PUBLIC, **extra}
+    # The echo child runs from the virtualenv, which no other user may run: children share the
+    # gateway's user here, a risk these tests accept (the isolation tests refuse it).
+    return {"auth": "static", "static_tokens": tokens, "public_url": PUBLIC, "allow_shared_uid_children": True, **extra}
 
 
 async def child_env(mcp: Mcp, token: str) -> dict[str, str]:

@@ -58,6 +58,8 @@ def isolated(mode: str, **extra: Any) -> dict[str, Any]:
         "token_env": SECRET_VAR,
         "child_isolation": mode,
         "child_uid_range": f"{FIRST_UID}-{FIRST_UID + 999}",
+        # The control runs the same attacks with shared users, a risk the gateway refuses unless told.
+        "allow_shared_uid_children": mode == "none",
     }
     return values | extra
 
@@ -278,3 +280,50 @@ def _process_of(uid: int) -> Iterator[subprocess.Popen[bytes]]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("mode", "command"),
+    [("none", SPY), ("auto", [sys.executable, str(SERVERS / "echo_server.py")])],
+    ids=["none", "auto-without-a-runnable-server"],
+)
+async def test_per_user_values_and_shared_users_refuse_to_start(mode: str, command: list[str]) -> None:
+    if mode == "auto" and _others_may_run(sys.executable):
+        pytest.skip(f"{sys.executable} is runnable by every user here")
+    settings = make_settings(**isolated(mode, command=command, allow_shared_uid_children=False))
+    runner = web.AppRunner(create_app(settings))
+    try:
+        with pytest.raises(IsolationUnavailable, match="token_env puts each user's values") as refused:
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+    assert "allow_shared_uid_children=true" in str(refused.value)
+
+
+async def test_per_user_values_start_when_the_children_have_users_of_their_own(aiohttp_client: AiohttpClient) -> None:
+    gateway = await serve(aiohttp_client, **isolated("auto", allow_shared_uid_children=False))
+    assert gateway.http.app[keys.SANDBOX].mode == "uid"
+    me = await (await Caller(gateway, ALICE).open()).tool("whoami", env=SECRET_VAR)
+    assert me["env"]["value"] == ALICE
+
+
+def test_check_refuses_per_user_values_with_shared_users(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway import cli
+
+    argv = [
+        "check",
+        "--child-isolation",
+        "none",
+        "--auth",
+        "static",
+        "--static-tokens",
+        '{"principal": "a", "sha256": "' + digest_of(ALICE) + '"}',
+        "--public-url",
+        "https://mcp.example.com",
+        "--token-env",
+        SECRET_VAR,
+    ]
+    assert cli.main([*argv, "--", *SPY]) == 1
+    err = capsys.readouterr().err
+    assert "cannot start: children would share one user while token_env" in err
+    assert cli.main([*argv, "--allow-shared-uid-children", "--", *SPY]) == 0

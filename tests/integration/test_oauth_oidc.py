@@ -106,7 +106,7 @@ def _error_page(step: Step, status: int, code: str) -> None:
 
 
 async def test_sign_in_with_the_provider_through_consent_to_an_mcp_call(oidc: Setup) -> None:
-    gw = await oidc.gateway(child_identity=True)
+    gw = await oidc.gateway(child_identity=True, allow_shared_uid_children=True)
     client = await gw.register()
     verifier, challenge = pkce()
     signin, leaving = await _to_provider(gw, client["client_id"], challenge)
@@ -374,7 +374,7 @@ async def test_the_allow_list_decides_who_signs_in(
 
 
 async def test_an_email_subject_is_the_verified_email(oidc: Setup) -> None:
-    gw = await oidc.gateway(oauth_oidc_subject_claim="email", child_identity=True)
+    gw = await oidc.gateway(oauth_oidc_subject_claim="email", child_identity=True, allow_shared_uid_children=True)
     oidc.provider.user["email"] = "Alice@Example.com"
     client = await gw.register()
     tokens = await _tokens_through_the_provider(gw, client["client_id"])

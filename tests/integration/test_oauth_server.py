@@ -603,7 +603,7 @@ async def test_bad_client_metadata_documents_are_refused(
 async def test_a_child_gets_the_pasted_service_token_only_with_the_opt_in(
     oauth_gateway: Callable[..., Awaitable[Gateway]], opted_in: bool
 ) -> None:
-    gw = await oauth_gateway(token_env="UPSTREAM_TOKEN", oauth_token_to_env=opted_in)
+    gw = await oauth_gateway(token_env="UPSTREAM_TOKEN", oauth_token_to_env=opted_in, allow_shared_uid_children=True)
     client = await gw.register()
     tokens = await gw.tokens(client["client_id"])
     environment = await gw.child_environment(tokens["access_token"])

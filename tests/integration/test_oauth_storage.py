@@ -193,7 +193,12 @@ class LateFailure:
     [
         pytest.param(LateFailure(_sign_in, "get", "consent"), id="signin-consent-lookup"),
         pytest.param(
-            LateFailure(_sign_in, "put", "credential", {"token_env": "UPSTREAM_TOKEN", "oauth_token_to_env": True}),
+            LateFailure(
+                _sign_in,
+                "put",
+                "credential",
+                {"token_env": "UPSTREAM_TOKEN", "oauth_token_to_env": True, "allow_shared_uid_children": True},
+            ),
             id="signin-credential",
         ),
         pytest.param(LateFailure(_authorize_signed_in, "get", "consent"), id="authorize-consent-lookup"),

@@ -166,7 +166,12 @@ MASKED = "**********"
             "child_env",
             {"API_KEY": MASKED, "MODE": MASKED},
         ),
-        (["--child-env-claims", '{"GITHUB_LOGIN": "login"}'], "child_env_claims", {"GITHUB_LOGIN": "login"}),
+        # Claims in the environment of children that share one user: a risk `check` refuses unless accepted.
+        (
+            ["--child-env-claims", '{"GITHUB_LOGIN": "login"}', "--allow-shared-uid-children"],
+            "child_env_claims",
+            {"GITHUB_LOGIN": "login"},
+        ),
         (
             ["--allowed-origins", '["https://a.example", "https://b.example"]'],
             "allowed_origins",
