@@ -232,7 +232,11 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
     user while their environments hold per-user values (unless that risk is accepted)."""
     settings = app[keys.SETTINGS]
     sandbox = await Sandbox.open(
-        settings.child_isolation, settings.child_program(), settings.child_uids(), app[keys.WATCHDOG]
+        settings.child_isolation,
+        settings.child_program(),
+        settings.child_uids(),
+        app[keys.WATCHDOG],
+        path=settings.child_environment().get("PATH"),
     )
     app[keys.SANDBOX] = sandbox
     log.info("child isolation: %s", sandbox.mode, extra={"reason": sandbox.decision.reason})

@@ -151,7 +151,8 @@ def check(settings: Settings) -> int:
     if (problem := connections.descriptor_problem(settings, connections.reachable_descriptor_limit())) is not None:
         print(f"mcp-gateway: warning: {problem}", file=sys.stderr)
     try:
-        decision = asyncio.run(decide(settings.child_isolation, settings.child_program(), settings.child_uids()[0]))
+        path = settings.child_environment().get("PATH")
+        decision = asyncio.run(decide(settings.child_isolation, settings.child_program(), settings.child_uids(), path))
     except IsolationUnavailable as error:
         print(f"mcp-gateway: {error}", file=sys.stderr)
         return EXIT_STARTUP

@@ -140,14 +140,22 @@ def _pre_exec(rlimits: tuple[tuple[int, int], ...], nofile: tuple[int, int] | No
 
 def _pre_exec_as(user: ChildUser, cwd: Path | None, then: Callable[[], None] | None) -> Callable[[], None]:
     """The pre-exec hook of a child that runs as its own user. Python has switched the user by the
-    time it runs, so the child makes its private directories itself (its user owns them, mode
-    0700), enters its working directory as that user, and can gain no privilege from then on;
-    then `then` (the parent-death signal, armed after the switch, which would clear it)."""
+    time it runs. The child makes sure the switch left it no capability, ends any process of its
+    user still alive (none should be: its user ID was free), makes its private directories itself
+    (its user owns them, mode 0700, as everything it creates: umask 077), enters its working
+    directory as that user, and can gain no privilege from then on; then `then` (the parent-death
+    signal, armed after the switch, which would clear it)."""
     directories = (os.fsencode(user.directory), os.fsencode(user.home), os.fsencode(user.tmp))
     workdir = os.fsencode(cwd if cwd is not None else user.home)
     no_new_privs = _no_new_privs()
 
     def prepare() -> None:
+        with open("/proc/self/status", "rb") as status:
+            if b"CapEff:\t0000000000000000\n" not in status.read():
+                os._exit(126)  # never run a child that kept a capability
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)  # every other process of this user, this one excepted
+        os.umask(0o077)
         for directory in directories:
             os.mkdir(directory, 0o700)
         os.chdir(workdir)

@@ -2,11 +2,14 @@
 `HOME` and `TMPDIR`, so no child can read another's environment (`/proc/<pid>/environ`), signal or
 trace it, or read its files.
 
-Modes: `none` (every child runs as the gateway's own user) and `uid`. `uid` needs the power to
-switch users and to signal them (root, or `CAP_SETUID`, `CAP_SETGID` and `CAP_KILL`); nothing else
-is needed: a child creates its own directories once it runs as its user, and the cleanup after it
-runs as that user too. The mode in force is decided once, at startup (`decide`), and named in the
-startup log, `/health`, `mcp-gateway check` and every `child.spawn` audit line.
+Modes: `none` (every child runs as the gateway's own user) and `uid`. `uid` needs a gateway whose
+effective user is root with the kernel's usual rules for a change of user (no securebits): then
+switching to the child's user drops every capability, which each helper and each child checks
+before it does anything as that user. Capabilities alone (ambient ones, a non-root gateway) are not
+enough: they would survive the switch, and a cleanup's `kill(-1)` holding `CAP_KILL` would reach
+every process on the host. A child creates its own directories once it runs as its user, and the
+cleanup after it runs as that user too. The mode in force is decided once, at startup (`decide`),
+and named in the startup log, `/health`, `mcp-gateway check` and every `child.spawn` audit line.
 
 Invariants:
 - A user ID belongs to at most one child at a time, across every gateway process on the host: it
@@ -15,17 +18,21 @@ Invariants:
   process of the user is gone and its directory is removed.
 - A child's private directory (mode 0700, its user's) sits in a directory that anyone may enter
   but no one other than the gateway may list, under a name no other child can guess.
-- A child starts with `no_new_privs`: nothing it executes can gain privileges.
+- A child starts with `no_new_privs`, no capability and umask 077, after killing whatever else
+  still runs as its user (none should: this makes sure), so it is alone with its user.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
+import grp
 import logging
 import os
+import pwd
 import secrets
 import shutil
 import stat
@@ -48,19 +55,32 @@ CAP_SETUID: Final = 7
 # A shell and its `kill` and `rm`: what the cleanup runs as the child's user (present on every
 # Linux image that has a shell; without one, `uid` isolation is not offered).
 SHELL: Final = "/bin/sh"
-# Kill every other process of the calling user, three times over (a forking process may make a
-# new one between two sweeps), then remove the private directory given as $1.
-_CLEANUP_SCRIPT: Final = 'for sweep in 1 2 3; do kill -KILL -1 2>/dev/null; done; rm -rf -- "$1"'
+# Refuse to go on holding any capability (then `kill -1` would reach other users' processes).
+_NO_CAPABILITIES: Final = (
+    'while read -r key value; do [ "$key" = CapEff: ] && [ "$value" != 0000000000000000 ] && exit 3; '
+    "done < /proc/self/status; "
+)
+# Kill every other process of the calling user (one system call no fork outruns; three times, for
+# good measure), then remove the private directory given as $1, read-only parts included; fail
+# when anything of it is left.
+_CLEANUP_SCRIPT: Final = (
+    _NO_CAPABILITIES + "for sweep in 1 2 3; do kill -KILL -1 2>/dev/null; done; "
+    'if [ -e "$1" ]; then chmod -R u+rwx -- "$1" 2>/dev/null; rm -rf -- "$1"; fi; [ ! -e "$1" ]'
+)
 # Whether the user may execute a program: $1 the program, $2 (optional) its script interpreter.
 _EXECUTABLE_SCRIPT: Final = 'test -x "$1" && test -r "$1" && { [ -z "$2" ] || test -x "$2"; }'
 # A probe or a cleanup is a few system calls; a machine too loaded to run one in this long is
 # reported, never waited on forever.
-HELPER_TIMEOUT: Final = 10.0
+HELPER_TIMEOUT: Final = 5.0
+# A helper killed for its timeout is gone within this; it is not waited on longer.
+HELPER_KILL_WAIT: Final = 1.0
 # Sweeps of the process table for survivors before a user ID is given back anyway is refused.
-RELEASE_ATTEMPTS: Final = 5
+RELEASE_ATTEMPTS: Final = 3
 RELEASE_RETRY_INTERVAL: Final = 0.2
-# Where the user-ID locks live: one file per user ID, shared by every gateway on the host.
-LOCK_DIR_NAME: Final = "mcp-gateway-uids"
+# Where the user-ID locks live: one file per user ID, shared by every gateway on the host (a
+# directory only root may create, so no one can take it first).
+LOCK_DIR: Final = Path("/run/mcp-gateway/uids")
+PR_GET_SECUREBITS: Final = 27
 
 
 class IsolationUnavailable(Exception):
@@ -102,15 +122,41 @@ def effective_capabilities() -> int:
     return 0
 
 
+def _securebits() -> int:
+    """prctl(PR_GET_SECUREBITS): nonzero when a change of user may keep capabilities."""
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(PR_GET_SECUREBITS, 0, 0, 0, 0))
+    except (OSError, AttributeError):
+        return -1
+
+
 def why_no_user_switching() -> str | None:
     """Why this process cannot run children as other users (None: it can)."""
+    if os.geteuid() != 0:
+        return "the gateway does not run as root"
     wanted = {CAP_SETUID: "CAP_SETUID", CAP_SETGID: "CAP_SETGID", CAP_KILL: "CAP_KILL"}
     have = effective_capabilities()
     missing = [name for bit, name in wanted.items() if not have & (1 << bit)]
     if missing:
-        return f"the gateway lacks {', '.join(missing)} (run it as root, or grant those capabilities)"
+        return f"the gateway lacks {', '.join(missing)}"
+    if _securebits() != 0:
+        return "securebits are set: a change of user might keep capabilities"
     if not os.access(SHELL, os.X_OK):
         return f"{SHELL} is missing (the cleanup after a child runs it as the child's user)"
+    return None
+
+
+def why_not_this_range(first: int, last: int) -> str | None:
+    """Why children may not take user IDs `first`..`last`: one of them is a known user or group
+    (a person, a service, `nobody`), whose processes a cleanup would kill and whose files a child
+    would own."""
+    taken = sorted(
+        {entry.pw_uid for entry in pwd.getpwall() if first <= entry.pw_uid <= last}
+        | {entry.gr_gid for entry in grp.getgrall() if first <= entry.gr_gid <= last}
+    )
+    if taken:
+        shown = ", ".join(map(str, taken[:5]))
+        return f"child_uid_range {first}-{last} holds IDs of existing users or groups ({shown})"
     return None
 
 
@@ -125,19 +171,21 @@ def live_users(first: int = 0, last: int = 2**32) -> set[int]:
                 continue
             with contextlib.suppress(OSError, ValueError, IndexError):
                 uid = entry.stat(follow_symlinks=False).st_uid
-                if first <= uid <= last and uid not in users and not _zombie(entry.path):
+                if first <= uid <= last and uid not in users and not _dead(entry.path):
                     users.add(uid)
     return users
 
 
-def _zombie(proc_entry: str) -> bool:
-    with open(f"{proc_entry}/stat", "rb") as file:
-        raw = file.read()
-    return raw[raw.rindex(b")") + 2 : raw.rindex(b")") + 3] in (b"Z", b"X")
+def _dead(proc_entry: str) -> bool:
+    """A zombie with no thread left (a leader that exited while its threads run is alive)."""
+    status = Path(proc_entry, "status").read_text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    return fields.get("State", "")[:1] in ("Z", "X") and fields.get("Threads", "1").strip() in ("0", "1")
 
 
-def interpreter_of(program: str) -> str | None:
-    """The interpreter a `#!` script names (None for a binary, or a script run through `env`)."""
+def interpreter_of(program: str, path: str | None = None) -> str | None:
+    """The interpreter a `#!` script names, found on `path` when it names it through `env`
+    (None for a binary, or an interpreter not found)."""
     try:
         with open(program, "rb") as file:
             head = file.read(256)
@@ -145,10 +193,11 @@ def interpreter_of(program: str) -> str | None:
         return None
     if not head.startswith(b"#!"):
         return None
-    words = head[2:].split(b"\n", 1)[0].split()
-    if not words or words[0].endswith(b"/env"):
-        return None
-    return os.fsdecode(words[0])
+    words = [os.fsdecode(word) for word in head[2:].split(b"\n", 1)[0].split()]
+    if words and words[0].endswith("/env"):
+        named = [word for word in words[1:] if not word.startswith("-")]
+        return shutil.which(named[0], path=path) if named else None
+    return words[0] if words else None
 
 
 async def _run_as(uid: int, gid: int, argv: Sequence[str]) -> int:
@@ -168,10 +217,12 @@ async def _run_as(uid: int, gid: int, argv: Sequence[str]) -> int:
     try:
         async with asyncio.timeout(HELPER_TIMEOUT):
             return await process.wait()
-    except TimeoutError:
+    except BaseException:  # timed out or cancelled: the helper does not outlive the wait
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-        await process.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HELPER_KILL_WAIT):
+                await process.wait()
         raise
 
 
@@ -183,18 +234,24 @@ class Decision:
     reason: str
 
 
-async def decide(requested: str, program: str | None, probe_uid: int) -> Decision:
+async def decide(requested: str, program: str | None, uid_range: tuple[int, int], path: str | None = None) -> Decision:
     """The isolation children get: `requested` (`auto`, `none` or `uid`), checked against what this
-    host allows and whether `program` (the resolved command) is one the probe user may run.
+    host allows, the user IDs of `uid_range`, and whether `program` (the resolved command, and
+    the interpreter of a script, found on the child's `path` when it names one through `env`) is
+    one the first of them may run.
     `IsolationUnavailable` when `uid` is asked for and cannot be had; `auto` takes the strongest
     that works."""
     if requested == "none":
         return Decision("none", "configured")
-    problem = why_no_user_switching()
+    probe_uid = uid_range[0]
+    problem = why_no_user_switching() or why_not_this_range(*uid_range)
     if problem is None and program is not None:
-        interpreter = interpreter_of(program) or ""
-        code = await _run_as(probe_uid, probe_uid, [SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", program, interpreter])
-        if code != 0:
+        interpreter = interpreter_of(program, path) or ""
+        try:
+            code = await _run_as(probe_uid, probe_uid, [SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", program, interpreter])
+        except (OSError, TimeoutError) as exc:
+            code, problem = None, f"no process can be started as user {probe_uid}: {exc!r}"
+        if code not in (0, None):
             shown = f"{program} (run by {interpreter})" if interpreter else program
             problem = f"user {probe_uid} may not execute {shown}: install the server where every user can read it"
     if problem is None:
@@ -226,9 +283,9 @@ class UserPool:
         self._next = first + secrets.randbelow(last - first + 1)
 
     @classmethod
-    def open(cls, first: int, last: int) -> UserPool:
-        """A pool over `first`..`last`, its locks in a directory of the system's temporary one."""
-        lock_dir = Path(tempfile.gettempdir()) / LOCK_DIR_NAME
+    def open(cls, first: int, last: int, lock_dir: Path = LOCK_DIR) -> UserPool:
+        """A pool over `first`..`last`, its locks in `lock_dir` (made root's, mode 0700)."""
+        lock_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.mkdir(lock_dir, 0o700)
         info = os.lstat(lock_dir)
@@ -278,12 +335,17 @@ class Sandbox:
 
     @classmethod
     async def open(
-        cls, requested: str, program: str | None, uid_range: tuple[int, int], watchdog: OrphanWatchdog | None = None
+        cls,
+        requested: str,
+        program: str | None,
+        uid_range: tuple[int, int],
+        watchdog: OrphanWatchdog | None = None,
+        path: str | None = None,
     ) -> Sandbox:
         """Decide the isolation and prepare what it needs (`IsolationUnavailable` if it cannot be
         had). The orphan watchdog is told each child's user, so a gateway that dies takes every
         process of it along, not only its process group."""
-        decision = await decide(requested, program, uid_range[0])
+        decision = await decide(requested, program, uid_range, path)
         if decision.mode == "none":
             return cls(decision, None, None)
         pool = UserPool.open(*uid_range)
@@ -313,14 +375,12 @@ class Sandbox:
         give the user ID back. A user whose processes outlive every sweep is kept (logged)."""
         try:
             for _ in range(RELEASE_ATTEMPTS):
-                await _run_as(user.uid, user.gid, [SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", str(user.directory)])
-                if not live_users(user.uid, user.uid):
+                code = await _run_as(user.uid, user.gid, [SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", str(user.directory)])
+                if code == 0 and not live_users(user.uid, user.uid):
                     break
                 await asyncio.sleep(RELEASE_RETRY_INTERVAL)
             else:
-                log.error(
-                    "a child's user still has processes after its cleanup; its ID stays held", extra={"uid": user.uid}
-                )
+                log.error("what a child left outlived its cleanup; its user ID stays held", extra={"uid": user.uid})
                 return
         except (OSError, TimeoutError) as exc:
             log.error("cleanup after a child failed: %s; the user ID stays held", exc, extra={"uid": user.uid})

@@ -31,6 +31,7 @@ import logging
 import math
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -237,7 +238,7 @@ class SessionStore:
             started = time.monotonic()
             session.user = self._new_user()
             child = await Child.spawn(spec, router, self._watchdog, label, session.user)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:  # the latter: its pre-exec hook failed
             self._release(session)
             self._release_user_soon(session)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})

@@ -92,13 +92,19 @@ def kill_users(uids: set[int]) -> None:
     become that user: one system call the kernel applies to all of them at once, so no process
     escapes it by forking into a new pid (a sweep of /proc, one pid at a time, could be outrun)."""
     for uid in uids:
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            continue  # no process to spare: the next user may still get one
         if pid == 0:  # the watchdog is single-threaded: forking here is safe
             try:
                 os.setgroups([])
                 os.setgid(uid)
                 os.setuid(uid)
-                os.kill(-1, signal.SIGKILL)  # every process of the user, this helper excepted
+                with open("/proc/self/status", "rb") as status:
+                    alone = b"CapEff:\t0000000000000000\n" in status.read()
+                if alone:  # with a capability left, kill(-1) would reach other users' processes
+                    os.kill(-1, signal.SIGKILL)  # every process of the user, this helper excepted
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)

@@ -1,9 +1,10 @@
 """`python -m tests.bench`: run every measurement on the gateway and on the floor, print the report.
 
 Order matters: memory is measured early, on a gateway that has served only the setup samples,
-because RSS never shrinks back after the large results of phase 4; the large results come last.
-Each phase runs under one deadline, and the gateway and every echo process are stopped however
-the run ends.
+because RSS never shrinks back after the large results of phase 4; the large results come last
+of the comparison. The isolation phase comes after it, with two gateways of its own once the
+first one and its children are gone. Each phase runs under one deadline, and every gateway and
+every echo process are stopped however the run ends.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from contextlib import aclosing
 from importlib.metadata import version
 from typing import Final
 
+from gateway.sessions import sandbox
 from tests.bench import workloads
 from tests.bench.floor import PipeSession
 from tests.bench.gateway import REPO_ROOT, GatewayProcess, GatewaySession, gateway_argv, running_gateway
-from tests.bench.report import MiB, Results, comparison_table, targets_table
+from tests.bench.report import MiB, Mode, Results, comparison_table, isolation_table, targets_table
 from tests.bench.rpc import Opener
+from tests.bench.workloads import EchoSide
 
-ECHO_ARGV: Final = (sys.executable, str(REPO_ROOT / "tests" / "servers" / "echo_server.py"))
+ECHO_SERVER: Final = str(REPO_ROOT / "tests" / "servers" / "echo_server.py")
+ECHO_ARGV: Final = (sys.executable, ECHO_SERVER)
 MAX_MESSAGE_BYTES: Final = 64 * MiB  # the 32 MiB result and its JSON envelope, with room to spare
 MAX_SESSIONS: Final = 200  # 100 idle sessions, 32 concurrent ones, and slack for slow closes
 SETUP_SAMPLES: Final = 30
@@ -48,15 +52,24 @@ MEMORY_SETTLE: Final = 1.0
 # The slowest phase needs about 25 s on the 2-core machine; one that takes this long has hung.
 PHASE_TIMEOUT: Final = 120.0
 EXIT_TERMINATED: Final = 128 + signal.SIGTERM
+# Phase 7. A child of another user must be able to run the server: the virtualenv's interpreter
+# may sit in a directory only its owner can enter, the system one (the echo server needs only the
+# standard library) does not. Both modes run it, so they differ in the isolation alone.
+ISOLATION_PYTHON: Final = "/usr/bin/python3"
+ISOLATION_ECHO_ARGV: Final = (ISOLATION_PYTHON, ECHO_SERVER)
+# A range of its own, away from the default one other gateways on the host may be using.
+ISOLATION_UID_RANGE: Final = "1000500000-1000500999"
+# Sessions come one at a time (DELETE answers once the child's user is released), one echo
+# session per mode: a few places are plenty.
+ISOLATION_MAX_SESSIONS: Final = 8
+ISOLATION_ECHO_CALLS: Final = 1000
 
 
 async def measure_setup(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
     """Samples alternate between the sides, so a slow spell on the machine hits both alike."""
-    for open_session in (open_gateway, open_floor):  # warm-up: first spawn, first imports
-        await workloads.setup_time(open_session)
-    for _ in range(SETUP_SAMPLES):
-        results.gateway.setup.append(await workloads.setup_time(open_gateway))
-        results.floor.setup.append(await workloads.setup_time(open_floor))
+    on_gateway, on_floor = await workloads.alternating_lifetimes((open_gateway, open_floor), SETUP_SAMPLES)
+    results.gateway.setup = [sample.setup for sample in on_gateway]
+    results.floor.setup = [sample.setup for sample in on_floor]
 
 
 async def measure_idle_memory(results: Results, gateway: GatewayProcess, open_gateway: Opener) -> None:
@@ -71,16 +84,13 @@ async def measure_echo(results: Results, gateway: GatewayProcess, open_gateway: 
     """Sequential echo calls on one session per side, alternating in rounds; the gateway's CPU
     time is read around each of its rounds."""
     async with aclosing(await open_gateway()) as gateway_session, aclosing(await open_floor()) as floor_session:
-        await workloads.warm_up(gateway_session, ECHO_WARMUP_CALLS)
-        await workloads.warm_up(floor_session, ECHO_WARMUP_CALLS)
-        ticks = 0
-        for _ in range(ECHO_ROUNDS):
-            before = gateway.cpu_ticks()
-            results.gateway.echo += await workloads.echo_latencies(gateway_session, ECHO_CALLS // ECHO_ROUNDS)
-            ticks += gateway.cpu_ticks() - before
-            results.floor.echo += await workloads.echo_latencies(floor_session, ECHO_CALLS // ECHO_ROUNDS)
-        results.cpu_seconds = ticks / os.sysconf("SC_CLK_TCK")
-        results.cpu_calls = len(results.gateway.echo)
+        on_gateway, on_floor = EchoSide(gateway_session, gateway.cpu_ticks), EchoSide(floor_session)
+        await workloads.alternating_echo(
+            (on_gateway, on_floor), ECHO_CALLS, warmup=ECHO_WARMUP_CALLS, rounds=ECHO_ROUNDS
+        )
+    results.gateway.echo, results.floor.echo = on_gateway.latencies, on_floor.latencies
+    results.cpu_seconds = on_gateway.ticks / os.sysconf("SC_CLK_TCK")
+    results.cpu_calls = len(on_gateway.latencies)
 
 
 async def measure_throughput(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
@@ -109,6 +119,51 @@ async def measure_big_results(results: Results, open_gateway: Opener, open_floor
             results.floor.big[size] = await workloads.big_result_times(floor_session, size, BIG_RUNS)
 
 
+def why_no_isolation_phase() -> str | None:
+    """Why phase 7 cannot run on this host (None: it can)."""
+    if not os.access(ISOLATION_PYTHON, os.X_OK):
+        return f"{ISOLATION_PYTHON} is missing (uid children need a server every user may run)"
+    problem = sandbox.why_no_user_switching()
+    return None if problem is None else f"uid isolation is not possible: {problem}"
+
+
+def isolation_argv(isolation: sandbox.IsolationMode) -> list[str]:
+    uid_range = ISOLATION_UID_RANGE if isolation == "uid" else None
+    return gateway_argv(
+        ISOLATION_ECHO_ARGV,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        max_sessions=ISOLATION_MAX_SESSIONS,
+        isolation=isolation,
+        uid_range=uid_range,
+    )
+
+
+async def measure_isolation(results: Results) -> None:
+    """The same gateway with a user ID per child and with shared-user children, side by side:
+    session setup and end, then echo latency, each alternating between the two."""
+    isolation = results.isolation
+    isolation.skipped = why_no_isolation_phase()
+    if isolation.skipped is not None:
+        return
+    modes: tuple[Mode, Mode] = (isolation.uid, isolation.none)
+    async with (
+        running_gateway(isolation_argv("uid")) as uid_gateway,
+        running_gateway(isolation_argv("none")) as none_gateway,
+    ):
+        gateways = (uid_gateway, none_gateway)
+        openers = [functools.partial(GatewaySession.open, gateway.url) for gateway in gateways]
+        lifetimes = await workloads.alternating_lifetimes(openers, SETUP_SAMPLES)
+        for mode, samples in zip(modes, lifetimes, strict=True):
+            mode.setup = [sample.setup for sample in samples]
+            mode.end = [sample.end for sample in samples]
+        async with aclosing(await openers[0]()) as uid_session, aclosing(await openers[1]()) as none_session:
+            sides = (EchoSide(uid_session, uid_gateway.cpu_ticks), EchoSide(none_session, none_gateway.cpu_ticks))
+            await workloads.alternating_echo(sides, ISOLATION_ECHO_CALLS, warmup=ECHO_WARMUP_CALLS, rounds=ECHO_ROUNDS)
+    for mode, side in zip(modes, sides, strict=True):
+        mode.echo = side.latencies
+        mode.cpu_seconds = side.ticks / os.sysconf("SC_CLK_TCK")
+
+
 async def run() -> Results:
     # SIGTERM cancels the run as Ctrl-C does, so the gateway and the echo processes still get stopped.
     task = asyncio.current_task()
@@ -129,6 +184,8 @@ async def run() -> Results:
         for phase in phases:
             async with asyncio.timeout(PHASE_TIMEOUT):
                 await phase()
+    async with asyncio.timeout(PHASE_TIMEOUT):
+        await measure_isolation(results)
     return results
 
 
@@ -140,8 +197,8 @@ def header(nproc: int) -> list[str]:
         f"load average before the run: {load} (anything else running skews every number below)",
         f"python {platform.python_version()}, aiohttp {version('aiohttp')}; HTTP client: the lean HTTP/1.1 "
         "keep-alive client of tests/bench/http.py, one connection per session",
-        f"gateway: --max-message-bytes {MAX_MESSAGE_BYTES} --max-sessions {MAX_SESSIONS}, around "
-        "tests/servers/echo_server.py",
+        f"gateway: --max-message-bytes {MAX_MESSAGE_BYTES} --max-sessions {MAX_SESSIONS} --child-isolation none, "
+        "around tests/servers/echo_server.py",
     ]
 
 
@@ -159,6 +216,10 @@ def method_notes() -> list[str]:
         f"5. VmRSS of the gateway process alone (children excluded), {IDLE_SESSIONS} sessions initialized "
         "and idle, each still holding its keep-alive connection.",
         "6. utime+stime of the gateway process alone across the measured calls of 2, divided by their number.",
+        f"7. two gateways around {ISOLATION_PYTHON} tests/servers/echo_server.py, --child-isolation uid "
+        f"(--child-uid-range {ISOLATION_UID_RANGE}) and none; setup as in 1, {SETUP_SAMPLES} samples per mode; "
+        "end: DELETE to its 204 (child stopped; uid: its user's processes swept, HOME/TMPDIR removed, user ID "
+        f"released); echo and CPU as in 2 and 6, {ISOLATION_ECHO_CALLS} calls per mode.",
     ]
 
 
@@ -172,7 +233,13 @@ def main() -> int:
         print("terminated; the gateway and the echo processes were stopped", file=sys.stderr)
         return EXIT_TERMINATED
     elapsed = time.monotonic() - started
-    sections = [comparison_table(results), targets_table(results), method_notes(), [f"run time: {elapsed:.0f} s"]]
+    sections = [
+        comparison_table(results),
+        targets_table(results),
+        isolation_table(results),
+        method_notes(),
+        [f"run time: {elapsed:.0f} s"],
+    ]
     print("\n" + "\n\n".join("\n".join(lines) for lines in sections))
     return 0
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Final
 from urllib.parse import urlsplit
 
+from gateway.sessions.sandbox import IsolationMode
 from tests.bench import rpc
 from tests.bench.http import HttpConnection, Response, header_block, sse_data
 from tests.bench.rpc import JsonObj
@@ -58,7 +59,17 @@ class GatewayProcess:
         return int(fields[11]) + int(fields[12])  # fields 14 and 15
 
 
-def gateway_argv(server_argv: Sequence[str], *, max_message_bytes: int, max_sessions: int) -> list[str]:
+def gateway_argv(
+    server_argv: Sequence[str],
+    *,
+    max_message_bytes: int,
+    max_sessions: int,
+    isolation: IsolationMode = "none",
+    uid_range: str | None = None,
+) -> list[str]:
+    """The gateway's command line around `server_argv`; `uid_range` (FIRST-LAST) only with `uid`."""
+    if (isolation == "uid") != (uid_range is not None):
+        raise ValueError("a user-ID range goes with uid isolation, and only with it")
     return [
         sys.executable,
         "-m",
@@ -86,6 +97,12 @@ def gateway_argv(server_argv: Sequence[str], *, max_message_bytes: int, max_sess
         "100000000/second",
         "--env-file",
         os.devnull,  # no stray .env changes what is measured
+        # Never `auto`: it picks uid where the host allows it (root or the capabilities, and a
+        # server every user may run) and none elsewhere, so the same run would measure different
+        # gateways on different hosts. The mode is always named; phase 7 compares the two.
+        "--child-isolation",
+        isolation,
+        *(("--child-uid-range", uid_range) if uid_range is not None else ()),
         "--",
         *server_argv,
     ]

@@ -1,7 +1,8 @@
 """The results of one run and their rendering as plain aligned text, ready to paste.
 
-Ratios are always gateway / floor: above 1 for times means the gateway is slower, below 1 for
-throughput means it serves fewer calls per second. Percentiles are nearest-rank.
+Ratios are always gateway / floor (in the isolation table uid / none): above 1 for times means
+the gateway (the uid mode) is slower, below 1 for throughput means it serves fewer calls per
+second. Percentiles are nearest-rank.
 """
 
 from __future__ import annotations
@@ -36,6 +37,29 @@ class Side:
 
 
 @dataclass(slots=True)
+class Mode:
+    """Raw samples (nanoseconds) of one gateway in one `--child-isolation` mode."""
+
+    setup: list[int] = field(default_factory=list)
+    end: list[int] = field(default_factory=list)  # DELETE to its 204: child stopped (uid: its user released)
+    echo: list[int] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # the gateway process, across the measured echo calls
+
+    @property
+    def cpu_ns_per_call(self) -> float:
+        return self.cpu_seconds * 1e9 / len(self.echo)
+
+
+@dataclass(slots=True)
+class IsolationResults:
+    """Phase 7: the same gateway with shared-user children and with a user ID per child."""
+
+    none: Mode = field(default_factory=Mode)
+    uid: Mode = field(default_factory=Mode)
+    skipped: str | None = None  # why the phase did not run
+
+
+@dataclass(slots=True)
 class Results:
     gateway: Side = field(default_factory=Side)
     floor: Side = field(default_factory=Side)
@@ -44,6 +68,7 @@ class Results:
     rss_idle_kib: int = 0
     cpu_seconds: float = 0.0  # gateway process, across the measured concurrency-1 echo calls
     cpu_calls: int = 0
+    isolation: IsolationResults = field(default_factory=IsolationResults)
 
     @property
     def kib_per_idle_session(self) -> float:
@@ -114,6 +139,23 @@ def comparison_table(results: Results) -> list[str]:
         ["   growth per idle session", f"{results.kib_per_idle_session:,.1f} KiB", "-", "-"],
         ["6. gateway CPU per echo call, user+sys", f"{results.cpu_us_per_call:,.0f} µs", "-", "-"],
     ]
+    return _align(rows)
+
+
+def isolation_table(results: Results) -> list[str]:
+    """Phase 7, or the reason it was skipped; ratios are uid / none."""
+    isolation = results.isolation
+    if isolation.skipped is not None:
+        return [f"7. isolation: skipped, {isolation.skipped}"]
+    uid, none = isolation.uid, isolation.none
+    rows: list[list[str]] = [["isolation", "uid", "none", "uid/none"]]
+    for name, q in (("p50", 0.50), ("p95", 0.95)):
+        rows.append(_compare(f"7. session setup {name}", percentile(uid.setup, q), percentile(none.setup, q), _ms))
+    for name, q in (("p50", 0.50), ("p95", 0.95)):
+        rows.append(_compare(f"   session end {name}", percentile(uid.end, q), percentile(none.end, q), _ms))
+    for name, q in (("p50", 0.50), ("p99", 0.99)):
+        rows.append(_compare(f"   echo, concurrency 1, {name}", percentile(uid.echo, q), percentile(none.echo, q), _us))
+    rows.append(_compare("   gateway CPU per echo call, user+sys", uid.cpu_ns_per_call, none.cpu_ns_per_call, _us))
     return _align(rows)
 
 

@@ -1,17 +1,18 @@
 """The measurements, each written once against `rpc.Session` and run on both sides.
 
-Every function returns raw samples in nanoseconds (`time.perf_counter_ns`); summarising them is
-the report's job. None of them bounds its own waits: the caller runs each phase under one
-deadline, so a hang anywhere ends the run instead of stalling it.
+Every function returns raw samples in nanoseconds (`time.perf_counter_ns`), CPU time in the
+clock ticks /proc counts; summarising them is the report's job. None of them bounds its own
+waits: the caller runs each phase under one deadline, so a hang anywhere ends the run instead
+of stalling it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from tests.bench import rpc
@@ -22,13 +23,33 @@ ECHO_CALL: Final[JsonObj] = {"name": "echo", "arguments": {"text": ECHO_TEXT}}
 NS_PER_S: Final = 1_000_000_000
 
 
-async def setup_time(open_session: Opener) -> int:
-    """Time to a usable session (spawn, initialize, initialized); the session is closed after."""
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """One session's two costs outside its calls."""
+
+    setup: int  # to a usable session: spawn, initialize, initialized
+    end: int  # to its end: through the gateway, DELETE answered once its child is stopped and cleaned up
+
+
+async def lifetime(open_session: Opener) -> Lifetime:
+    """Open a session and close it at once, timing each."""
     start = time.perf_counter_ns()
     session = await open_session()
-    elapsed = time.perf_counter_ns() - start
+    opened = time.perf_counter_ns()
     await session.aclose()
-    return elapsed
+    return Lifetime(opened - start, time.perf_counter_ns() - opened)
+
+
+async def alternating_lifetimes(openers: Sequence[Opener], samples: int) -> list[list[Lifetime]]:
+    """`samples` lifetimes per opener after one warm-up each (first spawn, first imports),
+    alternating between the openers so that a slow spell on the machine hits all alike."""
+    for open_session in openers:
+        await lifetime(open_session)
+    measured: list[list[Lifetime]] = [[] for _ in openers]
+    for _ in range(samples):
+        for open_session, lifetimes in zip(openers, measured, strict=True):
+            lifetimes.append(await lifetime(open_session))
+    return measured
 
 
 @asynccontextmanager
@@ -69,6 +90,30 @@ async def echo_latencies(session: Session, calls: int) -> list[int]:
         await echo(session)
         samples.append(time.perf_counter_ns() - start)
     return samples
+
+
+@dataclass(slots=True)
+class EchoSide:
+    """One session of an alternating echo measurement, and what was measured on it."""
+
+    session: Session
+    # The CPU time of the process serving the session, in clock ticks (None: not measured).
+    cpu_ticks: Callable[[], int] | None = None
+    latencies: list[int] = field(default_factory=list)
+    ticks: int = 0  # CPU time spent across this side's measured calls
+
+
+async def alternating_echo(sides: Sequence[EchoSide], calls: int, *, warmup: int, rounds: int) -> None:
+    """`calls` sequential echo calls per side after `warmup` unmeasured ones, alternating between
+    the sides in `rounds` rounds; each side's CPU clock is read around its own rounds."""
+    for side in sides:
+        await warm_up(side.session, warmup)
+    for _ in range(rounds):
+        for side in sides:
+            before = side.cpu_ticks() if side.cpu_ticks is not None else 0
+            side.latencies += await echo_latencies(side.session, calls // rounds)
+            if side.cpu_ticks is not None:
+                side.ticks += side.cpu_ticks() - before
 
 
 @dataclass(frozen=True, slots=True)

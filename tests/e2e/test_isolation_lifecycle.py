@@ -43,7 +43,7 @@ import pytest
 from aiohttp import ClientSession
 
 from gateway.config.child import ChildIsolationSettings
-from gateway.sessions.sandbox import LOCK_DIR_NAME, SHELL
+from gateway.sessions.sandbox import LOCK_DIR, SHELL
 from tests.support.gateway_process import GatewayProcess, HttpMcp, running_gateway
 from tests.support.processes import descendants, group_members, live_processes
 from tests.support.servers import ECHO_SERVER, SERVERS
@@ -151,7 +151,7 @@ def kill_every_process_of(uid: int) -> None:
 def uid_released(uid: int) -> bool:
     """Whether no gateway holds `uid`: its lock file can be locked (and is let go at once)."""
     try:
-        fd = os.open(Path(tempfile.gettempdir()) / LOCK_DIR_NAME / str(uid), os.O_RDWR | os.O_NOFOLLOW)
+        fd = os.open(LOCK_DIR / str(uid), os.O_RDWR | os.O_NOFOLLOW)
     except FileNotFoundError:
         return True
     try:

@@ -10,6 +10,7 @@ These need the power to switch users (root here, as in CI) and a Python another 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -26,7 +27,7 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app, keys
 from gateway.auth.static import digest_of
-from gateway.sessions.sandbox import IsolationUnavailable, live_users, why_no_user_switching
+from gateway.sessions.sandbox import LOCK_DIR, IsolationUnavailable, live_users, why_no_user_switching
 from tests.support.mcp import LATEST, Mcp, text_of
 from tests.support.servers import SERVERS
 from tests.support.settings import make_settings, public_host
@@ -327,3 +328,47 @@ def test_check_refuses_per_user_values_with_shared_users(capsys: pytest.CaptureF
     err = capsys.readouterr().err
     assert "cannot start: children would share one user while token_env" in err
     assert cli.main([*argv, "--allow-shared-uid-children", "--", *SPY]) == 0
+
+
+async def test_a_child_that_cannot_start_as_its_user_is_a_502_and_gives_its_user_back(
+    aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    """Its pre-exec fails (a working directory its user may not enter): the client gets 502, the
+    gateway keeps serving, and the user ID is free again."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o700)
+    only = FIRST_UID + 700
+    settings = isolated("uid", child_cwd=closed, child_uid_range=f"{only}-{only}", max_sessions=1)
+    gateway = await serve(aiohttp_client, **settings)
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": LATEST}}
+    headers = gateway.headers({"Authorization": f"Bearer {ALICE}"})
+    for _ in range(2):  # the second gets the same (released) user ID, and fails the same way
+        async with gateway.http.post("/mcp", json=init, headers=headers) as response:
+            assert response.status == 502, await response.text()
+        assert await eventually(lambda: _lock_free(only))
+
+
+async def test_a_range_holding_existing_users_is_refused(aiohttp_client: AiohttpClient) -> None:
+    nobody = 65534  # `nobody` (and `nogroup`) on Debian
+    settings = make_settings(**isolated("uid", child_uid_range=f"{nobody}-{nobody}", max_sessions=1))
+    runner = web.AppRunner(create_app(settings))
+    try:
+        with pytest.raises(IsolationUnavailable, match="holds IDs of existing users or groups"):
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+
+
+def _lock_free(uid: int) -> bool:
+    """Whether no gateway holds `uid` (its lock file can be locked, and is let go at once)."""
+    try:
+        fd = os.open(LOCK_DIR / str(uid), os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
