@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -43,8 +42,9 @@ import pytest
 from aiohttp import ClientSession
 
 from gateway.config.child import ChildIsolationSettings
-from gateway.sessions.sandbox import LOCK_DIR, SHELL
+from gateway.sessions.sandbox import SHELL
 from tests.support.gateway_process import GatewayProcess, HttpMcp, running_gateway
+from tests.support.isolation import uid_released
 from tests.support.processes import descendants, group_members, live_processes
 from tests.support.servers import ECHO_SERVER, SERVERS
 from tests.support.types import JsonObj
@@ -146,21 +146,6 @@ def kill_every_process_of(uid: int) -> None:
         timeout=WAIT,
         check=False,
     )
-
-
-def uid_released(uid: int) -> bool:
-    """Whether no gateway holds `uid`: its lock file can be locked (and is let go at once)."""
-    try:
-        fd = os.open(LOCK_DIR / str(uid), os.O_RDWR | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)  # closing drops the lock, if it was taken
-    return True
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ These need the power to switch users (root here, as in CI) and a Python another 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
@@ -27,7 +26,8 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app, keys
 from gateway.auth.static import digest_of
-from gateway.sessions.sandbox import LOCK_DIR, IsolationUnavailable, live_users, why_no_user_switching
+from gateway.sessions.sandbox import IsolationUnavailable, live_users, why_no_user_switching
+from tests.support.isolation import uid_released
 from tests.support.mcp import LATEST, Mcp, text_of
 from tests.support.servers import SERVERS
 from tests.support.settings import make_settings, public_host
@@ -345,7 +345,7 @@ async def test_a_child_that_cannot_start_as_its_user_is_a_502_and_gives_its_user
     for _ in range(2):  # the second gets the same (released) user ID, and fails the same way
         async with gateway.http.post("/mcp", json=init, headers=headers) as response:
             assert response.status == 502, await response.text()
-        assert await eventually(lambda: _lock_free(only))
+        assert await eventually(lambda: uid_released(only))
 
 
 async def test_a_range_holding_existing_users_is_refused(aiohttp_client: AiohttpClient) -> None:
@@ -357,18 +357,3 @@ async def test_a_range_holding_existing_users_is_refused(aiohttp_client: Aiohttp
             await runner.setup()
     finally:
         await runner.cleanup()
-
-
-def _lock_free(uid: int) -> bool:
-    """Whether no gateway holds `uid` (its lock file can be locked, and is let go at once)."""
-    try:
-        fd = os.open(LOCK_DIR / str(uid), os.O_RDWR | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
