@@ -37,7 +37,7 @@ import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
@@ -356,10 +356,6 @@ class Sandbox:
         if watchdog is not None:
             watchdog.register_directory(str(root))
         return cls(decision, pool, root, watchdog)
-
-    def describe(self) -> Mapping[str, object]:
-        """What the startup log and `/health` say about the isolation in force."""
-        return {"isolation": self.mode, "isolation_reason": self.decision.reason}
 
     def new_user(self) -> ChildUser | None:
         """The user the next child runs as (None without uid isolation); `NoFreeUser` when none is free."""

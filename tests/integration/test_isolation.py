@@ -173,7 +173,7 @@ async def test_the_private_directory_and_every_process_go_with_the_session(aioht
     directory = Path(me["HOME"]).parent
     assert await eventually(lambda: not directory.exists())
     assert await eventually(lambda: not _alive(sleeper["pid"]))
-    assert me["uid"] not in _live_uids()
+    assert me["uid"] not in live_users()
 
 
 async def test_a_user_id_is_not_reused_while_a_process_of_it_lives(aiohttp_client: AiohttpClient) -> None:
@@ -184,7 +184,7 @@ async def test_a_user_id_is_not_reused_while_a_process_of_it_lives(aiohttp_clien
         first = await alice.tool("whoami")
         assert first["uid"] == busy + 1  # the range's other user ID: one of `busy` still runs
         assert await alice.delete() == 204
-        assert await eventually(lambda: busy + 1 not in _live_uids())
+        assert await eventually(lambda: busy + 1 not in live_users())
         again = await (await Caller(gateway, ALICE).open()).tool("whoami")
         assert again["uid"] == busy + 1
         assert squatter.poll() is None  # never touched: it is not the gateway's
@@ -264,11 +264,6 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
     return False
-
-
-def _live_uids() -> set[int]:
-    """The users of live processes (zombies, only waiting to be reaped, are not alive)."""
-    return live_users()
 
 
 @contextlib.contextmanager
