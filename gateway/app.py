@@ -47,7 +47,7 @@ from gateway.observe.metrics import Metrics
 from gateway.paths import OAUTH_PREFIX
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.policy import ToolFilter, ToolPolicy
-from gateway.sessions.sandbox import IsolationUnavailable, Sandbox, shared_user_refusal
+from gateway.sessions.sandbox import IsolationRequest, IsolationUnavailable, Sandbox, shared_user_refusal
 from gateway.sessions.store import SessionLimits, SessionStore
 from gateway.sessions.watchdog import OrphanWatchdog
 from gateway.transport import legacy
@@ -231,13 +231,7 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
     stops startup when the isolation asked for cannot be had, and when children would share one
     user while their environments hold per-user values (unless that risk is accepted)."""
     settings = app[keys.SETTINGS]
-    sandbox = await Sandbox.open(
-        settings.child_isolation,
-        settings.child_program(),
-        settings.child_uids(),
-        app[keys.WATCHDOG],
-        path=settings.child_environment().get("PATH"),
-    )
+    sandbox = await Sandbox.open(IsolationRequest.of(settings), app[keys.WATCHDOG])
     app[keys.SANDBOX] = sandbox
     log.info("child isolation: %s", sandbox.mode, extra={"reason": sandbox.decision.reason})
     refusal = shared_user_refusal(sandbox.mode, settings.per_user_child_values, settings.allow_shared_uid_children)
@@ -245,7 +239,7 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
         sandbox.close()
         raise IsolationUnavailable(refusal)
     if sandbox.mode == "none" and settings.per_user_child_values:
-        log.warning("children share one user and can read each other's per-user values (allow_shared_uid_children)")
+        log.warning("children are not isolated and can read each other's per-user values (allow_shared_uid_children)")
     yield
     sandbox.close()
 
@@ -253,7 +247,7 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
 async def _session_store(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     spec = ChildSpec(
-        argv=tuple(settings.command),
+        argv=settings.child_argv(),
         env=settings.child_environment(),
         cwd=settings.child_cwd,
         max_line_bytes=settings.max_message_bytes,

@@ -39,7 +39,7 @@ from gateway.http.connections import ConnectionLimiter
 from gateway.net import is_loopback_host
 from gateway.observe import logs
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE, use_pidfd_child_watcher
-from gateway.sessions.sandbox import IsolationUnavailable, decide, shared_user_refusal
+from gateway.sessions.sandbox import IsolationRequest, IsolationUnavailable, decide, shared_user_refusal
 from gateway.sessions.store import SessionStore
 
 if TYPE_CHECKING:
@@ -151,8 +151,7 @@ def check(settings: Settings) -> int:
     if (problem := connections.descriptor_problem(settings, connections.reachable_descriptor_limit())) is not None:
         print(f"mcp-gateway: warning: {problem}", file=sys.stderr)
     try:
-        path = settings.child_environment().get("PATH")
-        decision = asyncio.run(decide(settings.child_isolation, settings.child_program(), settings.child_uids(), path))
+        decision = asyncio.run(decide(IsolationRequest.of(settings)))
     except IsolationUnavailable as error:
         print(f"mcp-gateway: {error}", file=sys.stderr)
         return EXIT_STARTUP

@@ -12,16 +12,19 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app
 from tests.support.mcp import Mcp
-from tests.support.settings import make_settings, public_host
+from tests.support.settings import CHILD_ISOLATION, make_settings, public_host
 from tests.support.types import Gateway
 
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees another's MCP_GATEWAY_* settings or picks up a stray .env file."""
+    """No test sees another's MCP_GATEWAY_* settings or picks up a stray .env file. Children run
+    with the isolation named, never `auto`, which picks by what the host allows (root, bubblewrap):
+    `none` unless a test names another (the isolation tests try every mode)."""
     for name in list(os.environ):
         if name.startswith("MCP_GATEWAY_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("MCP_GATEWAY_CHILD_ISOLATION", CHILD_ISOLATION)
     monkeypatch.chdir(tmp_path)
 
 

@@ -71,8 +71,11 @@ def child(values: Values) -> Iterator[Problem]:
 
 
 def isolation(values: Values) -> Iterator[Problem]:
-    """With uid isolation possible, the range holds a user ID for every session."""
-    if values.get("child_isolation", "none") == "none" or not _passed(values, "child_uid_range", "max_sessions"):
+    """A network of its own needs namespaces; with user IDs, the range holds one for every session."""
+    mode = values.get("child_isolation", "none")
+    if _passed(values, "child_network") and values["child_network"] == "none" and mode in ("none", "uid"):
+        yield Problem("child_network", f"none needs namespaces, and child_isolation is {mode}")
+    if mode in ("none", "namespaces") or not _passed(values, "child_uid_range", "max_sessions"):
         return
     first, _, last = values["child_uid_range"].partition("-")
     size = int(last) - int(first) + 1

@@ -85,8 +85,17 @@ class ChildSettings(BaseModel):
         return env
 
     def child_program(self) -> str | None:
-        """The file the command runs, found on the child's own PATH (None when it is not found)."""
-        return shutil.which(self.command[0], path=self.child_environment().get("PATH"))
+        """The file the command runs, found on the child's own PATH, or a path from the gateway's
+        working directory (None when it is not found)."""
+        found = shutil.which(self.command[0], path=self.child_environment().get("PATH"))
+        return os.path.abspath(found) if found is not None else None
+
+    def child_argv(self) -> tuple[str, ...]:
+        """The command as children run it: a program named by a path, made absolute (a child may
+        start in another directory: its working directory, its home, its own view of the files)."""
+        first, *rest = self.command
+        program = self.child_program() if os.sep in first else None
+        return (program or first, *rest)
 
 
 class ChildOutputSettings(BaseModel):
@@ -121,19 +130,40 @@ class ChildLimitSettings(BaseModel):
 class ChildIsolationSettings(BaseModel):
     """How each session's child is kept from every other's processes, environment and files."""
 
-    child_isolation: Literal["auto", "none", "uid"] = Field(
+    child_isolation: Literal["auto", "none", "uid", "namespaces", "uid+namespaces"] = Field(
         "auto",
         description="Isolation between children: uid (each runs as a user ID of its own, with a private HOME and "
-        "TMPDIR), none (all run as the gateway's user), or auto (uid when the host allows it).",
+        "TMPDIR), namespaces (each in its own PID, IPC and mount namespaces: it sees only its own processes, a "
+        "private /tmp and a read-only view of the rest), uid+namespaces (both), none (all run as the gateway's "
+        "user and see each other), or auto (the strongest the host allows).",
+    )
+    child_network: Literal["host", "none"] = Field(
+        "host",
+        description="The network children reach: host (the gateway's), or none (with namespaces, each child has "
+        "a network of its own with only loopback in it).",
+    )
+    child_writable_paths: TextList[Path] = Field(
+        default_factory=list,
+        description="Directories children may write with namespaces (the rest of the file system is read-only "
+        "to them); file permissions still apply.",
     )
     child_uid_range: str = Field(
         DEFAULT_CHILD_UIDS, description="The user IDs children run as with uid isolation, FIRST-LAST (one per child)."
     )
     allow_shared_uid_children: bool = Field(
         False,
-        description="Start even though children share one user while their environments hold per-user values "
-        "(token_env, child_identity, child_env_claims, oauth_token_to_env): each child can then read the others'.",
+        description="Start even though children are not isolated from each other (child_isolation none) while "
+        "their environments hold per-user values (token_env, child_identity, child_env_claims, "
+        "oauth_token_to_env): each child can then read the others'.",
     )
+
+    @field_validator("child_writable_paths")
+    @classmethod
+    def _check_writable_paths(cls, value: list[Path]) -> list[Path]:
+        bad = [str(path) for path in value if not path.is_absolute() or not path.is_dir()]
+        if bad:
+            raise ValueError(f"are absolute paths of existing directories, got {', '.join(map(repr, bad))}")
+        return value
 
     @field_validator("child_uid_range")
     @classmethod

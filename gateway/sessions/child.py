@@ -36,7 +36,7 @@ from gateway.framing import LineFramer
 from gateway.sessions.watchdog import OrphanWatchdog, group_alive, signal_group
 
 if TYPE_CHECKING:
-    from gateway.sessions.sandbox import ChildUser
+    from gateway.sessions.sandbox import Cell
 
 log = logging.getLogger("gateway.child")
 
@@ -138,15 +138,15 @@ def _pre_exec(rlimits: tuple[tuple[int, int], ...], nofile: tuple[int, int] | No
     return prepare
 
 
-def _pre_exec_as(user: ChildUser, cwd: Path | None, then: Callable[[], None] | None) -> Callable[[], None]:
+def _pre_exec_as(cell: Cell, cwd: Path | None, then: Callable[[], None] | None) -> Callable[[], None]:
     """The pre-exec hook of a child that runs as its own user. Python has switched the user by the
     time it runs. The child makes sure the switch left it no capability, ends any process of its
     user still alive (none should be: its user ID was free), makes its private directories itself
     (its user owns them, mode 0700, as everything it creates: umask 077), enters its working
     directory as that user, and can gain no privilege from then on; then `then` (the parent-death
     signal, armed after the switch, which would clear it)."""
-    directories = (os.fsencode(user.directory), os.fsencode(user.home), os.fsencode(user.tmp))
-    workdir = os.fsencode(cwd if cwd is not None else user.home)
+    directories = (os.fsencode(cell.directory), os.fsencode(cell.home), os.fsencode(cell.tmp))
+    workdir = os.fsencode(cwd if cwd is not None else cell.home)
     no_new_privs = _no_new_privs()
 
     def prepare() -> None:
@@ -293,24 +293,29 @@ class Child:
         sink: ChildSink,
         watchdog: OrphanWatchdog | None,
         label: str,
-        user: ChildUser | None = None,
+        cell: Cell | None = None,
     ) -> Child:
-        """Start the process (as `user`, with uid isolation); raises `OSError` when it cannot be executed."""
+        """Start the process (in `cell`, with isolation: as its user, in its namespaces); raises
+        `OSError` when it cannot be executed."""
         child = cls(spec, sink, watchdog, label)
         loop = asyncio.get_running_loop()
         pre_exec = _pre_exec(spec.rlimits, spec.nofile)
         switch: dict[str, Any] = {}
-        if user is not None:
-            switch = {"user": user.uid, "group": user.gid, "extra_groups": []}
-            pre_exec = _pre_exec_as(user, spec.cwd, pre_exec)
+        argv, env, cwd = spec.argv, dict(spec.env), spec.cwd
+        if cell is not None:
+            argv, env = (*cell.wrapper, *spec.argv), {**env, **cell.environment()}
+            cwd = None  # entered as the child's user, or by bubblewrap in the child's view
+            if cell.uid is not None:
+                switch = {"user": cell.uid, "group": cell.gid, "extra_groups": []}
+                pre_exec = _pre_exec_as(cell, spec.cwd, pre_exec)
         transport, _ = await loop.subprocess_exec(
             lambda: _ChildProtocol(child),
-            *spec.argv,
+            *argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**spec.env, **user.environment()} if user is not None else dict(spec.env),
-            cwd=spec.cwd if user is None else None,  # as its user, the child enters it itself
+            env=env,
+            cwd=cwd,
             start_new_session=True,
             close_fds=True,
             preexec_fn=pre_exec,

@@ -1,25 +1,32 @@
-"""Isolation between children: each session's child under a user ID of its own, with a private
-`HOME` and `TMPDIR`, so no child can read another's environment (`/proc/<pid>/environ`), signal or
-trace it, or read its files.
+"""Isolation between children: no child can read another's environment (`/proc/<pid>/environ`),
+signal or trace it, or read its files.
 
-Modes: `none` (every child runs as the gateway's own user) and `uid`. `uid` needs a gateway whose
-effective user is root with the kernel's usual rules for a change of user (no securebits): then
-switching to the child's user drops every capability, which each helper and each child checks
-before it does anything as that user. Capabilities alone (ambient ones, a non-root gateway) are not
-enough: they would survive the switch, and a cleanup's `kill(-1)` holding `CAP_KILL` would reach
-every process on the host. A child creates its own directories once it runs as its user, and the
-cleanup after it runs as that user too. The mode in force is decided once, at startup (`decide`),
-and named in the startup log, `/health`, `mcp-gateway check` and every `child.spawn` audit line.
+Modes, weakest first: `none` (every child runs as the gateway's own user and sees the others),
+`namespaces` (each child in PID, IPC, UTS, cgroup and user namespaces of its own, made by
+bubblewrap: it sees only its own processes, a private `/tmp` and its own private directory, and
+the rest of the file system read-only), `uid` (each child under a user ID of its own, with a
+private `HOME` and `TMPDIR`), and `uid+namespaces` (both: bubblewrap runs as the child's user).
+`uid` needs a gateway whose effective user is root with the kernel's usual rules for a change of
+user (no securebits): then switching to the child's user drops every capability, which each
+helper and each child checks before it does anything as that user. Capabilities alone (ambient
+ones, a non-root gateway) are not enough: they would survive the switch, and a cleanup's `kill(-1)`
+holding `CAP_KILL` would reach every process on the host. A child creates its own directories once
+it runs as its user, and the cleanup after it runs as that user too. `namespaces` needs bubblewrap
+and a kernel that lets this user create namespaces. The mode in force is decided once, at startup
+(`decide`), by running the server's own program the way children will run it, and named in the
+startup log, `/health`, `mcp-gateway check` and every `child.spawn` audit line.
 
 Invariants:
 - A user ID belongs to at most one child at a time, across every gateway process on the host: it
   is held by an exclusive lock on a file of its own (released by the kernel if the gateway dies),
   and it is taken only when no process of that user is alive. It is given back only after every
   process of the user is gone and its directory is removed.
-- A child's private directory (mode 0700, its user's) sits in a directory that anyone may enter
-  but no one other than the gateway may list, under a name no other child can guess.
-- A child starts with `no_new_privs`, no capability and umask 077, after killing whatever else
-  still runs as its user (none should: this makes sure), so it is alone with its user.
+- A child's private directory (mode 0700) sits in a directory that no one other than the gateway
+  may list, under a name no other child can guess; with namespaces, the child sees only its own.
+- A child starts with `no_new_privs` and no capability. With a user of its own it starts with
+  umask 077, after killing whatever else still runs as its user (none should: this makes sure), so
+  it is alone with its user. In namespaces, the end of its first process ends every process of
+  its namespaces, whatever group or session they moved to.
 """
 
 from __future__ import annotations
@@ -40,14 +47,16 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 if TYPE_CHECKING:
+    from gateway.config import Settings
     from gateway.sessions.watchdog import OrphanWatchdog
 
 log = logging.getLogger("gateway.sandbox")
 
-IsolationMode = Literal["none", "uid"]
+IsolationMode = Literal["none", "uid", "namespaces", "uid+namespaces"]
+Network = Literal["host", "none"]
 # Bits of the capability sets in /proc/self/status (linux/capability.h).
 CAP_KILL: Final = 5
 CAP_SETGID: Final = 6
@@ -81,6 +90,9 @@ RELEASE_RETRY_INTERVAL: Final = 0.2
 # directory only root may create, so no one can take it first).
 LOCK_DIR: Final = Path("/run/mcp-gateway/uids")
 PR_GET_SECUREBITS: Final = 27
+# bubblewrap (Debian's `bubblewrap`), looked up on the gateway's own PATH, then where Debian puts it.
+BWRAP: Final = "bwrap"
+BWRAP_FALLBACK: Final = "/usr/bin/bwrap"
 
 
 class IsolationUnavailable(Exception):
@@ -92,13 +104,15 @@ class NoFreeUser(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class ChildUser:
-    """The user one child runs as, and its private directories."""
+class Cell:
+    """Where one child runs: its private directories, the user it runs as (with user IDs), and the
+    command that puts it in namespaces of its own (with namespaces)."""
 
-    uid: int
-    gid: int
     directory: Path  # the child's own: HOME and TMPDIR are inside it
-    lock: int  # the file descriptor whose lock holds the user ID
+    uid: int | None = None
+    gid: int | None = None
+    lock: int | None = None  # the file descriptor whose lock holds the user ID
+    wrapper: tuple[str, ...] = ()  # bubblewrap's command line, in front of the server's own
 
     @property
     def home(self) -> Path:
@@ -109,8 +123,12 @@ class ChildUser:
         return self.directory / "tmp"
 
     def environment(self) -> dict[str, str]:
-        """What the child's environment says about where it lives (it wins over configuration)."""
-        return {"HOME": str(self.home), "TMPDIR": str(self.tmp)}
+        """What the child's environment says about where it lives and who it is (it wins over
+        configuration: a user of its own has no name, so it goes by its number)."""
+        env = {"HOME": str(self.home), "TMPDIR": str(self.tmp)}
+        if self.uid is not None:
+            env["USER"] = env["LOGNAME"] = str(self.uid)
+        return env
 
 
 def effective_capabilities() -> int:
@@ -200,8 +218,10 @@ def interpreter_of(program: str, path: str | None = None) -> str | None:
     return words[0] if words else None
 
 
-async def _run_as(uid: int, gid: int, argv: Sequence[str]) -> int:
-    """Run a helper as `uid`:`gid` with no supplementary groups, no environment, in `/`."""
+async def _run_helper(argv: Sequence[str], uid: int | None = None) -> int:
+    """Run a helper (as `uid`, its own group, with no supplementary groups, when given) with no
+    environment, in `/`; its exit status."""
+    switch: dict[str, Any] = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -209,10 +229,8 @@ async def _run_as(uid: int, gid: int, argv: Sequence[str]) -> int:
         stderr=asyncio.subprocess.DEVNULL,
         env={},
         cwd="/",
-        user=uid,
-        group=gid,
-        extra_groups=[],
         start_new_session=True,
+        **switch,
     )
     try:
         async with asyncio.timeout(HELPER_TIMEOUT):
@@ -227,50 +245,167 @@ async def _run_as(uid: int, gid: int, argv: Sequence[str]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class IsolationRequest:
+    """What the configuration asks of the children's isolation, and what decides whether it works."""
+
+    mode: str  # `auto` or an `IsolationMode`
+    program: str | None  # the file the server's command runs (None: not found)
+    uid_range: tuple[int, int]
+    path: str | None = None  # the child's PATH
+    network: Network = "host"
+    writable: tuple[str, ...] = ()  # directories children may write with namespaces
+
+    @classmethod
+    def of(cls, settings: Settings) -> IsolationRequest:
+        return cls(
+            settings.child_isolation,
+            settings.child_program(),
+            settings.child_uids(),
+            settings.child_environment().get("PATH"),
+            settings.child_network,
+            tuple(str(path) for path in settings.child_writable_paths),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The isolation in force and why."""
 
     mode: IsolationMode
     reason: str
+    bwrap: str | None = None  # bubblewrap, with namespaces
+
+    @property
+    def uses_uid(self) -> bool:
+        return self.mode in ("uid", "uid+namespaces")
+
+    @property
+    def uses_namespaces(self) -> bool:
+        return self.mode in ("namespaces", "uid+namespaces")
 
 
-async def decide(requested: str, program: str | None, uid_range: tuple[int, int], path: str | None = None) -> Decision:
-    """The isolation children get: `requested` (`auto`, `none` or `uid`), checked against what this
-    host allows, the user IDs of `uid_range`, and whether `program` (the resolved command, and
-    the interpreter of a script, found on the child's `path` when it names one through `env`) is
-    one the first of them may run.
-    `IsolationUnavailable` when `uid` is asked for and cannot be had; `auto` takes the strongest
-    that works."""
-    if requested == "none":
-        return Decision("none", "configured")
-    probe_uid = uid_range[0]
-    problem = why_no_user_switching() or why_not_this_range(*uid_range)
-    if problem is None and program is not None:
-        interpreter = interpreter_of(program, path) or ""
-        try:
-            code = await _run_as(probe_uid, probe_uid, [SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", program, interpreter])
-        except (OSError, TimeoutError) as exc:
-            code, problem = None, f"no process can be started as user {probe_uid}: {exc!r}"
-        if code not in (0, None):
-            shown = f"{program} (run by {interpreter})" if interpreter else program
-            problem = f"user {probe_uid} may not execute {shown}: install the server where every user can read it"
-    if problem is None:
-        return Decision("uid", "configured" if requested == "uid" else "the host allows it")
-    if requested == "uid":
-        raise IsolationUnavailable(f"child_isolation=uid is not possible: {problem}")
-    return Decision("none", f"uid isolation is not possible: {problem}")
+def namespace_wrapper(
+    bwrap: str, request: IsolationRequest, cwd: Path | str, *, hide: Path | None = None, cell: Path | None = None
+) -> tuple[str, ...]:
+    """bubblewrap's command line for one child: namespaces of its own (a network too with
+    `network=none`; never one more user namespace inside), no capability, the host's file system
+    read-only, a fresh `/dev` and `/proc`, a private `/tmp`; `hide` (the directory of every child's
+    private one) covered, `cell` (its own) and the configured writable directories bound read-write;
+    and the child dies with bubblewrap, which dies with the gateway."""
+    argv = [bwrap, "--die-with-parent", "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc"]
+    argv += ["--unshare-uts", "--unshare-cgroup-try"]
+    if request.network == "none":
+        argv.append("--unshare-net")
+    argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]  # noqa: S108 - the child's own, empty
+    if hide is not None:
+        argv += ["--tmpfs", str(hide)]
+    if cell is not None:
+        argv += ["--bind", str(cell), str(cell)]
+    for directory in request.writable:
+        argv += ["--bind", directory, directory]
+    return (*argv, "--chdir", str(cwd), "--")
+
+
+def find_bwrap() -> str | None:
+    """bubblewrap's path (None when it is not installed)."""
+    found = shutil.which(BWRAP)
+    if found is None and os.access(BWRAP_FALLBACK, os.X_OK):
+        found = BWRAP_FALLBACK
+    return found
+
+
+async def _probe(request: IsolationRequest, argv_prefix: Sequence[str], uid: int | None) -> str | None:
+    """Why the server's program cannot run as children will run it, as `uid` and behind
+    `argv_prefix` (None: it can)."""
+    if request.program is None:
+        return None
+    interpreter = interpreter_of(request.program, request.path) or ""
+    who = "the gateway's user" if uid is None else f"user {uid}"
+    argv = [*argv_prefix, SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", request.program, interpreter]
+    try:
+        code = await _run_helper(argv, uid)
+    except (OSError, TimeoutError) as exc:
+        return f"no process can be started as {who}: {exc!r}"
+    if code == 0:
+        return None
+    shown = f"{request.program} (run by {interpreter})" if interpreter else request.program
+    where = " in namespaces (bubblewrap failed, or the program is not in its view)" if argv_prefix else ""
+    return f"{who} may not execute {shown}{where}: install the server where every user can read it"
+
+
+async def _uid_problem(request: IsolationRequest) -> str | None:
+    """Why children cannot run under user IDs of their own (None: they can)."""
+    problem = why_no_user_switching() or why_not_this_range(*request.uid_range)
+    return problem or await _probe(request, (), request.uid_range[0])
+
+
+async def _namespace_problem(request: IsolationRequest, bwrap: str | None, uid: int | None) -> str | None:
+    """Why children cannot run in namespaces of their own, as `uid` (None: they can)."""
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    wrapper = namespace_wrapper(bwrap, request, "/")
+    if request.program is not None:
+        return await _probe(request, wrapper, uid)
+    try:  # no program to try: bubblewrap itself, then
+        code = await _run_helper([*wrapper, SHELL, "-c", "true"], uid)
+    except (OSError, TimeoutError) as exc:
+        return f"bubblewrap cannot be started: {exc!r}"
+    return None if code == 0 else "bubblewrap cannot create namespaces here"
+
+
+async def decide(request: IsolationRequest) -> Decision:
+    """The isolation children get: the mode asked for, checked by running the server's program the
+    way children would run it (as the first user ID of the range, behind bubblewrap).
+    `IsolationUnavailable` when the mode asked for cannot be had; `auto` takes the strongest that
+    works (`uid+namespaces`, `uid`, `namespaces`, `none`)."""
+    asked = request.mode
+    if asked == "none":
+        return _checked(request, Decision("none", "configured"))
+    bwrap = find_bwrap()
+    uid_problem = await _uid_problem(request) if asked in ("auto", "uid", "uid+namespaces") else None
+    if asked == "uid" or (asked == "uid+namespaces" and uid_problem is not None):
+        if uid_problem is not None:
+            raise IsolationUnavailable(f"child_isolation={asked} is not possible: {uid_problem}")
+        return _checked(request, Decision("uid", "configured"))
+    if asked == "namespaces":
+        if (problem := await _namespace_problem(request, bwrap, None)) is not None:
+            raise IsolationUnavailable(f"child_isolation=namespaces is not possible: {problem}")
+        return _checked(request, Decision("namespaces", "configured", bwrap))
+    reason = "configured" if asked != "auto" else "the host allows it"
+    if uid_problem is None:
+        both_problem = await _namespace_problem(request, bwrap, request.uid_range[0])
+        if both_problem is None:
+            return _checked(request, Decision("uid+namespaces", reason, bwrap))
+        if asked == "uid+namespaces":
+            raise IsolationUnavailable(f"child_isolation=uid+namespaces is not possible: {both_problem}")
+        return _checked(request, Decision("uid", f"namespaces are not possible: {both_problem}"))
+    namespace_problem = await _namespace_problem(request, bwrap, None)
+    if namespace_problem is None:
+        return _checked(request, Decision("namespaces", f"uid isolation is not possible: {uid_problem}", bwrap))
+    problems = f"uid isolation is not possible: {uid_problem}; namespaces are not possible: {namespace_problem}"
+    return _checked(request, Decision("none", problems))
+
+
+def _checked(request: IsolationRequest, decision: Decision) -> Decision:
+    """`decision`, unless the network asked for needs namespaces it does not have."""
+    if request.network == "none" and not decision.uses_namespaces:
+        raise IsolationUnavailable(
+            f"child_network=none needs namespaces, and children would run with {decision.mode} ({decision.reason})"
+        )
+    return decision
 
 
 def shared_user_refusal(mode: IsolationMode, per_user: Sequence[str], accepted: bool) -> str | None:
-    """Why the gateway must not start: children that share one user while their environments hold
-    their users' values (a token, an identity) can each read the others' (None: it may start)."""
+    """Why the gateway must not start: children that are not isolated from each other while their
+    environments hold their users' values (a token, an identity) can each read the others' (None:
+    it may start)."""
     if mode != "none" or not per_user or accepted:
         return None
     return (
-        f"children would share one user while {', '.join(per_user)} puts each user's values in their "
-        "environments, where every other child can read them (/proc/<pid>/environ): run with uid isolation "
-        "(root, or CAP_SETUID, CAP_SETGID and CAP_KILL, and a server every user may run), or accept the risk "
-        "with allow_shared_uid_children=true"
+        f"children would not be isolated from each other while {', '.join(per_user)} puts each user's values "
+        "in their environments, where every other child can read them (/proc/<pid>/environ): run with uid "
+        "isolation (a root gateway and a server every user may run) or namespaces (bubblewrap), or accept the "
+        "risk with allow_shared_uid_children=true"
     )
 
 
@@ -293,9 +428,10 @@ class UserPool:
             raise IsolationUnavailable(f"{lock_dir} is not a private directory of this user (mode 0700)")
         return cls(first, last, lock_dir)
 
-    def acquire(self) -> tuple[int, int]:
-        """A free user ID and the descriptor whose lock holds it; `NoFreeUser` when none is free."""
-        alive = live_users(self._first, self._last)
+    async def acquire(self) -> tuple[int, int]:
+        """A free user ID and the descriptor whose lock holds it; `NoFreeUser` when none is free.
+        (The lock, not the scan of the process table, makes it this child's alone.)"""
+        alive = await asyncio.to_thread(live_users, self._first, self._last)
         size = self._last - self._first + 1
         for step in range(size):
             uid = self._first + (self._next - self._first + step) % size
@@ -322,9 +458,15 @@ class Sandbox:
     """The isolation of this gateway's children: the mode, the user IDs, the private directories."""
 
     def __init__(
-        self, decision: Decision, pool: UserPool | None, root: Path | None, watchdog: OrphanWatchdog | None = None
+        self,
+        decision: Decision,
+        request: IsolationRequest,
+        pool: UserPool | None = None,
+        root: Path | None = None,
+        watchdog: OrphanWatchdog | None = None,
     ) -> None:
         self.decision = decision
+        self._request = request
         self._pool = pool
         self._root = root
         self._watchdog = watchdog
@@ -334,57 +476,64 @@ class Sandbox:
         return self.decision.mode
 
     @classmethod
-    async def open(
-        cls,
-        requested: str,
-        program: str | None,
-        uid_range: tuple[int, int],
-        watchdog: OrphanWatchdog | None = None,
-        path: str | None = None,
-    ) -> Sandbox:
+    async def open(cls, request: IsolationRequest, watchdog: OrphanWatchdog | None = None) -> Sandbox:
         """Decide the isolation and prepare what it needs (`IsolationUnavailable` if it cannot be
         had). The orphan watchdog is told each child's user, so a gateway that dies takes every
-        process of it along, not only its process group."""
-        decision = await decide(requested, program, uid_range, path)
+        process of it along, not only its process group, and the directory of the private ones."""
+        decision = await decide(request)
         if decision.mode == "none":
-            return cls(decision, None, None)
-        pool = UserPool.open(*uid_range)
-        # Anyone may enter and create (each child makes its own directory once it runs as its
-        # user), no one but the gateway may list; the sticky bit keeps each entry its owner's.
+            return cls(decision, request)
+        pool = UserPool.open(*request.uid_range) if decision.uses_uid else None
         root = Path(tempfile.mkdtemp(prefix="mcp-gateway-children-"))
-        os.chmod(root, 0o1733)  # noqa: S103 - world-writable by design: see the comment above
+        if decision.uses_uid:
+            # Anyone may enter and create (each child makes its own directory once it runs as its
+            # user), no one but the gateway may list; the sticky bit keeps each entry its owner's.
+            os.chmod(root, 0o1733)  # noqa: S103 - world-writable by design: see the comment above
         if watchdog is not None:
             watchdog.register_directory(str(root))
-        return cls(decision, pool, root, watchdog)
+        return cls(decision, request, pool, root, watchdog)
 
-    def new_user(self) -> ChildUser | None:
-        """The user the next child runs as (None without uid isolation); `NoFreeUser` when none is free."""
-        if self._pool is None or self._root is None:
+    async def new_cell(self, cwd: Path | None) -> Cell | None:
+        """Where the next child runs, in `cwd` (default: its home); None without isolation.
+        `NoFreeUser` when every user ID is taken."""
+        if self._root is None:
             return None
-        uid, lock = self._pool.acquire()
+        directory = self._root / secrets.token_hex(12)
+        wrapper: tuple[str, ...] = ()
+        if self.decision.bwrap is not None:
+            workdir = cwd if cwd is not None else directory / "home"
+            wrapper = namespace_wrapper(self.decision.bwrap, self._request, workdir, hide=self._root, cell=directory)
+        if self._pool is None:  # the gateway's own user: it makes the directories itself
+            for made in (directory, directory / "home", directory / "tmp"):
+                os.mkdir(made, 0o700)
+            return Cell(directory, wrapper=wrapper)
+        uid, lock = await self._pool.acquire()
         if self._watchdog is not None:
             self._watchdog.register_user(uid)
-        return ChildUser(uid, uid, self._root / secrets.token_hex(12), lock)
+        return Cell(directory, uid, uid, lock, wrapper)
 
-    async def release(self, user: ChildUser) -> None:
-        """After its child's group is gone: end every process of the user, remove its directory,
+    async def release(self, cell: Cell) -> None:
+        """After its child's group is gone: end every process of its user, remove its directory,
         give the user ID back. A user whose processes outlive every sweep is kept (logged)."""
+        if cell.uid is None:
+            await asyncio.to_thread(_remove_tree, cell.directory)
+            return
         try:
             for _ in range(RELEASE_ATTEMPTS):
-                code = await _run_as(user.uid, user.gid, [SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", str(user.directory)])
-                if code == 0 and not live_users(user.uid, user.uid):
+                code = await _run_helper([SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", str(cell.directory)], cell.uid)
+                if code == 0 and not await asyncio.to_thread(live_users, cell.uid, cell.uid):
                     break
                 await asyncio.sleep(RELEASE_RETRY_INTERVAL)
             else:
-                log.error("what a child left outlived its cleanup; its user ID stays held", extra={"uid": user.uid})
+                log.error("what a child left outlived its cleanup; its user ID stays held", extra={"uid": cell.uid})
                 return
         except (OSError, TimeoutError) as exc:
-            log.error("cleanup after a child failed: %s; the user ID stays held", exc, extra={"uid": user.uid})
+            log.error("cleanup after a child failed: %s; the user ID stays held", exc, extra={"uid": cell.uid})
             return
         if self._watchdog is not None:
-            self._watchdog.unregister_user(user.uid)
-        if self._pool is not None:
-            self._pool.release(user.lock)
+            self._watchdog.unregister_user(cell.uid)
+        if self._pool is not None and cell.lock is not None:
+            self._pool.release(cell.lock)
 
     def close(self) -> None:
         """Remove the (by now empty) root of the private directories."""
@@ -392,4 +541,17 @@ class Sandbox:
             with contextlib.suppress(OSError):
                 os.rmdir(self._root)
             if self._root.exists():
-                shutil.rmtree(self._root, ignore_errors=True)
+                _remove_tree(self._root)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory of the gateway's own user, parts its child made read-only included."""
+
+    def writable_again(function: Any, name: str, _: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(name), 0o700)
+            os.chmod(name, 0o700)
+            function(name)
+
+    if path.exists():
+        shutil.rmtree(path, onerror=writable_again)

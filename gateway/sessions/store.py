@@ -42,7 +42,7 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.observe.audit import Audit
 from gateway.sessions.child import Child, ChildSpec
 from gateway.sessions.router import Router
-from gateway.sessions.sandbox import ChildUser, NoFreeUser, Sandbox
+from gateway.sessions.sandbox import Cell, NoFreeUser, Sandbox
 from gateway.sessions.watchdog import OrphanWatchdog
 
 log = logging.getLogger("gateway.sessions")
@@ -79,6 +79,7 @@ class Session:
     __slots__ = (
         "active",
         "address",
+        "cell",
         "child",
         "client_ip",
         "closing",
@@ -89,7 +90,6 @@ class Session:
         "owner",
         "principal",
         "router",
-        "user",
     )
 
     def __init__(self, session_id: str, principal: Principal, router: Router, client_ip: str, address: str) -> None:
@@ -100,7 +100,7 @@ class Session:
         self.owner = principal.key  # sessions are never credentials: each belongs to one principal
         self.router = router
         self.child: Child | None = None
-        self.user: ChildUser | None = None  # the user its child runs as, with uid isolation
+        self.cell: Cell | None = None  # where its child runs, with isolation
         self.created = time.monotonic()
         self.idle_since: float | None = None
         # When a request or stream last began or ended here: the order in which sessions give way.
@@ -236,16 +236,16 @@ class SessionStore:
             if self._identity is not None:
                 spec = replace(spec, env={**spec.env, **self._identity.environment(principal, token)})
             started = time.monotonic()
-            session.user = self._new_user()
-            child = await Child.spawn(spec, router, self._watchdog, label, session.user)
+            session.cell = await self._new_cell()
+            child = await Child.spawn(spec, router, self._watchdog, label, session.cell)
         except (OSError, subprocess.SubprocessError) as exc:  # the latter: its pre-exec hook failed
             self._release(session)
-            self._release_user_soon(session)
+            self._release_cell_soon(session)
             log.error("cannot start the MCP server %r: %s", self._spec.argv[0], exc, extra={"session": label})
             raise GatewayError("upstream_failed", "The MCP server could not be started") from None
         except BaseException:
             self._release(session)  # cancelled while spawning: the place is not kept
-            self._release_user_soon(session)
+            self._release_cell_soon(session)
             raise
         session.child = child
         router.child = child
@@ -257,26 +257,26 @@ class SessionStore:
             command=self._spec.argv[0],
             spawn_ms=spawn_ms,
             isolation=self._sandbox.mode if self._sandbox is not None else "none",
-            uid=session.user.uid if session.user is not None else None,
+            uid=session.cell.uid if session.cell is not None else None,
         )
         log.info("session starting", extra={"session": label, "pid": child.pid})
         return session
 
-    def _new_user(self) -> ChildUser | None:
-        """The user the next child runs as, with uid isolation; 503 when the range is used up."""
+    async def _new_cell(self) -> Cell | None:
+        """Where the next child runs, with isolation; 503 when the user IDs are used up."""
         if self._sandbox is None:
             return None
         try:
-            return self._sandbox.new_user()
+            return await self._sandbox.new_cell(self._spec.cwd)
         except NoFreeUser as exc:
             log.error("%s", exc)
             raise GatewayError("too_many_sessions", "The gateway is at its session limit; try again later") from None
 
-    def _release_user_soon(self, session: Session) -> None:
-        """Give back the user of a child that never started (its directories may exist already)."""
-        user, session.user = session.user, None
-        if user is not None and self._sandbox is not None:
-            task = asyncio.get_running_loop().create_task(self._sandbox.release(user))
+    def _release_cell_soon(self, session: Session) -> None:
+        """Give back the cell of a child that never started (its directories may exist already)."""
+        cell, session.cell = session.cell, None
+        if cell is not None and self._sandbox is not None:
+            task = asyncio.get_running_loop().create_task(self._sandbox.release(cell))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
@@ -449,9 +449,9 @@ class SessionStore:
                 code = await session.child.stop()
             finally:
                 self._children -= 1
-                user, session.user = session.user, None
-                if user is not None and self._sandbox is not None:
-                    await self._sandbox.release(user)  # its processes ended, its files removed
+                cell, session.cell = session.cell, None
+                if cell is not None and self._sandbox is not None:
+                    await self._sandbox.release(cell)  # its processes ended, its files removed
             exit_code, signal_name = exit_status(code)
             self._audit.record("child.exit", session=session, reason=reason, exit_code=exit_code, signal=signal_name)
         log.info("session closed", extra={"session": session.id[:8], "reason": reason, "exit_code": code})

@@ -4,8 +4,9 @@ The floor is the same echo server driven directly over its stdin/stdout pipes by
 process, doing the same client-side JSON work (encode one compact request, read one response,
 decode it). Every measurement is written once against `rpc.Session` and run on both sides, so
 the ratio in the report is the cost of the gateway and of HTTP, nothing else. The last phase
-compares the gateway with itself instead: children under a user ID each (`--child-isolation
-uid`) against children sharing its user (`none`, the mode every other phase pins).
+compares the gateway with itself instead: children in each isolation mode the host allows
+(`uid`, `namespaces`, `uid+namespaces`) against children sharing its user (`none`, the mode every
+other phase pins).
 
 Modules: `rpc` (the session interface and the JSON work both sides share), `http` (a lean
 HTTP/1.1 client), `gateway` (the gateway process and an MCP session through it), `floor` (the

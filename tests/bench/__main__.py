@@ -2,7 +2,7 @@
 
 Order matters: memory is measured early, on a gateway that has served only the setup samples,
 because RSS never shrinks back after the large results of phase 4; the large results come last
-of the comparison. The isolation phase comes after it, with two gateways of its own once the
+of the comparison. The isolation phase comes after it, with a gateway per mode once the
 first one and its children are gone. Each phase runs under one deadline, and every gateway and
 every echo process are stopped however the run ends.
 """
@@ -10,6 +10,7 @@ every echo process are stopped however the run ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import platform
@@ -54,7 +55,7 @@ PHASE_TIMEOUT: Final = 120.0
 EXIT_TERMINATED: Final = 128 + signal.SIGTERM
 # Phase 7. A child of another user must be able to run the server: the virtualenv's interpreter
 # may sit in a directory only its owner can enter, the system one (the echo server needs only the
-# standard library) does not. Both modes run it, so they differ in the isolation alone.
+# standard library) does not. Every mode runs it, so they differ in the isolation alone.
 ISOLATION_PYTHON: Final = "/usr/bin/python3"
 ISOLATION_ECHO_ARGV: Final = (ISOLATION_PYTHON, ECHO_SERVER)
 # A range of its own, away from the default one other gateways on the host may be using.
@@ -63,6 +64,8 @@ ISOLATION_UID_RANGE: Final = "1000500000-1000500999"
 # session per mode: a few places are plenty.
 ISOLATION_MAX_SESSIONS: Final = 8
 ISOLATION_ECHO_CALLS: Final = 1000
+# Every mode the host allows is measured, `none` (the baseline of the ratios) last.
+ISOLATION_MODES: Final[tuple[sandbox.IsolationMode, ...]] = ("uid", "namespaces", "uid+namespaces", "none")
 
 
 async def measure_setup(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
@@ -119,16 +122,19 @@ async def measure_big_results(results: Results, open_gateway: Opener, open_floor
             results.floor.big[size] = await workloads.big_result_times(floor_session, size, BIG_RUNS)
 
 
-def why_no_isolation_phase() -> str | None:
-    """Why phase 7 cannot run on this host (None: it can)."""
-    if not os.access(ISOLATION_PYTHON, os.X_OK):
-        return f"{ISOLATION_PYTHON} is missing (uid children need a server every user may run)"
-    problem = sandbox.why_no_user_switching()
-    return None if problem is None else f"uid isolation is not possible: {problem}"
+async def why_not(isolation: sandbox.IsolationMode) -> str | None:
+    """Why this host cannot run the echo server's children in `isolation` (None: it can)."""
+    uid_range = tuple(int(part) for part in ISOLATION_UID_RANGE.split("-"))
+    request = sandbox.IsolationRequest(isolation, ISOLATION_PYTHON, (uid_range[0], uid_range[1]))
+    try:
+        await sandbox.decide(request)
+    except sandbox.IsolationUnavailable as error:
+        return str(error)
+    return None
 
 
 def isolation_argv(isolation: sandbox.IsolationMode) -> list[str]:
-    uid_range = ISOLATION_UID_RANGE if isolation == "uid" else None
+    uid_range = ISOLATION_UID_RANGE if isolation in ("uid", "uid+namespaces") else None
     return gateway_argv(
         ISOLATION_ECHO_ARGV,
         max_message_bytes=MAX_MESSAGE_BYTES,
@@ -139,26 +145,32 @@ def isolation_argv(isolation: sandbox.IsolationMode) -> list[str]:
 
 
 async def measure_isolation(results: Results) -> None:
-    """The same gateway with a user ID per child and with shared-user children, side by side:
-    session setup and end, then echo latency, each alternating between the two."""
+    """The same gateway in every isolation mode the host allows, side by side: session setup and
+    end, then echo latency, each alternating between the modes."""
     isolation = results.isolation
-    isolation.skipped = why_no_isolation_phase()
-    if isolation.skipped is not None:
+    if not os.access(ISOLATION_PYTHON, os.X_OK):
+        isolation.skipped = f"{ISOLATION_PYTHON} is missing (isolated children need a server every user may run)"
         return
-    modes: tuple[Mode, Mode] = (isolation.uid, isolation.none)
-    async with (
-        running_gateway(isolation_argv("uid")) as uid_gateway,
-        running_gateway(isolation_argv("none")) as none_gateway,
-    ):
-        gateways = (uid_gateway, none_gateway)
+    names: list[sandbox.IsolationMode] = []
+    for name in ISOLATION_MODES:
+        if (why := await why_not(name)) is None:
+            names.append(name)
+        else:
+            isolation.unavailable[name] = why
+    if names == ["none"]:
+        isolation.skipped = "no isolation is possible here: " + "; ".join(isolation.unavailable.values())
+        return
+    async with contextlib.AsyncExitStack() as stack:
+        gateways = [await stack.enter_async_context(running_gateway(isolation_argv(name))) for name in names]
         openers = [functools.partial(GatewaySession.open, gateway.url) for gateway in gateways]
         lifetimes = await workloads.alternating_lifetimes(openers, SETUP_SAMPLES)
+        modes = [isolation.modes.setdefault(name, Mode()) for name in names]
         for mode, samples in zip(modes, lifetimes, strict=True):
             mode.setup = [sample.setup for sample in samples]
             mode.end = [sample.end for sample in samples]
-        async with aclosing(await openers[0]()) as uid_session, aclosing(await openers[1]()) as none_session:
-            sides = (EchoSide(uid_session, uid_gateway.cpu_ticks), EchoSide(none_session, none_gateway.cpu_ticks))
-            await workloads.alternating_echo(sides, ISOLATION_ECHO_CALLS, warmup=ECHO_WARMUP_CALLS, rounds=ECHO_ROUNDS)
+        sessions = [await stack.enter_async_context(aclosing(await opener())) for opener in openers]
+        sides = [EchoSide(session, gateway.cpu_ticks) for session, gateway in zip(sessions, gateways, strict=True)]
+        await workloads.alternating_echo(sides, ISOLATION_ECHO_CALLS, warmup=ECHO_WARMUP_CALLS, rounds=ECHO_ROUNDS)
     for mode, side in zip(modes, sides, strict=True):
         mode.echo = side.latencies
         mode.cpu_seconds = side.ticks / os.sysconf("SC_CLK_TCK")
@@ -216,10 +228,11 @@ def method_notes() -> list[str]:
         f"5. VmRSS of the gateway process alone (children excluded), {IDLE_SESSIONS} sessions initialized "
         "and idle, each still holding its keep-alive connection.",
         "6. utime+stime of the gateway process alone across the measured calls of 2, divided by their number.",
-        f"7. two gateways around {ISOLATION_PYTHON} tests/servers/echo_server.py, --child-isolation uid "
-        f"(--child-uid-range {ISOLATION_UID_RANGE}) and none; setup as in 1, {SETUP_SAMPLES} samples per mode; "
-        "end: DELETE to its 204 (child stopped; uid: its user's processes swept, HOME/TMPDIR removed, user ID "
-        f"released); echo and CPU as in 2 and 6, {ISOLATION_ECHO_CALLS} calls per mode.",
+        f"7. one gateway per --child-isolation mode the host allows ({', '.join(ISOLATION_MODES)}) around "
+        f"{ISOLATION_PYTHON} tests/servers/echo_server.py (--child-uid-range {ISOLATION_UID_RANGE} for the uid "
+        f"modes); setup as in 1, {SETUP_SAMPLES} samples per mode; end: DELETE to its 204 (child stopped, its "
+        "cell released: uid: its user's processes swept, HOME/TMPDIR removed, user ID released; namespaces: "
+        f"its directory removed); echo and CPU as in 2 and 6, {ISOLATION_ECHO_CALLS} calls per mode.",
     ]
 
 

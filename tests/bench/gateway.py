@@ -67,8 +67,9 @@ def gateway_argv(
     isolation: IsolationMode = "none",
     uid_range: str | None = None,
 ) -> list[str]:
-    """The gateway's command line around `server_argv`; `uid_range` (FIRST-LAST) only with `uid`."""
-    if (isolation == "uid") != (uid_range is not None):
+    """The gateway's command line around `server_argv`; `uid_range` (FIRST-LAST) only with the
+    modes that give children user IDs of their own."""
+    if (isolation in ("uid", "uid+namespaces")) != (uid_range is not None):
         raise ValueError("a user-ID range goes with uid isolation, and only with it")
     return [
         sys.executable,
@@ -97,9 +98,9 @@ def gateway_argv(
         "100000000/second",
         "--env-file",
         os.devnull,  # no stray .env changes what is measured
-        # Never `auto`: it picks uid where the host allows it (root or the capabilities, and a
-        # server every user may run) and none elsewhere, so the same run would measure different
-        # gateways on different hosts. The mode is always named; phase 7 compares the two.
+        # Never `auto`: it picks the strongest isolation the host allows (uid needs root and a
+        # server every user may run, namespaces bubblewrap), so the same run would measure
+        # different gateways on different hosts. The mode is always named; phase 7 compares them.
         "--child-isolation",
         isolation,
         *(("--child-uid-range", uid_range) if uid_range is not None else ()),

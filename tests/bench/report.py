@@ -1,8 +1,8 @@
 """The results of one run and their rendering as plain aligned text, ready to paste.
 
-Ratios are always gateway / floor (in the isolation table uid / none): above 1 for times means
-the gateway (the uid mode) is slower, below 1 for throughput means it serves fewer calls per
-second. Percentiles are nearest-rank.
+Ratios are always gateway / floor (in the isolation table each mode / none): above 1 for times
+means the gateway (the isolated mode) is slower, below 1 for throughput means it serves fewer
+calls per second. Percentiles are nearest-rank.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class Mode:
     """Raw samples (nanoseconds) of one gateway in one `--child-isolation` mode."""
 
     setup: list[int] = field(default_factory=list)
-    end: list[int] = field(default_factory=list)  # DELETE to its 204: child stopped (uid: its user released)
+    end: list[int] = field(default_factory=list)  # DELETE to its 204: child stopped, its cell released
     echo: list[int] = field(default_factory=list)
     cpu_seconds: float = 0.0  # the gateway process, across the measured echo calls
 
@@ -52,10 +52,10 @@ class Mode:
 
 @dataclass(slots=True)
 class IsolationResults:
-    """Phase 7: the same gateway with shared-user children and with a user ID per child."""
+    """Phase 7: the same gateway in each isolation mode the host allows, `none` the baseline."""
 
-    none: Mode = field(default_factory=Mode)
-    uid: Mode = field(default_factory=Mode)
+    modes: dict[str, Mode] = field(default_factory=dict)  # measured, in the order run
+    unavailable: dict[str, str] = field(default_factory=dict)  # mode → why the host cannot have it
     skipped: str | None = None  # why the phase did not run
 
 
@@ -143,20 +143,32 @@ def comparison_table(results: Results) -> list[str]:
 
 
 def isolation_table(results: Results) -> list[str]:
-    """Phase 7, or the reason it was skipped; ratios are uid / none."""
+    """Phase 7, or the reason it was skipped; ratios are each mode / none."""
     isolation = results.isolation
     if isolation.skipped is not None:
         return [f"7. isolation: skipped, {isolation.skipped}"]
-    uid, none = isolation.uid, isolation.none
-    rows: list[list[str]] = [["isolation", "uid", "none", "uid/none"]]
+    none = isolation.modes["none"]
+    isolated = {name: mode for name, mode in isolation.modes.items() if name != "none"}
+    header = ["isolation", *isolated, "none", *(f"{name}/none" for name in isolated)]
+
+    def row(label: str, value: Callable[[Mode], float], unit: Callable[[float], str]) -> list[str]:
+        ratios = [f"{value(mode) / value(none):.2f}x" for mode in isolated.values()]
+        return [label, *(unit(value(mode)) for mode in isolated.values()), unit(value(none)), *ratios]
+
+    def at(samples: Callable[[Mode], list[int]], q: float) -> Callable[[Mode], float]:
+        return lambda mode: percentile(samples(mode), q)
+
+    rows: list[list[str]] = [header]
     for name, q in (("p50", 0.50), ("p95", 0.95)):
-        rows.append(_compare(f"7. session setup {name}", percentile(uid.setup, q), percentile(none.setup, q), _ms))
+        rows.append(row(f"7. session setup {name}", at(lambda mode: mode.setup, q), _ms))
     for name, q in (("p50", 0.50), ("p95", 0.95)):
-        rows.append(_compare(f"   session end {name}", percentile(uid.end, q), percentile(none.end, q), _ms))
+        rows.append(row(f"   session end {name}", at(lambda mode: mode.end, q), _ms))
     for name, q in (("p50", 0.50), ("p99", 0.99)):
-        rows.append(_compare(f"   echo, concurrency 1, {name}", percentile(uid.echo, q), percentile(none.echo, q), _us))
-    rows.append(_compare("   gateway CPU per echo call, user+sys", uid.cpu_ns_per_call, none.cpu_ns_per_call, _us))
-    return _align(rows)
+        rows.append(row(f"   echo, concurrency 1, {name}", at(lambda mode: mode.echo, q), _us))
+    rows.append(row("   gateway CPU per echo call, user+sys", lambda mode: mode.cpu_ns_per_call, _us))
+    lines = _align(rows)
+    lines += [f"   {name}: not measured, {why}" for name, why in isolation.unavailable.items()]
+    return lines
 
 
 def targets_table(results: Results) -> list[str]:

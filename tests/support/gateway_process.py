@@ -25,6 +25,7 @@ from aiohttp import ClientResponse, ClientSession
 from tests.support.mcp import ACCEPT_BOTH, LARGE_BODY, LATEST, parse_sse
 from tests.support.processes import descendants, drain_log, live_processes, startup_log
 from tests.support.servers import echo_command
+from tests.support.settings import CHILD_ISOLATION
 from tests.support.types import JsonObj
 from tests.support.waits import WAIT
 
@@ -71,6 +72,7 @@ async def running_gateway(
             "MCP_GATEWAY_COMMAND": json.dumps(echo_command()),
             "MCP_GATEWAY_LOG_FORMAT": "json",
             "MCP_GATEWAY_AUDIT_LOG": "off",
+            "MCP_GATEWAY_CHILD_ISOLATION": CHILD_ISOLATION,
         }
     )
     env.update({f"MCP_GATEWAY_{name.upper()}": value for name, value in settings.items()})

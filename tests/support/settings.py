@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from gateway.config import Settings
 from tests.support.servers import echo_command
+
+# The isolation every test's children run with unless the test names another: one mode on every
+# host (`auto` would pick by what the host allows).
+CHILD_ISOLATION: Final = "none"
 
 
 def make_settings(*flags: str, **overrides: Any) -> Settings:
