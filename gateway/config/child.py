@@ -157,6 +157,12 @@ class ChildIsolationSettings(BaseModel):
         "oauth_token_to_env): each child can then read the others'.",
     )
 
+    child_hidden_paths: TextList[Path] = Field(
+        default_factory=list,
+        description="Files and directories children never see with namespaces, besides the gateway's own secrets "
+        "(its data directory, key, token and audit files, .env) and the system's password hashes.",
+    )
+
     @field_validator("child_writable_paths")
     @classmethod
     def _check_writable_paths(cls, value: list[Path]) -> list[Path]:

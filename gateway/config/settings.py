@@ -10,7 +10,9 @@ it is about, in the order of the settings.
 
 from __future__ import annotations
 
+import os
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, Final
 
 from pydantic import ModelWrapValidatorHandler, ValidationError, ValidationInfo, field_validator, model_validator
@@ -28,12 +30,16 @@ from gateway.config.limits import (
     SessionSettings,
 )
 from gateway.config.oauth import OAuthSettings
-from gateway.config.observe import AuditSettings, LogSettings, MetricsSettings
+from gateway.config.observe import AUDIT_STREAMS, AuditSettings, LogSettings, MetricsSettings
 from gateway.config.server import CallerSettings, ExposureSettings, ListenerSettings, StreamSettings
 from gateway.config.tools import ToolPolicySettings
 from gateway.net import is_loopback_host, mask_url_password
 
 MASK: Final = "**********"
+# The file of settings read from the working directory.
+ENV_FILE: Final = ".env"
+# How oauth_storage names an SQLite file.
+SQLITE_PREFIX: Final = "sqlite:///"
 # The settings that passed their own checks so far, while one `Settings` is being validated:
 # pydantic keeps no partial result of a validation that fails, so each setting notes its own.
 _passed: ContextVar[dict[str, Any]] = ContextVar("settings_passed")
@@ -69,7 +75,7 @@ class Settings(
 
     model_config = SettingsConfigDict(
         env_prefix="MCP_GATEWAY_",
-        env_file=".env",
+        env_file=ENV_FILE,
         env_file_encoding="utf-8",
         extra="forbid",
         frozen=True,
@@ -120,6 +126,18 @@ class Settings(
             "oauth_token_to_env": self.oauth_token_to_env,
         }
         return [name for name, on in given.items() if on]
+
+    @property
+    def gateway_secret_paths(self) -> list[str]:
+        """The gateway's own files that hold secrets or records (absolute; they may not exist yet),
+        which no child has any business reading: children in namespaces never see them."""
+        found: list[str | Path] = [self.data_dir, ENV_FILE]
+        found += [path for path in (self.identity_key_file, self.static_tokens_file) if path is not None]
+        if self.audit_log not in AUDIT_STREAMS:
+            found.append(self.audit_log)
+        if self.oauth_storage is not None and self.oauth_storage.startswith(SQLITE_PREFIX):
+            found.append(self.oauth_storage.removeprefix("sqlite://"))
+        return [os.path.abspath(path) for path in found]
 
     @property
     def metrics_on_main_listener(self) -> bool:

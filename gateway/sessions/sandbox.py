@@ -93,6 +93,9 @@ PR_GET_SECUREBITS: Final = 27
 # bubblewrap (Debian's `bubblewrap`), looked up on the gateway's own PATH, then where Debian puts it.
 BWRAP: Final = "bwrap"
 BWRAP_FALLBACK: Final = "/usr/bin/bwrap"
+# Hidden from children with namespaces wherever they exist, whatever is configured: the system's
+# password hashes (readable to a child of a root gateway, which runs as root in its namespaces).
+SYSTEM_SECRETS: Final = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
 
 
 class IsolationUnavailable(Exception):
@@ -254,6 +257,7 @@ class IsolationRequest:
     path: str | None = None  # the child's PATH
     network: Network = "host"
     writable: tuple[str, ...] = ()  # directories children may write with namespaces
+    hidden: tuple[str, ...] = SYSTEM_SECRETS  # what children never see with namespaces (where it exists)
 
     @classmethod
     def of(cls, settings: Settings) -> IsolationRequest:
@@ -264,7 +268,15 @@ class IsolationRequest:
             settings.child_environment().get("PATH"),
             settings.child_network,
             tuple(str(path) for path in settings.child_writable_paths),
+            _hidden(settings),
         )
+
+
+def _hidden(settings: Settings) -> tuple[str, ...]:
+    """What children in namespaces never see: the system's password hashes, the gateway's own
+    secrets and records, and the configured paths; absolute, each once."""
+    paths = [*SYSTEM_SECRETS, *settings.gateway_secret_paths, *map(str, settings.child_hidden_paths)]
+    return tuple(dict.fromkeys(os.path.abspath(path) for path in paths))
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,18 +297,35 @@ class Decision:
 
 
 def namespace_wrapper(
-    bwrap: str, request: IsolationRequest, cwd: Path | str, *, hide: Path | None = None, cell: Path | None = None
+    bwrap: str,
+    request: IsolationRequest,
+    cwd: Path | str,
+    *,
+    hide: Path | None = None,
+    cell: Path | None = None,
+    as_other: bool = False,
 ) -> tuple[str, ...]:
     """bubblewrap's command line for one child: namespaces of its own (a network too with
     `network=none`; never one more user namespace inside), no capability, the host's file system
     read-only, a fresh `/dev` and `/proc`, a private `/tmp`; `hide` (the directory of every child's
-    private one) covered, `cell` (its own) and the configured writable directories bound read-write;
-    and the child dies with bubblewrap, which dies with the gateway."""
+    private one) and the hidden files and directories that exist covered by empty ones, then `cell`
+    (its own) and the configured writable directories bound read-write; and the child dies with
+    bubblewrap, which dies with the gateway. `as_other`: bubblewrap runs as a user of its own, who
+    cannot reach (nor needs covered) what sits in a directory only its owner and group may enter."""
     argv = [bwrap, "--die-with-parent", "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc"]
     argv += ["--unshare-uts", "--unshare-cgroup-try"]
     if request.network == "none":
         argv.append("--unshare-net")
-    argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]  # noqa: S108 - the child's own, empty
+    argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
+    private_tmp = "/tmp"  # noqa: S108 - the child's own, empty
+    argv += ["--tmpfs", private_tmp]
+    for path in request.hidden:
+        if as_other and not _others_may_reach(path):
+            continue
+        if os.path.isdir(path):
+            argv += ["--tmpfs", path]
+        elif os.path.lexists(path):
+            argv += ["--ro-bind", os.devnull, path]
     if hide is not None:
         argv += ["--tmpfs", str(hide)]
     if cell is not None:
@@ -304,6 +333,21 @@ def namespace_wrapper(
     for directory in request.writable:
         argv += ["--bind", directory, directory]
     return (*argv, "--chdir", str(cwd), "--")
+
+
+def _others_may_reach(path: str) -> bool:
+    """Whether a user that owns nothing on the host (a child's) may look `path` up: every directory
+    above it lets others search it."""
+    parent = os.path.dirname(path)
+    while True:
+        try:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if parent == os.path.dirname(parent):
+            return True
+        parent = os.path.dirname(parent)
 
 
 def find_bwrap() -> str | None:
@@ -343,7 +387,7 @@ async def _namespace_problem(request: IsolationRequest, bwrap: str | None, uid: 
     """Why children cannot run in namespaces of their own, as `uid` (None: they can)."""
     if bwrap is None:
         return "bubblewrap (bwrap) is not installed"
-    wrapper = namespace_wrapper(bwrap, request, "/")
+    wrapper = namespace_wrapper(bwrap, request, "/", as_other=uid is not None)
     if request.program is not None:
         return await _probe(request, wrapper, uid)
     try:  # no program to try: bubblewrap itself, then
@@ -484,6 +528,8 @@ class Sandbox:
         if decision.mode == "none":
             return cls(decision, request)
         pool = UserPool.open(*request.uid_range) if decision.uses_uid else None
+        if (problem := _why_not_a_safe_parent(Path(tempfile.gettempdir()))) is not None:
+            raise IsolationUnavailable(f"the children's directories cannot be made: {problem}")
         root = Path(tempfile.mkdtemp(prefix="mcp-gateway-children-"))
         if decision.uses_uid:
             # Anyone may enter and create (each child makes its own directory once it runs as its
@@ -502,7 +548,14 @@ class Sandbox:
         wrapper: tuple[str, ...] = ()
         if self.decision.bwrap is not None:
             workdir = cwd if cwd is not None else directory / "home"
-            wrapper = namespace_wrapper(self.decision.bwrap, self._request, workdir, hide=self._root, cell=directory)
+            wrapper = namespace_wrapper(
+                self.decision.bwrap,
+                self._request,
+                workdir,
+                hide=self._root,
+                cell=directory,
+                as_other=self._pool is not None,
+            )
         if self._pool is None:  # the gateway's own user: it makes the directories itself
             for made in (directory, directory / "home", directory / "tmp"):
                 os.mkdir(made, 0o700)
@@ -542,6 +595,16 @@ class Sandbox:
                 os.rmdir(self._root)
             if self._root.exists():
                 _remove_tree(self._root)
+
+
+def _why_not_a_safe_parent(directory: Path) -> str | None:
+    """Why the children's private directories may not live in `directory`: one that anyone may
+    write without the sticky bit lets any child rename the gateway's entries and put its own in
+    their place (None: they may)."""
+    mode = os.stat(directory).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        return f"{directory} is writable by every user without the sticky bit (chmod 1777 it, or set TMPDIR)"
+    return None
 
 
 def _remove_tree(path: Path) -> None:

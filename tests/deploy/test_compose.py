@@ -4,14 +4,20 @@ The file is validated against the Compose Specification's own JSON schema (vendo
 after interpolation with the values of .env.example, as Compose itself validates it. The rest
 are the product's rules, each a property someone could break by editing the file: the gateway
 is unreachable except through nginx-proxy, believes forwarded headers from exactly the proxy
-network, runs hardened, gets time to shut down cleanly, and agrees with the nginx snippets in
-vhost.d on body size and timeouts.
+network, is granted exactly what its isolation mode needs, gets time to shut down cleanly, and
+agrees with the nginx snippets in vhost.d on body size and timeouts.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
 from typing import Any, Final
 
 import jsonschema
@@ -19,12 +25,16 @@ import pytest
 
 from gateway.auth.static import digest_of
 from gateway.config import Settings
+from gateway.config.child import DEFAULT_CHILD_UIDS
+from gateway.sessions import sandbox
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE
+from gateway.sessions.sandbox import LOCK_DIR
 from tests.support.deploy_files import (
     BASE_DOCKERFILE,
     COMPOSE_FILE,
     ENV_EXAMPLE,
     EXAMPLE_DOCKERFILE,
+    ROOT,
     SCHEMA_FILE,
     VHOST_DIR,
     MissingVariable,
@@ -43,6 +53,7 @@ from tests.support.deploy_files import (
     variables_in,
 )
 from tests.support.servers import echo_command
+from tests.support.waits import WAIT
 
 GATEWAY: Final = "mcp-time"
 PROXY: Final = "nginx-proxy"
@@ -55,6 +66,10 @@ REQUIRED: Final = ("MCP_HOST", "ACME_EMAIL", "MCP_STATIC_TOKENS")
 # The gateway's whole stop sequence after SIGTERM: in-flight requests get shutdown_timeout, then
 # each child (in parallel) is given stdin EOF, then SIGTERM, then SIGKILL.
 CHILD_STOP_SECONDS: Final = STDIN_CLOSE_GRACE + SIGTERM_GRACE + SIGKILL_CONFIRM
+# What child_isolation=uid needs of root's capabilities: switching to a child's user and group,
+# and signalling every process of that user when its session ends.
+UID_ISOLATION_CAPABILITIES: Final = ("SETUID", "SETGID", "KILL")
+SETPRIV: Final = shutil.which("setpriv")
 
 
 @pytest.fixture(scope="module")
@@ -137,15 +152,61 @@ def test_the_gateway_publishes_no_port_and_listens_where_nginx_proxy_looks(compo
         assert set(service["networks"]) >= set(services(compose)[PROXY]["networks"])
 
 
-def test_the_gateway_is_hardened(compose: dict[str, Any]) -> None:
+def test_the_gateway_is_hardened_for_uid_isolation(compose: dict[str, Any]) -> None:
+    """Root (the image's user) with exactly the capabilities uid isolation checks for, the mode
+    pinned so that a container without them stops instead of degrading, nothing else granted."""
     for name, service in gateway_services(compose).items():
         assert service["init"] is True, name
         assert service["read_only"] is True, name
-        assert "no-new-privileges:true" in service["security_opt"], name
+        assert "user" not in service, f"{name}: the image's root, which switching to a child's user takes"
+        assert service["security_opt"] == ["no-new-privileges:true"], name
         assert service["cap_drop"] == ["ALL"], name
-        assert "cap_add" not in service, name
-        mounts = [entry.partition(":")[0] for entry in service["tmpfs"]]
-        assert "/tmp" in mounts, f"{name}: the read-only container needs a scratch /tmp"  # noqa: S108 - a path in the container
+        assert sorted(service["cap_add"]) == sorted(UID_ISOLATION_CAPABILITIES), name
+        assert environment_of(service)["MCP_GATEWAY_CHILD_ISOLATION"] == "uid", name
+        mounts = {entry.partition(":")[0]: entry.partition(":")[2] for entry in service["tmpfs"]}
+        assert mounts == {"/tmp": "", str(LOCK_DIR.parent): "mode=0755"}, name  # noqa: S108 - a path in the container
+
+
+def test_the_capabilities_granted_are_those_the_gateway_checks_for() -> None:
+    """The names in cap_add are the bits `why_no_user_switching` looks for, no more."""
+    checked = {name.removeprefix("CAP_") for name in vars(sandbox) if re.fullmatch(r"CAP_[A-Z_]+", name)}
+    assert checked == set(UID_ISOLATION_CAPABILITIES)
+
+
+def decide_as_the_container_would(capabilities: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """`decide` for child_isolation=uid in a root process holding `capabilities` alone, with
+    no_new_privs: what the compose file leaves the gateway (setpriv sets it up as Docker does)."""
+    bounding = ",".join(["-all", *(f"+{name.lower()}" for name in capabilities)])
+    script = (
+        "import asyncio, sys; from gateway.sessions.sandbox import IsolationRequest, IsolationUnavailable, decide\n"
+        "try: print(asyncio.run(decide(IsolationRequest('uid', '/bin/true', tuple(map(int, sys.argv[1:]))))).mode)\n"
+        "except IsolationUnavailable as exc: print(exc)"
+    )
+    assert SETPRIV is not None
+    setup = [SETPRIV, "--no-new-privs", "--bounding-set", bounding, "--inh-caps", "-all", "--ambient-caps", "-all"]
+    return subprocess.run(
+        [*setup, "--", sys.executable, "-c", script, *DEFAULT_CHILD_UIDS.split("-")],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv (util-linux)")
+@pytest.mark.parametrize(
+    "missing",
+    [None, *UID_ISOLATION_CAPABILITIES],
+    ids=["all-granted", *(f"without-{name}" for name in UID_ISOLATION_CAPABILITIES)],
+)
+def test_exactly_the_granted_capabilities_give_uid_isolation(missing: str | None) -> None:
+    result = decide_as_the_container_would([name for name in UID_ISOLATION_CAPABILITIES if name != missing])
+    assert result.returncode == 0, result.stderr
+    if missing is None:
+        assert result.stdout.strip() == "uid"
+    else:
+        assert f"the gateway lacks CAP_{missing}" in result.stdout
 
 
 def test_stop_grace_period_covers_the_gateway_shutdown_budget(compose: dict[str, Any]) -> None:
@@ -222,6 +283,7 @@ def test_the_gateway_environment_is_a_valid_configuration(
     assert settings.auth == "static"
     assert str(settings.public_url) == "https://mcp.example.com/"
     assert settings.proxy_networks() == [ipaddress.ip_network("172.30.0.0/24")]
+    assert settings.child_isolation == "uid"
 
 
 def test_the_placeholder_token_is_refused_until_replaced(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,10 +1,11 @@
 """deploy/Dockerfile and the example service image, checked without a Docker engine.
 
 hadolint (the Dockerfile linter, with ShellCheck for RUN lines) lints both files. The rules the
-product depends on are checked on the parsed instructions: two stages, a non-root final user, tini
-as the entrypoint, a HEALTHCHECK without curl, no floating tags, a clean apt layer. Every path the
-builder copies must exist and survive .dockerignore, and must be all that setuptools reads. The
-HEALTHCHECK probe itself is run, exactly as written, against a real gateway.
+product depends on are checked on the parsed instructions: two stages, root as the final user
+(what uid isolation needs) with state only root may touch, tini as the entrypoint, a HEALTHCHECK
+without curl, no floating tags, a clean apt layer. Every path the builder copies must exist and
+survive .dockerignore, and must be all that setuptools reads. The HEALTHCHECK probe itself is
+run, exactly as written, against a real gateway.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any, Final
 import pytest
 
 import gateway
+from gateway.config import Settings
 from tests.support.deploy_files import (
     BASE_DOCKERFILE,
     DOCKERIGNORE,
@@ -42,7 +44,10 @@ from tests.support.gateway_process import running_gateway
 from tests.support.waits import WAIT
 
 HADOLINT: Final = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.defpath]))
-RUNTIME_USER: Final = "10001"
+RUNTIME_USER: Final = "0:0"  # root: only root can run each child as a user ID of its own
+DATA_DIR: Final = "/srv/mcp/data"
+# What the runtime image installs from Debian: tini (init) and bubblewrap (namespaces for children).
+RUNTIME_PACKAGES: Final = ("tini", "bubblewrap")
 # Tools a runtime image must not carry: a compiler or a downloader is a gift to an intruder.
 FORBIDDEN_TOOLS: Final = ("curl", "wget", "gcc", "build-essential", "make")
 OCI_LABELS: Final = ("title", "description", "source", "licenses", "version")
@@ -81,20 +86,21 @@ def test_two_stages_from_one_pinned_base(base: Dockerfile) -> None:
     assert copies_from == ["--from=builder /opt/mcp-gateway /opt/mcp-gateway"]
 
 
-def test_the_runtime_runs_as_mcp_not_root(base: Dockerfile) -> None:
+def test_the_runtime_runs_as_root_with_state_only_root_may_touch(base: Dockerfile) -> None:
+    """Root, by number, after everything else; no other account; HOME and WORKDIR /srv/mcp, its
+    state directory root's alone (a root without CAP_DAC_OVERRIDE writes only what it owns)."""
     runtime = base.final
     user = runtime.last("USER")
     assert user is not None
-    assert user.arguments == f"{RUNTIME_USER}:{RUNTIME_USER}"
+    assert user.arguments == RUNTIME_USER
+    assert max(i.line for i in runtime.all("RUN")) < user.line
     setup = " ".join(i.arguments for i in runtime.all("RUN"))
-    assert f"--gid {RUNTIME_USER} mcp" in setup
-    assert f"--uid {RUNTIME_USER} --gid mcp" in setup
-    assert "--home-dir /home/mcp" in setup
+    assert not re.search(r"\b(useradd|adduser|groupadd|addgroup)\b", setup), "no account: children go by number"
+    assert f"install -d -o root -g root -m 0700 {DATA_DIR}" in setup
     workdir = runtime.last("WORKDIR")
     assert workdir is not None
-    assert workdir.arguments == "/srv/mcp"
-    # USER comes after everything that needs root.
-    assert max(i.line for i in runtime.all("RUN")) < user.line
+    assert workdir.arguments == env_values(runtime)["HOME"] == str(Path(DATA_DIR).parent)
+    assert (Path(workdir.arguments) / Settings.model_fields["data_dir"].default).as_posix() == DATA_DIR
 
 
 def test_tini_is_the_entrypoint_and_sigterm_stops(base: Dockerfile) -> None:
@@ -133,7 +139,7 @@ def test_the_runtime_layer_is_lean(base: Dockerfile) -> None:
         if "apt-get install" in text:
             assert "--no-install-recommends" in text
             assert "rm -rf /var/lib/apt/lists/*" in text, "lists removed in the same layer"
-            assert re.search(r"apt-get install -y --no-install-recommends tini(\s|$)", text)
+            assert re.search(rf"apt-get install -y --no-install-recommends {' '.join(RUNTIME_PACKAGES)}(\s|$)", text)
     instructions = " ".join(i.arguments for stage in base.stages for i in stage.instructions)
     for tool in FORBIDDEN_TOOLS:
         assert not re.search(rf"(^|[\s;&|]){re.escape(tool)}(\s|$)", instructions), tool
@@ -225,13 +231,12 @@ def test_the_example_service_image_builds_on_the_base() -> None:
     (stage,) = example.stages
     assert example.global_args["GATEWAY_IMAGE"] == f"mcp-gateway:{gateway.__version__}"
     assert f"-t {example.global_args['GATEWAY_IMAGE']} ." in BASE_DOCKERFILE.read_text()
-    user = stage.last("USER")
-    assert user is not None
-    assert user.arguments == f"{RUNTIME_USER}:{RUNTIME_USER}"
+    assert stage.last("USER") is None, "the base image's root stays the user"
     command = json.loads(env_values(stage)["MCP_GATEWAY_COMMAND"])
     assert command[0].startswith("/opt/mcp-server/bin/")
     install = " ".join(i.arguments for i in stage.all("RUN"))
     assert re.search(r"mcp-server-time==[\d.]+", install), "the server is pinned"
+    assert install.startswith("umask 0022 "), "installed so that every child's user may run it"
 
 
 def _free_port() -> int:

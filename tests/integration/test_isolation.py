@@ -1,10 +1,14 @@
-"""Isolation between children, through the real gateway: with `child_isolation=uid` each session's
-child runs as a user of its own, so the spy server in one session is refused every attack on the
-child of another (its environment, where the other user's upstream token is; signals; ptrace;
-its private files), while the same attacks succeed with `none` (the control). Also: the user IDs,
-the private directories and their removal, what the gateway reports, and when it refuses to start.
+"""Isolation between children, through the real gateway. In each mode (`none`, the control: every
+attack succeeds; `uid`; `namespaces`; `uid+namespaces`) the spy server in one session attacks the
+child of another: its environment (where the other user's upstream token is), signals, ptrace,
+its private files and `/tmp`, the rest of the file system, and, with namespaces, whether it can
+see the other child at all. Also: the user IDs, the private directories and their removal, the
+network and writable directories namespaces allow, what the gateway reports, and when it refuses
+to start.
 
-These need the power to switch users (root here, as in CI) and a Python another user may run.
+Each mode needs what it needs, probed here independently of the gateway: user IDs the power to
+switch users (root, as in CI) and a Python another user may run; namespaces a bubblewrap that
+works. Every test prints what it observed (`report`), the matrix of mode × attack → errno.
 """
 
 from __future__ import annotations
@@ -12,27 +16,35 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pydantic import ValidationError
 from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app, keys
 from gateway.auth.static import digest_of
 from gateway.sessions.sandbox import IsolationUnavailable, live_users, why_no_user_switching
-from tests.support.isolation import uid_released
+from tests.support.isolation import bubblewrap_problem, host_pid, namespace_members, uid_released
 from tests.support.mcp import LATEST, Mcp, text_of
+from tests.support.processes import descendants
 from tests.support.servers import SERVERS
 from tests.support.settings import make_settings, public_host
 from tests.support.types import JsonObj
-from tests.support.waits import eventually
+from tests.support.waits import WAIT, eventually
 
 PYTHON: Final = Path("/usr/bin/python3")  # the virtualenv's lives under /root, which other users cannot enter
 SPY: Final = [str(PYTHON), str(SERVERS / "spy_server.py")]
@@ -40,11 +52,37 @@ ALICE, BOB = "alice-upstream-token-1234", "bob-upstream-token-5678"
 SECRET_VAR: Final = "UPSTREAM_TOKEN"
 # A range of our own, far from the default one other tests use, so no test here waits for another's.
 FIRST_UID: Final = 1_000_300_000
+# Where a test makes the directories children may or may not write: not /tmp, which is each
+# namespaced child's own.
+OUTSIDE: Final = Path("/var/tmp")  # noqa: S108 - a directory of the test's own is made inside
 
-pytestmark = pytest.mark.skipif(
-    why_no_user_switching() is not None or not PYTHON.exists(),
-    reason=f"uid isolation is not possible here: {why_no_user_switching() or f'{PYTHON} is missing'}",
+UID_PROBLEM: Final = why_no_user_switching() or (None if PYTHON.exists() else f"{PYTHON} is missing")
+NAMESPACE_PROBLEM: Final = bubblewrap_problem()
+BOTH_PROBLEM: Final = UID_PROBLEM or bubblewrap_problem(FIRST_UID)
+
+needs_uid = pytest.mark.skipif(UID_PROBLEM is not None, reason=f"uid isolation is not possible: {UID_PROBLEM}")
+needs_namespaces = pytest.mark.skipif(
+    NAMESPACE_PROBLEM is not None, reason=f"namespaces are not possible: {NAMESPACE_PROBLEM}"
 )
+needs_both = pytest.mark.skipif(BOTH_PROBLEM is not None, reason=f"uid+namespaces are not possible: {BOTH_PROBLEM}")
+needs_unshare = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="hiding a file needs root and unshare (util-linux)"
+)
+
+pytestmark = pytest.mark.skipif(not PYTHON.exists(), reason=f"{PYTHON} is missing: the spy runs under it")
+
+MODES: Final = [
+    pytest.param("none", id="none"),
+    pytest.param("uid", marks=needs_uid, id="uid"),
+    pytest.param("namespaces", marks=needs_namespaces, id="namespaces"),
+    pytest.param("uid+namespaces", marks=needs_both, id="uid+namespaces"),
+]
+NAMESPACE_MODES: Final = MODES[2:]
+
+
+def report(test: str, mode: str, observed: object) -> None:
+    """One row of the matrix, for whoever reads the output (`pytest -s` or `-rP`)."""
+    print(f"isolation {test} [{mode}]: {json.dumps(observed, sort_keys=True)}")
 
 
 def isolated(mode: str, **extra: Any) -> dict[str, Any]:
@@ -106,43 +144,125 @@ def yama_allows_ptrace_of_a_sibling() -> bool:
         return True  # no Yama: classic ptrace rules
 
 
-@pytest.mark.parametrize("mode", ["uid", "none"])
-async def test_one_child_cannot_reach_another(aiohttp_client: AiohttpClient, mode: str, tmp_path: Path) -> None:
+def outcome(report: JsonObj) -> str:
+    """What an attempt came to: "ok", or the errno the kernel refused it with."""
+    return "ok" if report["ok"] else str(report["errno"])
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A directory of the gateway's user (mode 0755) outside every child's private one."""
+    path = Path(tempfile.mkdtemp(prefix="isolation-outside-", dir=OUTSIDE))
+    try:
+        path.chmod(0o755)
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+# What Bob's child gets attacking Alice's: her environment, a signal and ptrace (by her host pid),
+# a file in her TMPDIR and its listing, a file she wrote in /tmp; writing outside its own directory.
+REFUSED_BY_UID: Final = {
+    "processes": "sees alice",
+    "environ": "EACCES",
+    "signal": "EPERM",
+    "ptrace": "EPERM",
+    "tmpdir_read": "EACCES",
+    "tmpdir_list": "EACCES",
+    "tmp_read": "EACCES",
+    "write_outside": "EACCES",
+}
+# Her pid is none in Bob's PID namespace, her directory and /tmp not in his view, the rest read-only.
+REFUSED_BY_NAMESPACES: Final = {
+    "processes": "only its own",
+    "environ": "ENOENT",
+    "signal": "ESRCH",
+    "ptrace": "ESRCH",
+    "tmpdir_read": "ENOENT",
+    "tmpdir_list": "ENOENT",
+    "tmp_read": "ENOENT",
+    "write_outside": "EROFS",
+}
+EXPECTED: Final = {
+    "none": {attack: "ok" for attack in REFUSED_BY_UID} | {"processes": "sees alice"},
+    "uid": REFUSED_BY_UID,
+    "namespaces": REFUSED_BY_NAMESPACES,
+    "uid+namespaces": REFUSED_BY_NAMESPACES,
+}
+
+
+def _what_bob_sees(listing: JsonObj, alice: int, bob: JsonObj) -> str:
+    """Whether Bob's process list shows Alice's child, or only Bob's own PID namespace (as the
+    host sees it: bubblewrap and his child), or something else."""
+    pids = {entry["pid"] for entry in listing["processes"]}
+    if alice in pids:
+        return "sees alice"
+    own = set(namespace_members(bob["pid_ns"]).values())
+    return "only its own" if pids == own and bob["pid"] in pids else f"other: {sorted(pids)} (own: {sorted(own)})"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_one_child_cannot_reach_another(
+    aiohttp_client: AiohttpClient, mode: str, tmp_path: Path, outside: Path
+) -> None:
     gateway = await serve(aiohttp_client, **isolated(mode))
     alice = await Caller(gateway, ALICE).open()
     bob = await Caller(gateway, BOB).open()
     a, b = await alice.tool("whoami", env=SECRET_VAR), await bob.tool("whoami", env=SECRET_VAR)
     # Per-user secrets reach their own child, in every mode.
     assert (a["env"]["value"], b["env"]["value"]) == (ALICE, BOB)
-
-    stolen = await bob.tool("read_environ", pid=a["pid"], show=SECRET_VAR)
-    probe = await bob.tool("signal", pid=a["pid"], signal=0)
-    traced = await bob.tool("ptrace", pid=a["pid"])
-    where = Path(a["TMPDIR"]) if mode == "uid" else tmp_path
-    written = await alice.tool("write_file", path=str(where / "notes.txt"), text="alice's private notes")
-    assert written["ok"], written
-    read = await bob.tool("read_file", path=str(where / "notes.txt"))
-    listed = await bob.tool("list_dir", path=str(where))
-    outcome = {
-        "environ": stolen.get("errno") or stolen.get("value"),
-        "signal": probe.get("errno") or "sent",
-        "file": read.get("errno") or read.get("content"),
-    }
-    if mode == "uid":
-        assert a["uid"] != b["uid"]
+    # Alice's child as the host knows it: a descendant of the gateway (this process).
+    alice_pid = host_pid(a["pid_ns"], a["pid"])
+    assert alice_pid in descendants(os.getpid())
+    # Without isolation there is no private directory: the test's own stands in for it.
+    tmpdir = Path(a["TMPDIR"]) if a["TMPDIR"] is not None else tmp_path
+    shared_tmp = Path("/tmp", f"isolation-{secrets.token_hex(8)}.txt")  # noqa: S108 - the point of the attack
+    try:
+        for path in (tmpdir / "notes.txt", shared_tmp):
+            written = await alice.tool("write_file", path=str(path), text="alice's private notes")
+            assert written["ok"], written
+        listing = await bob.tool("processes")
+        reports = {
+            "environ": await bob.tool("read_environ", pid=alice_pid, show=SECRET_VAR),
+            "signal": await bob.tool("signal", pid=alice_pid, signal=0),
+            "ptrace": await bob.tool("ptrace", pid=alice_pid),
+            "tmpdir_read": await bob.tool("read_file", path=str(tmpdir / "notes.txt")),
+            "tmpdir_list": await bob.tool("list_dir", path=str(tmpdir)),
+            "tmp_read": await bob.tool("read_file", path=str(shared_tmp)),
+            "write_outside": await bob.tool("write_file", path=str(outside / "bob.txt"), text="bob was here"),
+        }
+        in_host_tmp = _exists(shared_tmp)
+        # Alice still serves (a stray signal or a tracer left attached would show) with her secret.
+        assert (await alice.tool("whoami", env=SECRET_VAR))["env"]["value"] == ALICE
+        assert _tracer(alice_pid) == 0
+    finally:
+        _remove(shared_tmp)
+    observed = {"processes": _what_bob_sees(listing, alice_pid, b)}
+    observed |= {attack: outcome(attempt) for attack, attempt in reports.items()}
+    report("attacks", mode, observed)
+    expected = dict(EXPECTED[mode])
+    if mode == "none" and not yama_allows_ptrace_of_a_sibling():
+        expected["ptrace"] = "EPERM"
+    assert observed == expected, reports
+    assert in_host_tmp == (mode in ("none", "uid")), "namespaced children have a /tmp of their own"
+    if mode == "none":  # the control: everything of Alice's is Bob's to take
+        assert reports["environ"]["value"] == ALICE
+        assert reports["tmp_read"]["content"] == reports["tmpdir_read"]["content"] == "alice's private notes"
+        assert reports["tmpdir_list"]["names"] == ["notes.txt"]
+        return
+    assert "value" not in reports["environ"]
+    assert (a["uid"] != b["uid"]) == mode.startswith("uid"), (a["uid"], b["uid"])
+    if mode.startswith("uid"):
         assert FIRST_UID <= a["uid"] < FIRST_UID + 1000
         assert FIRST_UID <= b["uid"] < FIRST_UID + 1000
-        assert outcome == {"environ": "EACCES", "signal": "EPERM", "file": "EACCES"}
-        assert traced["errno"] == "EPERM"
-        assert listed["errno"] == "EACCES"
-    else:  # the control: one user for every child, nothing stands between them
-        assert a["uid"] == b["uid"] == os.geteuid()
-        assert outcome == {"environ": ALICE, "signal": "sent", "file": "alice's private notes"}
-        assert listed["ok"]
-        if yama_allows_ptrace_of_a_sibling():
-            assert traced["ok"], traced
+    if mode.endswith("namespaces"):
+        assert a["pid_ns"] != b["pid_ns"]
+        # Of the directory of every child's private one, Bob's child sees only its own.
+        cells = await bob.tool("list_dir", path=str(Path(b["HOME"]).parent.parent))
+        assert cells["names"] == [Path(b["HOME"]).parent.name], cells
 
 
+@needs_uid
 async def test_each_child_runs_as_its_own_user_with_private_directories(aiohttp_client: AiohttpClient) -> None:
     gateway = await serve(aiohttp_client, **isolated("uid"))
     alice = await Caller(gateway, ALICE).open()
@@ -163,6 +283,7 @@ async def test_each_child_runs_as_its_own_user_with_private_directories(aiohttp_
     assert home.parent.parent.stat().st_uid == os.geteuid()
 
 
+@needs_uid
 async def test_the_private_directory_and_every_process_go_with_the_session(aiohttp_client: AiohttpClient) -> None:
     gateway = await serve(aiohttp_client, **isolated("uid"))
     alice = await Caller(gateway, ALICE).open()
@@ -176,6 +297,7 @@ async def test_the_private_directory_and_every_process_go_with_the_session(aioht
     assert me["uid"] not in live_users()
 
 
+@needs_uid
 async def test_a_user_id_is_not_reused_while_a_process_of_it_lives(aiohttp_client: AiohttpClient) -> None:
     busy = FIRST_UID + 500
     with _process_of(busy) as squatter:
@@ -190,6 +312,7 @@ async def test_a_user_id_is_not_reused_while_a_process_of_it_lives(aiohttp_clien
         assert squatter.poll() is None  # never touched: it is not the gateway's
 
 
+@needs_uid
 async def test_two_gateways_never_hand_out_the_same_user(aiohttp_client: AiohttpClient) -> None:
     settings = isolated("uid", child_uid_range=f"{FIRST_UID + 600}-{FIRST_UID + 601}", max_sessions=2)
     one, two = await serve(aiohttp_client, **settings), await serve(aiohttp_client, **settings)
@@ -198,6 +321,7 @@ async def test_two_gateways_never_hand_out_the_same_user(aiohttp_client: Aiohttp
     assert {a["uid"], b["uid"]} == {FIRST_UID + 600, FIRST_UID + 601}
 
 
+@needs_uid
 async def test_the_isolation_in_force_is_reported(aiohttp_client: AiohttpClient) -> None:
     gateway = await serve(aiohttp_client, **isolated("uid"))
     async with gateway.http.get("/health") as response:
@@ -209,23 +333,33 @@ async def test_the_isolation_in_force_is_reported(aiohttp_client: AiohttpClient)
     assert me["uid"] >= FIRST_UID
 
 
-async def test_auto_chooses_uid_when_the_child_can_run_as_another_user(aiohttp_client: AiohttpClient) -> None:
+@needs_uid
+async def test_auto_chooses_the_strongest_isolation_the_host_allows(aiohttp_client: AiohttpClient) -> None:
     gateway = await serve(aiohttp_client, **isolated("auto"))
     sandbox = gateway.http.app[keys.SANDBOX]
-    assert (sandbox.mode, sandbox.decision.reason) == ("uid", "the host allows it")
+    report("auto", "auto", [sandbox.mode, sandbox.decision.reason])
+    if BOTH_PROBLEM is None:
+        assert (sandbox.mode, sandbox.decision.reason) == ("uid+namespaces", "the host allows it")
+    else:
+        assert sandbox.mode == "uid"
+        assert sandbox.decision.reason.startswith("namespaces are not possible")
 
 
+@needs_uid
 async def test_auto_falls_back_when_no_other_user_may_run_the_server(aiohttp_client: AiohttpClient) -> None:
-    """The virtualenv's interpreter lies under /root (mode 0700): no child user could start it."""
+    """The virtualenv's interpreter lies under /root (mode 0700): no child user could start it;
+    the gateway's own user can, in namespaces of its own when bubblewrap works."""
     if os.access(sys.executable, os.X_OK) and _others_may_run(sys.executable):
         pytest.skip(f"{sys.executable} is runnable by every user here")
     gateway = await serve(aiohttp_client, child_isolation="auto", child_uid_range=f"{FIRST_UID}-{FIRST_UID + 999}")
     sandbox = gateway.http.app[keys.SANDBOX]
-    assert sandbox.mode == "none"
-    assert "may not execute" in sandbox.decision.reason
+    report("auto-unrunnable", "auto", [sandbox.mode, sandbox.decision.reason])
+    assert sandbox.mode == ("namespaces" if NAMESPACE_PROBLEM is None else "none")
+    assert sandbox.decision.reason.startswith(f"uid isolation is not possible: user {FIRST_UID} may not execute")
     assert (await gateway.initialize())["serverInfo"]  # and the gateway serves
 
 
+@needs_uid
 async def test_uid_asked_for_and_impossible_stops_startup() -> None:
     if _others_may_run(sys.executable):
         pytest.skip(f"{sys.executable} is runnable by every user here")
@@ -238,6 +372,7 @@ async def test_uid_asked_for_and_impossible_stops_startup() -> None:
         await runner.cleanup()
 
 
+@needs_uid
 def test_check_names_the_isolation_and_refuses_the_impossible(capsys: pytest.CaptureFixture[str]) -> None:
     from gateway import cli
 
@@ -280,8 +415,15 @@ def _process_of(uid: int) -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.mark.parametrize(
     ("mode", "command"),
-    [("none", SPY), ("auto", [sys.executable, str(SERVERS / "echo_server.py")])],
-    ids=["none", "auto-without-a-runnable-server"],
+    [
+        pytest.param("none", SPY, id="none"),
+        pytest.param(
+            "auto",
+            [sys.executable, str(SERVERS / "echo_server.py")],
+            marks=pytest.mark.skipif(NAMESPACE_PROBLEM is None, reason="auto finds namespaces here, and starts"),
+            id="auto-without-a-runnable-server-or-namespaces",
+        ),
+    ],
 )
 async def test_per_user_values_and_shared_users_refuse_to_start(mode: str, command: list[str]) -> None:
     if mode == "auto" and _others_may_run(sys.executable):
@@ -296,9 +438,22 @@ async def test_per_user_values_and_shared_users_refuse_to_start(mode: str, comma
     assert "allow_shared_uid_children=true" in str(refused.value)
 
 
-async def test_per_user_values_start_when_the_children_have_users_of_their_own(aiohttp_client: AiohttpClient) -> None:
-    gateway = await serve(aiohttp_client, **isolated("auto", allow_shared_uid_children=False))
-    assert gateway.http.app[keys.SANDBOX].mode == "uid"
+@pytest.mark.parametrize(
+    ("command", "mode"),
+    [
+        pytest.param(
+            SPY, "uid+namespaces" if BOTH_PROBLEM is None else "uid", marks=needs_uid, id="users-of-their-own"
+        ),
+        pytest.param([sys.executable, "-I", *SPY[1:]], "namespaces", marks=needs_namespaces, id="namespaces-only"),
+    ],
+)
+async def test_per_user_values_start_when_the_children_are_isolated(
+    aiohttp_client: AiohttpClient, command: list[str], mode: str
+) -> None:
+    if mode == "namespaces" and UID_PROBLEM is None and _others_may_run(sys.executable):
+        pytest.skip(f"{sys.executable} is runnable by every user here: auto would give users of their own")
+    gateway = await serve(aiohttp_client, **isolated("auto", command=command, allow_shared_uid_children=False))
+    assert gateway.http.app[keys.SANDBOX].mode == mode
     me = await (await Caller(gateway, ALICE).open()).tool("whoami", env=SECRET_VAR)
     assert me["env"]["value"] == ALICE
 
@@ -321,10 +476,11 @@ def test_check_refuses_per_user_values_with_shared_users(capsys: pytest.CaptureF
     ]
     assert cli.main([*argv, "--", *SPY]) == 1
     err = capsys.readouterr().err
-    assert "cannot start: children would share one user while token_env" in err
+    assert "cannot start: children would not be isolated from each other while token_env" in err
     assert cli.main([*argv, "--allow-shared-uid-children", "--", *SPY]) == 0
 
 
+@needs_uid
 async def test_a_child_that_cannot_start_as_its_user_is_a_502_and_gives_its_user_back(
     aiohttp_client: AiohttpClient, tmp_path: Path
 ) -> None:
@@ -343,6 +499,7 @@ async def test_a_child_that_cannot_start_as_its_user_is_a_502_and_gives_its_user
         assert await eventually(lambda: uid_released(only))
 
 
+@needs_uid
 async def test_a_range_holding_existing_users_is_refused(aiohttp_client: AiohttpClient) -> None:
     nobody = 65534  # `nobody` (and `nogroup`) on Debian
     settings = make_settings(**isolated("uid", child_uid_range=f"{nobody}-{nobody}", max_sessions=1))
@@ -352,3 +509,240 @@ async def test_a_range_holding_existing_users_is_refused(aiohttp_client: Aiohttp
             await runner.setup()
     finally:
         await runner.cleanup()
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _host_interfaces() -> list[str]:
+    """The network interfaces of this process's network namespace."""
+    return sorted(line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:])
+
+
+def _tracer(pid: int) -> int:
+    """The TracerPid of `pid` (0: nobody traces it)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no TracerPid for {pid}")
+
+
+# --- what namespaces give a child -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", NAMESPACE_MODES)
+async def test_namespaces_in_force_are_reported_and_the_child_is_in_them(
+    aiohttp_client: AiohttpClient, mode: str
+) -> None:
+    gateway = await serve(aiohttp_client, **isolated(mode))
+    async with gateway.http.get("/health") as response:
+        assert (await response.json())["isolation"] == mode
+    decision = gateway.http.app[keys.SANDBOX].decision
+    assert (decision.mode, decision.reason) == (mode, "configured")
+    assert decision.bwrap is not None
+    assert Path(decision.bwrap).name == "bwrap"
+    me = await (await Caller(gateway, ALICE).open()).tool("whoami")
+    mine = {name: os.readlink(f"/proc/self/ns/{name}") for name in me["namespaces"]}
+    own = sorted(name for name, link in me["namespaces"].items() if link != mine[name])
+    report("namespaces", mode, {"own": own, "uid": me["uid"], "CapEff": me["CapEff"], "NoNewPrivs": me["NoNewPrivs"]})
+    assert {"ipc", "mnt", "pid", "user", "uts"} <= set(own), own
+    assert "net" not in own  # child_network=host
+    assert me["pid"] != host_pid(me["pid_ns"], me["pid"])
+    assert (me["NoNewPrivs"], int(me["CapEff"], 16), int(me["CapPrm"], 16)) == (1, 0, 0)
+    assert (me["uid"] >= FIRST_UID) == (mode == "uid+namespaces"), me["uid"]
+    assert me["cwd"] == me["HOME"]
+
+
+@pytest.mark.parametrize("mode", NAMESPACE_MODES)
+def test_check_names_the_namespaces(mode: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway import cli
+
+    argv = ["check", "--child-isolation", mode, "--child-uid-range", f"{FIRST_UID}-{FIRST_UID + 999}"]
+    assert cli.main([*argv, "--", *SPY]) == 0
+    assert f"child isolation: {mode} (configured)" in capsys.readouterr().err
+    assert cli.main([*argv, "--child-network", "none", "--", *SPY]) == 0
+
+
+@pytest.mark.parametrize("mode", NAMESPACE_MODES)
+async def test_child_network_none_leaves_only_loopback(aiohttp_client: AiohttpClient, mode: str) -> None:
+    """A listener on the host's loopback is out of reach: the child's loopback is its own."""
+    observed: dict[str, Any] = {}
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        for network in ("none", "host"):
+            gateway = await serve(aiohttp_client, **isolated(mode, child_network=network))
+            alice = await Caller(gateway, ALICE).open()
+            interfaces = await alice.tool("net_interfaces")
+            connected = await alice.tool("net_probe", host="127.0.0.1", port=port)
+            observed[network] = {"interfaces": interfaces["interfaces"], "connect": outcome(connected)}
+    report("network", mode, observed)
+    assert observed["none"] == {"interfaces": ["lo"], "connect": "ECONNREFUSED"}
+    assert observed["host"]["connect"] == "ok"  # the control: the same child, the host's network
+    assert observed["host"]["interfaces"] == _host_interfaces()
+
+
+@pytest.mark.parametrize("mode", ["none", "uid"])
+def test_child_network_none_without_namespaces_is_refused(mode: str) -> None:
+    with pytest.raises(ValidationError, match=f"none needs namespaces, and child_isolation is {mode}"):
+        make_settings(**isolated(mode, child_network="none"))
+
+
+@pytest.fixture
+def shared_directories() -> Iterator[tuple[Path, Path]]:
+    """Two directories every user may write (sticky, like /tmp), outside /tmp."""
+    made = [Path(tempfile.mkdtemp(prefix="isolation-shared-", dir=OUTSIDE)) for _ in range(2)]
+    try:
+        for path in made:
+            path.chmod(0o1777)  # children of other users write here: the point of the test
+        yield made[0], made[1]
+    finally:
+        for path in made:
+            shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("mode", NAMESPACE_MODES)
+async def test_child_writable_paths_are_the_only_directories_a_child_writes(
+    aiohttp_client: AiohttpClient, mode: str, shared_directories: tuple[Path, Path]
+) -> None:
+    writable, other = shared_directories
+    gateway = await serve(aiohttp_client, **isolated(mode, child_writable_paths=[writable]))
+    alice = await Caller(gateway, ALICE).open()
+    inside = await alice.tool("write_file", path=str(writable / "alice.txt"), text="kept")
+    beside = await alice.tool("write_file", path=str(other / "alice.txt"), text="lost")
+    report("writable", mode, {"configured": outcome(inside), "other": outcome(beside)})
+    assert (outcome(inside), outcome(beside)) == ("ok", "EROFS"), (inside, beside)
+    assert (writable / "alice.txt").read_text() == "kept"  # on the host, where it was written
+    assert not (other / "alice.txt").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_gateways_own_secrets_are_hidden_from_children_in_namespaces(
+    aiohttp_client: AiohttpClient, mode: str, shared_directories: tuple[Path, Path]
+) -> None:
+    """Its data directory, key and token files, `.env` and the configured hidden paths: readable
+    to a child that shares the gateway's user (`none`), hidden with namespaces; with a user of its
+    own (`uid`) the files' modes keep it out."""
+    place, _ = shared_directories
+    data, key, extra = place / "data", place / "identity.pem", place / "private"
+    data.mkdir(mode=0o700)
+    (data / "oauth.sqlite3").write_text("the authorization server's state")
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key.write_bytes(pem)
+    key.chmod(0o600)
+    extra.write_text("a path the operator hides")
+    extra.chmod(0o600)
+    env_file = Path.cwd() / ".env"  # the gateway reads its .env from its working directory
+    env_file.write_text("MCP_GATEWAY_LOG_LEVEL=debug\n")
+    env_file.chmod(0o600)
+    settings = isolated(mode, data_dir=data, identity_key_file=key, child_hidden_paths=[extra])
+    gateway = await serve(aiohttp_client, **settings)
+    alice = await Caller(gateway, ALICE).open()
+    seen = {
+        "data": outcome(await alice.tool("list_dir", path=str(data))),
+        "state": outcome(await alice.tool("read_file", path=str(data / "oauth.sqlite3"))),
+        "key": outcome(await alice.tool("read_file", path=str(key))),
+        "hidden": outcome(await alice.tool("read_file", path=str(extra))),
+        ".env": outcome(await alice.tool("read_file", path=str(env_file))),
+        "shadow": outcome(await alice.tool("read_file", path="/etc/shadow")),
+    }
+    report("secrets", mode, seen)
+    if mode == "none":
+        assert set(seen.values()) == {"ok"}, seen
+    elif mode == "uid":
+        assert set(seen.values()) == {"EACCES"}, seen
+    else:  # an empty directory in its place, and files that cannot be opened
+        listing = await alice.tool("list_dir", path=str(data))
+        assert listing["ok"], listing
+        assert listing["names"] == [], listing
+        # A covered file cannot be opened; what sits in a covered directory (or the private /tmp) is not there.
+        refused = {name: seen[name] for name in seen if name != "data"}
+        assert set(refused.values()) <= {"EACCES", "ENOENT"}, seen
+        assert seen["state"] == "ENOENT", seen
+    assert key.read_bytes() == pem  # hidden, never touched
+
+
+@pytest.mark.parametrize("mode", NAMESPACE_MODES)
+async def test_a_namespaced_childs_directory_and_processes_go_with_the_session(
+    aiohttp_client: AiohttpClient, mode: str
+) -> None:
+    gateway = await serve(aiohttp_client, **isolated(mode))
+    alice = await Caller(gateway, ALICE).open()
+    me = await alice.tool("whoami")
+    directory = Path(me["HOME"]).parent
+    assert (directory / "home").is_dir()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    if mode == "namespaces":  # the gateway's own user made it, and its parent no one else may enter
+        assert directory.stat().st_uid == os.geteuid()
+        assert stat.S_IMODE(directory.parent.stat().st_mode) == 0o700
+    assert (await alice.tool("write_file", path=f"{me['HOME']}/cache.db", text="x" * 1000))["ok"]
+    sleeper = await alice.tool("spawn_sleeper", seconds=60)  # a session and group of its own
+    sleeper_pid = host_pid(me["pid_ns"], sleeper["pid"])
+    server_pid = host_pid(me["pid_ns"], me["pid"])
+    held = os.open(f"/proc/{server_pid}/ns/pid", os.O_RDONLY)  # its inode number is not reused meanwhile
+    try:
+        assert await alice.delete() == 204
+        assert await eventually(lambda: not directory.exists())
+        assert await eventually(lambda: not _alive(sleeper_pid))  # its PID namespace ended with its first process
+        assert await eventually(lambda: not _alive(server_pid) and not namespace_members(me["pid_ns"]))
+    finally:
+        os.close(held)
+    report("cleanup", mode, {"directory": "removed", "sleeper": "gone"})
+
+
+def _run_without_bubblewrap(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run `argv` in a mount namespace of its own where bubblewrap is an empty file no one may
+    execute (on the PATH and where Debian puts it): for that process, bubblewrap is not installed."""
+    unshare = shutil.which("unshare")
+    assert unshare is not None
+    hide = 'for f in /usr/bin/bwrap /usr/local/bin/bwrap; do [ -e "$f" ] && mount --bind "$0" "$f"; done; exec "$@"'
+    with tempfile.NamedTemporaryFile(prefix="no-bwrap-") as empty:
+        os.chmod(empty.name, 0o600)
+        command = [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", hide, empty.name, *argv]
+        return subprocess.run(command, capture_output=True, text=True, timeout=WAIT, check=False)
+
+
+@needs_unshare
+@pytest.mark.parametrize(
+    ("mode", "code", "said"),
+    [
+        pytest.param(
+            "namespaces",
+            1,
+            "child_isolation=namespaces is not possible: bubblewrap (bwrap) is not installed",
+            id="namespaces",
+        ),
+        pytest.param(
+            "uid+namespaces",
+            1,
+            "child_isolation=uid+namespaces is not possible: bubblewrap (bwrap) is not installed",
+            marks=needs_uid,
+            id="uid+namespaces",
+        ),
+        pytest.param(
+            "auto",
+            0,
+            "child isolation: uid (namespaces are not possible: bubblewrap (bwrap) is not installed)",
+            marks=needs_uid,
+            id="auto",
+        ),
+    ],
+)
+def test_namespaces_without_bubblewrap_are_refused(mode: str, code: int, said: str) -> None:
+    """`mcp-gateway check` decides as `serve` does (`decide`, which raises IsolationUnavailable)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    range_ = ["--child-uid-range", f"{FIRST_UID}-{FIRST_UID + 999}"]
+    argv = [sys.executable, "-m", "gateway", "check", "--child-isolation", mode, *range_, "--", *SPY]
+    done = _run_without_bubblewrap("/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv)
+    report("without-bubblewrap", mode, [done.returncode, done.stderr.strip().splitlines()[-1:]])
+    assert done.returncode == code, done.stderr
+    assert said in done.stderr
+    assert bubblewrap_problem() == NAMESPACE_PROBLEM  # outside that namespace, nothing changed

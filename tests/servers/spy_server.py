@@ -1,9 +1,10 @@
 """Stdio MCP server that tries, on request, to cross the boundary between sessions, and reports.
 
 It is the attacker in the isolation tests: each tool makes one attempt (read another process's
-`/proc/<pid>/environ`, signal it, ptrace it, read or list its files, fork past the process limit,
-leave a detached grandchild behind, open a TCP connection) and answers with one text content
-item whose text is a JSON object saying what the kernel allowed: `{"ok": true, ...}` or
+`/proc/<pid>/environ`, signal it, ptrace it, read, list or write files anywhere, fork past the
+process limit, leave a detached grandchild behind, open a TCP connection) or reports what it can
+see (its identity and namespaces, the processes in its `/proc`, its network interfaces), and
+answers with one text content item whose text is a JSON object saying what the kernel allowed: `{"ok": true, ...}` or
 `{"ok": false, "errno": "EACCES", "error": "..."}`. A refused attempt is a finding, not a tool
 error, so `isError` is false whenever the attempt was made; bad arguments are JSON-RPC errors.
 
@@ -43,7 +44,8 @@ LATEST_VERSION = "2025-11-25"
 LINE_LIMIT = 1024 * 1024  # a request line longer than this is refused (nothing sent here is near it)
 READ_LIMIT = 64 * 1024  # `read_file` returns at most this many bytes
 ENVIRON_LIMIT = 1024 * 1024  # an environment block is bounded by ARG_MAX; read no more than this
-LISTED_MAX = 1000  # `list_dir` returns at most this many names
+LISTED_MAX = 1000  # `list_dir` returns at most this many names, `processes` this many processes
+CMDLINE_LIMIT = 4096  # `processes` reads at most this many bytes of each command line
 PIDS_SHOWN = 50  # `whoami` lists this many of the pids it can see (and counts them all)
 PID_MAX = 1 << 22  # the kernel's PID_MAX_LIMIT: no pid is this large
 CONNECT_TIMEOUT = 1.0  # `net_probe`: long enough for loopback, short enough for a dropped SYN
@@ -61,6 +63,9 @@ PTRACE_INTERRUPT = 0x4207
 WALL = 0x40000000  # __WALL: wait for a tracee that is not our child
 
 STATUS_FIELDS = ("NoNewPrivs", "Seccomp", "CapEff", "CapPrm", "CapBnd")
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")  # the links in /proc/self/ns
+NET_DEV = "/proc/net/dev"  # the interfaces of the network namespace this process is in
+NET_DEV_HEADER_LINES = 2
 
 
 class RpcError(Exception):
@@ -159,14 +164,19 @@ def _visible_pids() -> list[int]:
     return sorted(int(name) for name in os.listdir("/proc") if name.isdigit())
 
 
+def _namespace(name: str) -> str:
+    """The namespace's identity, as its link in /proc/self/ns reads (`pid:[4026531836]`)."""
+    try:
+        return os.readlink(f"/proc/self/ns/{name}")
+    except OSError as exc:
+        return f"unreadable: {_errno_name(exc.errno)}"
+
+
 def whoami(args: JsonObj) -> JsonObj:
     env_name = args.get("env")
     if env_name is not None and not isinstance(env_name, str):
         raise RpcError(-32602, f"Invalid argument 'env': {env_name!r}")
-    try:
-        pid_ns: str | None = os.readlink("/proc/self/ns/pid")
-    except OSError as exc:
-        pid_ns = f"unreadable: {_errno_name(exc.errno)}"
+    namespaces = {name: _namespace(name) for name in NAMESPACES}
     pids = _visible_pids()
     report: JsonObj = {
         "ok": True,
@@ -183,7 +193,8 @@ def whoami(args: JsonObj) -> JsonObj:
         "env": {"name": env_name, "value": os.environ.get(env_name) if env_name else None},
         "RLIMIT_NPROC": [_limit(v) for v in resource.getrlimit(resource.RLIMIT_NPROC)],
         "RLIMIT_NOFILE": [_limit(v) for v in resource.getrlimit(resource.RLIMIT_NOFILE)],
-        "pid_ns": pid_ns,
+        "pid_ns": namespaces["pid"],
+        "namespaces": namespaces,
         "hostname": socket.gethostname(),
         "pids": {"count": len(pids), "first": pids[:PIDS_SHOWN]},
     }
@@ -308,6 +319,42 @@ def write_file(args: JsonObj) -> JsonObj:
     return {"ok": True, "path": path, "mode": mode, "uid": info.st_uid, "gid": info.st_gid, "size": info.st_size}
 
 
+def _cmdline(pid: int) -> str | None:
+    """The command line of `pid`, its arguments joined by spaces (None: gone, or not readable)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            raw = cmdline.read(CMDLINE_LIMIT)
+    except OSError:
+        return None
+    return _decode(raw.rstrip(b"\0").replace(b"\0", b" "))
+
+
+def processes(args: JsonObj) -> JsonObj:
+    """Every process this one can see in its /proc, with its command line (null: a kernel
+    thread, one gone meanwhile, or one whose command line it may not read)."""
+    if args:
+        raise RpcError(-32602, f"Unexpected arguments: {', '.join(sorted(args))}")
+    try:
+        pids = _visible_pids()
+    except OSError as exc:
+        return _failure(exc)
+    shown = [{"pid": pid, "cmdline": _cmdline(pid)} for pid in pids[:LISTED_MAX]]
+    return {"ok": True, "count": len(pids), "processes": shown}
+
+
+def net_interfaces(args: JsonObj) -> JsonObj:
+    """The names of the network interfaces in this process's network namespace (/proc/net/dev)."""
+    if args:
+        raise RpcError(-32602, f"Unexpected arguments: {', '.join(sorted(args))}")
+    try:
+        with open(NET_DEV, encoding="ascii", errors="replace") as dev:
+            lines = dev.read(READ_LIMIT).splitlines()[NET_DEV_HEADER_LINES:]
+    except OSError as exc:
+        return _failure(exc)
+    names = sorted(line.partition(":")[0].strip() for line in lines if ":" in line)
+    return {"ok": True, "interfaces": names}
+
+
 def net_probe(args: JsonObj) -> JsonObj:
     host = _arg(args, "host", str)
     port = _int_arg(args, "port", 1, 65535)
@@ -424,6 +471,8 @@ class SpyServer:
                 _schema(host="string", port="integer"),
                 net_probe,
             ),
+            "processes": ("The pids in /proc and their command lines.", _schema(), processes),
+            "net_interfaces": ("The network interfaces in /proc/net/dev.", _schema(), net_interfaces),
         }
 
     def spawn_sleeper(self, args: JsonObj) -> JsonObj:

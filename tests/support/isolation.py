@@ -1,11 +1,26 @@
-"""What the isolation tests read off the host about the children's users."""
+"""What the isolation tests read off the host about the children: whether a user ID is held,
+whether bubblewrap works here, and which host process a child is (inside namespaces of its own a
+child knows only its pid there)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import shutil
+import subprocess
+from typing import Any, Final
 
 from gateway.sessions.sandbox import LOCK_DIR
+from tests.support.processes import live_processes, namespace_pids
+from tests.support.waits import WAIT
+
+BWRAP_FALLBACK: Final = "/usr/bin/bwrap"
+# The namespaces children get, the host read-only: what the probe asks of bubblewrap.
+PROBE_VIEW: Final = (
+    *("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent"),
+    *("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"),  # noqa: S108 - its own, empty
+)
 
 
 def uid_released(uid: int) -> bool:
@@ -21,3 +36,46 @@ def uid_released(uid: int) -> bool:
     finally:
         os.close(fd)  # closing drops the lock, if it was taken
     return True
+
+
+def bwrap_path() -> str | None:
+    """bubblewrap, on this process's PATH or where Debian puts it (None: not installed)."""
+    return shutil.which("bwrap") or (BWRAP_FALLBACK if os.access(BWRAP_FALLBACK, os.X_OK) else None)
+
+
+def bubblewrap_problem(uid: int | None = None) -> str | None:
+    """Why a program cannot run behind bubblewrap here, as `uid` when given (None: it can): the
+    probe runs `/bin/true` in namespaces of its own, independently of the gateway's own probe."""
+    bwrap = bwrap_path()
+    if bwrap is None:
+        return "bubblewrap (bwrap) is not installed"
+    switch: dict[str, Any] = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
+    try:
+        done = subprocess.run(
+            [bwrap, *PROBE_VIEW, "--", "/bin/true"], capture_output=True, timeout=WAIT, check=False, cwd="/", **switch
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"bubblewrap cannot be started: {exc!r}"
+    if done.returncode != 0:
+        return f"bubblewrap fails here: {done.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+def namespace_members(pid_ns: str) -> dict[int, int]:
+    """The live processes of the PID namespace `pid_ns` (as /proc/<pid>/ns/pid reads): host pid →
+    pid in there (the innermost namespace's). A freed namespace's inode number goes to the next
+    one made: ask about a namespace only while it lives, or while a descriptor of it is open."""
+    members: dict[int, int] = {}
+    for pid, _, _ in live_processes():
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/pid") == pid_ns and (pids := namespace_pids(pid)):
+                members[pid] = pids[-1]
+    return members
+
+
+def host_pid(pid_ns: str, pid: int) -> int:
+    """The host's pid of the process that is `pid` in the PID namespace `pid_ns` (what `whoami`
+    reports as `pid` and `pid_ns`)."""
+    found = [host for host, inner in namespace_members(pid_ns).items() if inner == pid]
+    assert len(found) == 1, f"no single process is {pid} in {pid_ns}: {found}"
+    return found[0]

@@ -21,6 +21,8 @@ from typing import Final
 
 import pytest
 
+from tests.servers.spy_server import NAMESPACES
+from tests.support.isolation import PROBE_VIEW, bubblewrap_problem, bwrap_path
 from tests.support.processes import group_members
 from tests.support.servers import SERVERS
 from tests.support.types import JsonObj
@@ -37,6 +39,7 @@ UID_B: Final = 59_002
 NPROC_LIMIT: Final = 8
 """RLIMIT_NPROC for the fork probe: small, so a handful of forks reaches it."""
 SECRET: Final = ("SECRET_TOKEN", "hunter2")
+BWRAP_PROBLEM: Final = bubblewrap_problem()
 SPY_ENV: Final = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/nonexistent"}
 """The whole environment of a spy (plus what a test adds): nothing of the test process leaks in."""
 
@@ -119,11 +122,15 @@ async def _drain(stream: asyncio.StreamReader, into: bytearray) -> None:
 
 @contextlib.asynccontextmanager
 async def running_spy(
-    uid: int | None = None, env: dict[str, str] | None = None, nproc: int | None = None
+    uid: int | None = None,
+    env: dict[str, str] | None = None,
+    nproc: int | None = None,
+    wrapper: tuple[str, ...] = (),
 ) -> AsyncIterator[Spy]:
     """A spy, initialized; under `uid` (setpriv: no groups, no_new_privs) and an RLIMIT_NPROC if
-    given. Its process group is SIGKILLed on the way out (its sleepers are the test's to kill)."""
-    argv = [str(PYTHON), str(SPY)]
+    given, behind `wrapper` (a command that runs the rest of its command line). Its process group
+    is SIGKILLed on the way out (its sleepers are the test's to kill)."""
+    argv = [*wrapper, str(PYTHON), str(SPY)]
     if uid is not None:
         assert SETPRIV is not None
         argv = [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", *argv]
@@ -203,6 +210,15 @@ def _absent_pid() -> int:
     return int(Path("/proc/sys/kernel/pid_max").read_text())
 
 
+def _interfaces() -> list[str]:
+    """The network interfaces of this process's network namespace, as /proc/net/dev lists them."""
+    return sorted(line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:])
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -229,6 +245,8 @@ async def test_tools_list_names_every_tool() -> None:
         "spawn_sleeper",
         "fork_bomb_probe",
         "net_probe",
+        "processes",
+        "net_interfaces",
     ]
 
 
@@ -288,6 +306,7 @@ async def test_whoami_reports_identity_limits_and_namespace() -> None:
     for limit in ("RLIMIT_NPROC", "RLIMIT_NOFILE"):
         assert len(report[limit]) == 2
     assert report["pid_ns"] == os.readlink("/proc/self/ns/pid")  # no namespace of its own yet
+    assert report["namespaces"] == {name: os.readlink(f"/proc/self/ns/{name}") for name in NAMESPACES}
     assert report["hostname"] == socket.gethostname()
     assert report["pids"]["count"] >= len(report["pids"]["first"]) > 0
     assert report["pids"]["count"] >= 2  # at least this test process and the spy
@@ -373,6 +392,52 @@ async def test_net_probe_on_loopback() -> None:
             refused = await spy.call("net_probe", host="127.0.0.1", port=_closed_port())
     assert opened == {"ok": True, "host": "127.0.0.1", "port": open_port, "peer": ["127.0.0.1", open_port]}
     assert refused["errno"] == "ECONNREFUSED"
+
+
+async def test_processes_lists_what_its_proc_shows_with_command_lines() -> None:
+    async with running_spy() as spy:
+        report = await spy.call("processes")
+        extra = await spy.send_line(
+            b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"processes","arguments":{"all":true}}}'
+        )
+    listed = {entry["pid"]: entry["cmdline"] for entry in report["processes"]}
+    assert report["ok"] is True
+    assert report["count"] >= len(listed) >= 2
+    assert listed[spy.pid] == f"{PYTHON} {SPY}"
+    assert listed[os.getpid()] == _cmdline(os.getpid()).rstrip(" ")
+    assert extra["error"]["code"] == -32602  # it takes no arguments
+
+
+async def test_net_interfaces_are_those_of_its_network_namespace() -> None:
+    async with running_spy() as spy:
+        report = await spy.call("net_interfaces")
+    assert report == {"ok": True, "interfaces": _interfaces()}
+    assert "lo" in report["interfaces"]
+
+
+@pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=str(BWRAP_PROBLEM))
+async def test_behind_bubblewrap_the_tools_report_the_namespaces() -> None:
+    """In namespaces of its own (loopback only, the host read-only, a /tmp of its own)."""
+    bwrap = bwrap_path()
+    assert bwrap is not None
+    private_tmp = Path(f"/tmp/spy-{os.getpid()}-{os.urandom(4).hex()}.txt")  # noqa: S108 - the spy's own /tmp
+    async with running_spy(wrapper=(bwrap, *PROBE_VIEW, "--")) as spy:
+        who = await spy.call("whoami")
+        seen = await spy.call("processes")
+        interfaces = await spy.call("net_interfaces")
+        outside = await spy.call("write_file", path=f"/spy-{os.getpid()}.txt", text="x")
+        inside = await spy.call("write_file", path=str(private_tmp), text="x")
+        host = await spy.call("signal", pid=os.getpid())
+    assert who["namespaces"]["pid"] != os.readlink("/proc/self/ns/pid")
+    assert who["namespaces"]["net"] != os.readlink("/proc/self/ns/net")
+    # bubblewrap is the namespace's first process, the spy its second; nothing of the host shows.
+    assert [entry["pid"] for entry in seen["processes"]] == [1, who["pid"]], seen
+    assert seen["processes"][1]["cmdline"] == f"{PYTHON} {SPY}"
+    assert interfaces["interfaces"] == ["lo"]
+    assert outside["errno"] == "EROFS", outside
+    assert inside["ok"] is True, inside
+    assert not _exists(private_tmp)  # its /tmp was its own
+    assert host["errno"] == "ESRCH", host  # this process's pid means nothing in there
 
 
 # --- two uids, as root ---------------------------------------------------------------------------
