@@ -1,23 +1,38 @@
-"""Zero leftovers with uid isolation, the gateway a real subprocess (`python -m gateway serve`).
+"""Zero leftovers in every isolation mode, the gateway a real subprocess (`python -m gateway serve`).
 
-Each session's child is the spy server run by the system's Python as a user ID of its own; it
-reports that user and its private `HOME`, and leaves a sleeper behind in a session of its own, out
-of the child's process group, the one a group kill cannot reach. However a session ends (DELETE,
-idle TTL, the child killed from outside) and however the gateway stops (SIGTERM, SIGKILL), no
-process of any of the children's users may survive, the sleeper included, and no private
-directory; after SIGKILL that is the orphan watchdog's job, the whole children's root included.
+Each session's child is the spy server run by the system's Python; it reports who it is, its
+private `HOME` and its PID namespace, and leaves a sleeper behind in a session of its own, out of
+the child's process group, the one a group kill cannot reach. However a session ends (DELETE, idle
+TTL, the server killed from outside, with namespaces bubblewrap killed from outside) and however
+the gateway stops (SIGTERM, SIGKILL: then it is the orphan watchdog's job, and bubblewrap's
+`--die-with-parent`), nothing that its isolation must take may survive:
 
-Each test runs again with `none` isolation as the control: there every child and the sleeper run
-as the gateway's own user, the group kill still takes the child, and the sleeper survives,
-because only the per-user sweep of `uid` isolation reaches a process that left the group. The
-control asserts that, so a leak-free `none` mode would show up here as a changed observation.
+- `uid`: no process of the child's user, the sleeper included; its private directory removed and
+  its user ID given back.
+- `namespaces`: no process of the child's PID namespace, whatever group or session it moved to
+  (the end of bubblewrap's init there ends them all), none of the group the gateway started, and
+  its private directory removed.
+- `uid+namespaces`: both.
+- `none` is the control: there the group kill takes the child, and the sleeper survives, because
+  only a user or a PID namespace of its own reaches a process that left the group. The control
+  asserts that, so a leak-free `none` mode would show up here as a changed observation.
+After the gateway stops, the directory of every child's private one is gone as well.
+
+Processes are named from the host's side. The gateway's child is the pid of its `child.spawn`
+audit line; with namespaces that is the outer bubblewrap, whose one child is bubblewrap's init
+(pid 1 of the child's PID namespace) and whose grandchild is the server. The spy's pids are those
+of its namespace; each is matched to the host's through `NSpid` in /proc/<pid>/status, and checked
+against what the spy said. The test holds a descriptor of each child's PID namespace, so that its
+inode number is not given to another namespace while the test looks for leftovers in it (any
+process whose /proc/<pid>/ns/pid is that namespace).
 
 A last test gives the child a descendant that keeps changing its pid (fork, then the parent
-exits): both the gateway's own cleanup and the orphan watchdog end it with one `kill(-1)` made as
-the child's user, which no fork outruns (a sweep of /proc, pid by pid, could be).
+exits): one `kill(-1)` made as the child's user and the end of the child's PID namespace each end
+it, which no fork outruns (a sweep of /proc, pid by pid, could be).
 
-Every test SIGKILLs, in its `finally`, every process of the users its children ran as (and, in
-`none` mode, the processes it saw by pid), so a failing test never leaks.
+Every test SIGKILLs, in its `finally`, every process of the users its children ran as and of the
+namespaces it holds, and, in `none` mode, the processes it saw by pid, so a failing test never
+leaks.
 """
 
 from __future__ import annotations
@@ -42,13 +57,21 @@ import pytest
 from aiohttp import ClientSession
 
 from gateway.config.child import ChildIsolationSettings
-from gateway.sessions.sandbox import SHELL
+from gateway.sessions.sandbox import SHELL, IsolationRequest, IsolationUnavailable, decide
 from tests.support.gateway_process import GatewayProcess, HttpMcp, running_gateway
 from tests.support.isolation import uid_released
-from tests.support.processes import descendants, group_members, live_processes
+from tests.support.processes import (
+    children_of,
+    descendants,
+    group_members,
+    live_processes,
+    namespace_pids,
+    pid_namespace,
+    pid_namespace_members,
+)
 from tests.support.servers import ECHO_SERVER, SERVERS
 from tests.support.types import JsonObj
-from tests.support.waits import WAIT, eventually
+from tests.support.waits import POLL, WAIT, eventually
 
 SYSTEM_PYTHON: Final = Path("/usr/bin/python3")  # the venv's lives under /root, which other users cannot enter
 SPY_SERVER: Final = SERVERS / "spy_server.py"
@@ -56,12 +79,11 @@ FIRST_UID, LAST_UID = ChildIsolationSettings().child_uids()  # the default range
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.geteuid() != 0, reason="uid isolation needs root (or CAP_SETUID, CAP_SETGID, CAP_KILL)"),
     pytest.mark.skipif(not SYSTEM_PYTHON.is_file(), reason=f"the children run under {SYSTEM_PYTHON}, which is missing"),
 ]
 
-Isolation = Literal["uid", "none"]
-ISOLATIONS: Final[tuple[Isolation, ...]] = ("uid", "none")
+Isolation = Literal["none", "uid", "namespaces", "uid+namespaces"]
+ISOLATIONS: Final[tuple[Isolation, ...]] = ("none", "uid", "namespaces", "uid+namespaces")
 SESSIONS: Final = 3
 SLEEPER_SECONDS: Final = 300  # far longer than any test: only a kill ends it in time
 # The orphan watchdog SIGTERMs, waits 2 s, SIGKILLs, then sweeps the users; generous for a loaded machine.
@@ -69,14 +91,89 @@ GUARD_CLEANUP_WAIT: Final = 15.0
 IDLE_TTL: Final = 2.0  # long enough for the few calls that set two sessions up, on a loaded machine too
 
 
+def uses_uid(isolation: Isolation) -> bool:
+    return isolation in ("uid", "uid+namespaces")
+
+
+def uses_namespaces(isolation: Isolation) -> bool:
+    return isolation in ("namespaces", "uid+namespaces")
+
+
+def why_not(isolation: Isolation) -> str | None:
+    """Why the spy cannot run with `isolation` on this host (None: it can), as the gateway decides
+    it at startup: by running the spy's program the way children run it."""
+    if isolation == "none" or not SYSTEM_PYTHON.is_file():
+        return None
+    try:
+        asyncio.run(decide(IsolationRequest(isolation, str(SYSTEM_PYTHON), (FIRST_UID, LAST_UID))))
+    except IsolationUnavailable as exc:
+        return str(exc)
+    return None
+
+
+UNAVAILABLE: Final = {isolation: why_not(isolation) for isolation in ISOLATIONS}
+
+
+def isolated(isolation: Isolation, *values: object) -> pytest.ParameterSet:
+    """One case of a table: `values`, then `isolation`; skipped when the host cannot have it."""
+    problem = UNAVAILABLE[isolation]
+    return pytest.param(
+        *values,
+        isolation,
+        id="-".join([*map(str, values), isolation]),
+        marks=pytest.mark.skipif(problem is not None, reason=str(problem)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class HeldNamespace:
+    """A child's PID namespace, held by an open descriptor of it: while it is held, its inode number
+    is not given to any other namespace, so a process found in it belongs to the child."""
+
+    fd: int
+    key: tuple[int, int]  # (device, inode), as `pid_namespace` gives it
+    init: int  # bubblewrap's init, pid 1 in there, as the host numbers it
+
+    @classmethod
+    def of(cls, init: int) -> HeldNamespace:
+        fd = os.open(f"/proc/{init}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        info = os.fstat(fd)
+        return cls(fd, (info.st_dev, info.st_ino), init)
+
+    @property
+    def inode(self) -> int:
+        return self.key[1]
+
+    def members(self) -> set[int]:
+        return pid_namespace_members(self.key)
+
+    def host_pid(self, pid: int) -> int:
+        """The host's pid of the process that is `pid` in this namespace."""
+        found = [member for member in self.members() if namespace_pids(member)[-1:] == [pid]]
+        assert len(found) == 1, f"no single process is {pid} in PID namespace {self.inode}: {found}"
+        return found[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Spied:
-    """What one session's child said about itself."""
+    """One session's child, as it described itself and as the host sees it (host pids)."""
 
     uid: int
-    pid: int
+    leader: int  # the gateway's child, its `child.spawn` pid: the server, or with namespaces the outer bubblewrap
+    server: int  # the MCP server itself
     home: Path
-    sleeper: int  # a grandchild in a session (and process group) of its own
+    namespace: HeldNamespace | None  # with namespaces
+    sleeper: int | None = None  # a grandchild in a session (and process group) of its own
+
+    @property
+    def directory(self) -> Path:
+        """The child's private directory on the host (inside namespaces, bound at the same path)."""
+        return self.home.parent
+
+    def processes(self) -> set[int]:
+        """Every process the test knows of it."""
+        known = {self.leader, self.server} | ({self.sleeper} if self.sleeper is not None else set())
+        return known | ({self.namespace.init} if self.namespace is not None else set())
 
 
 @dataclass(slots=True)
@@ -85,17 +182,18 @@ class Seen:
 
     isolation: Isolation
     sessions: list[Spied] = field(default_factory=list)
-    uids: set[int] = field(default_factory=set)  # with uid isolation, every user a child ran as
+    uids: set[int] = field(default_factory=set)  # with user IDs, every user a child ran as
+    namespaces: list[HeldNamespace] = field(default_factory=list)  # with namespaces, each child's
 
     @property
     def children_root(self) -> Path | None:
-        """With uid isolation, the directory that holds every child's private one."""
+        """With isolation, the directory that holds every child's private one."""
         if self.isolation == "none" or not self.sessions:
             return None
-        return self.sessions[0].home.parent.parent
+        return self.sessions[0].directory.parent
 
 
-# --- processes by user -------------------------------------------------------------------------
+# --- processes by user and by namespace ---------------------------------------------------------
 
 
 def users_of(pid: int) -> set[int]:
@@ -124,10 +222,38 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+def environment_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    pairs = (entry.split(b"=", 1) for entry in raw.split(b"\0") if b"=" in entry)
+    return {os.fsdecode(name): os.fsdecode(value) for name, value in pairs}
+
+
 def watchdog_of(gateway: GatewayProcess) -> int:
     guards = [pid for pid in descendants(gateway.process.pid) if b"watchdog.py" in cmdline(pid)]
     assert len(guards) == 1, f"expected one orphan watchdog, found {guards}"
     return guards[0]
+
+
+def leftovers(spied: Spied, isolation: Isolation) -> set[int]:
+    """The live processes of a child that its isolation must end: its process group; with a user of
+    its own every process of that user; with namespaces every process of its PID namespace."""
+    left = group_members({spied.leader})
+    if uses_uid(isolation):
+        left |= processes_of({spied.uid})
+    if spied.namespace is not None:
+        left |= spied.namespace.members()
+    return left
+
+
+def gone(spied: Spied, isolation: Isolation) -> bool:
+    """Whether nothing of the child is left that its isolation must take (its directory included)."""
+    return not leftovers(spied, isolation) and (isolation == "none" or not spied.directory.exists())
+
+
+def remains(seen: Seen, spied: list[Spied]) -> list[tuple[int, list[int], bool]]:
+    """For a failed check: each child's leader, the processes left of it, whether its directory is."""
+    isolation = seen.isolation
+    return [(one.leader, sorted(leftovers(one, isolation)), one.directory.exists()) for one in spied]
 
 
 def kill_every_process_of(uid: int) -> None:
@@ -148,26 +274,40 @@ def kill_every_process_of(uid: int) -> None:
     )
 
 
+def kill_namespace(namespace: HeldNamespace) -> None:
+    """SIGKILL every process of a held namespace until none is left (its init's end ends the rest)."""
+    deadline = time.monotonic() + WAIT
+    while (members := namespace.members()) and time.monotonic() < deadline:
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(POLL)
+
+
 @contextlib.contextmanager
 def leftovers_killed(isolation: Isolation) -> Iterator[Seen]:
     """Yield what the test records; afterwards SIGKILL all of it that lives: every process of the
-    test's users, and (in `none` mode) the processes seen by pid that still run the spy's code."""
+    test's users and of its namespaces, and (in `none` mode) the processes seen by pid that still
+    run the spy's code."""
     seen = Seen(isolation)
     try:
         yield seen
     finally:
-        if isolation == "uid":
-            assert all(FIRST_UID <= uid <= LAST_UID for uid in seen.uids), seen.uids  # never sweep a real user
-            for uid in seen.uids:
+        for namespace in seen.namespaces:
+            kill_namespace(namespace)
+            os.close(namespace.fd)
+        assert all(FIRST_UID <= uid <= LAST_UID for uid in seen.uids), seen.uids  # never sweep a real user
+        for uid in seen.uids:
+            if uid_released(uid):  # the test's gateway has exited: a user held now is another gateway's child
                 kill_every_process_of(uid)
-            if (root := seen.children_root) is not None and root.name.startswith("mcp-gateway-children-"):
-                shutil.rmtree(root, ignore_errors=True)
-        else:
+        if isolation == "none":
             for spied in seen.sessions:
-                for pid in (spied.sleeper, spied.pid):
-                    if b"spy_server.py" in cmdline(pid) or b"time.sleep" in cmdline(pid):
+                for pid in (spied.sleeper, spied.server):
+                    if pid is not None and (b"spy_server.py" in cmdline(pid) or b"time.sleep" in cmdline(pid)):
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
+        if (root := seen.children_root) is not None and root.name.startswith("mcp-gateway-children-"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # --- sessions with the spy ---------------------------------------------------------------------
@@ -192,52 +332,94 @@ async def spy(mcp_session: HttpMcp, tool: str, **arguments: Any) -> JsonObj:
     return report
 
 
-async def open_spied(http: ClientSession, gateway: GatewayProcess, seen: Seen) -> tuple[HttpMcp, Spied]:
-    """A session whose child said who it is and left a sleeper behind, out of its process group."""
-    session = HttpMcp(http, gateway.url)
-    await session.initialize()
-    me = await spy(session, "whoami")
-    if seen.isolation == "uid":
-        seen.uids.add(me["uid"])  # before anything else can fail, so the cleanup knows the user
-    sleeper = await spy(session, "spawn_sleeper", seconds=SLEEPER_SECONDS)
-    spied = Spied(uid=me["uid"], pid=me["pid"], home=Path(me["HOME"]), sleeper=sleeper["pid"])
-    seen.sessions.append(spied)
-    assert sleeper["pgid"] == sleeper["sid"] == spied.sleeper != spied.pid  # it left the child's group
-    assert spied.sleeper not in group_members({spied.pid})
-    if seen.isolation == "uid":
-        assert FIRST_UID <= spied.uid <= LAST_UID, me
-        assert me["NoNewPrivs"] == 1
-        assert users_of(spied.sleeper) == {spied.uid}
-        assert me["TMPDIR"] == str(spied.home.parent / "tmp")
-        written = await spy(session, "write_file", path=str(spied.home / "note"), text="private")
-        assert (written["uid"], written["mode"]) == (spied.uid, "0600")
-        assert spied.home.parent.stat().st_mode & 0o777 == 0o700
-    else:
-        assert spied.uid == os.geteuid(), me
-    return session, spied
-
-
 def spawned(gateway: GatewayProcess) -> list[JsonObj]:
     return [entry for entry in gateway.log if entry.get("event") == "child.spawn"]
 
 
+async def locate(gateway: GatewayProcess, seen: Seen) -> tuple[JsonObj, HeldNamespace | None]:
+    """The next child's audit line and, with namespaces, its PID namespace, found from the line's pid
+    down (held, and recorded in `seen` with the child's user before anything else can fail)."""
+    index = len(seen.sessions)
+    assert await eventually(lambda: len(spawned(gateway)) > index), spawned(gateway)
+    line = spawned(gateway)[index]
+    if line["uid"] is not None:
+        seen.uids.add(line["uid"])
+    leader: int = line["pid"]
+    assert leader in descendants(gateway.process.pid), line
+    if not uses_namespaces(seen.isolation):
+        return line, None
+    host = pid_namespace(os.getpid())
+    assert pid_namespace(leader) == host  # the outer bubblewrap is the host's
+    inits = children_of(leader)
+    assert len(inits) == 1, f"the outer bubblewrap {leader} has children {inits}"
+    namespace = HeldNamespace.of(inits.pop())
+    seen.namespaces.append(namespace)
+    assert namespace.key != host
+    assert namespace_pids(namespace.init)[1:] == [1]  # one level down, its init
+    return line, namespace
+
+
+def server_of(line: JsonObj, namespace: HeldNamespace | None, inner: int | None = None) -> int:
+    """The host pid of the MCP server: the gateway's child itself, or in namespaces the child of
+    bubblewrap's init that is `inner` there (without `inner`: its only child)."""
+    if namespace is None:
+        return int(line["pid"])
+    if inner is not None:
+        server = namespace.host_pid(inner)
+        assert server in children_of(namespace.init), (server, namespace)
+        return server
+    servers = children_of(namespace.init)
+    assert len(servers) == 1, f"bubblewrap's init {namespace.init} has children {servers}"
+    return servers.pop()
+
+
+async def open_spied(http: ClientSession, gateway: GatewayProcess, seen: Seen) -> tuple[HttpMcp, Spied]:
+    """A session whose child said who it is and left a sleeper behind, out of its process group."""
+    session = HttpMcp(http, gateway.url)
+    await session.initialize()
+    line, namespace = await locate(gateway, seen)
+    me = await spy(session, "whoami")
+    server = server_of(line, namespace, me["pid"])
+    sleeper = await spy(session, "spawn_sleeper", seconds=SLEEPER_SECONDS)
+    assert sleeper["pgid"] == sleeper["sid"] == sleeper["pid"] != me["pid"]  # it left the child's group
+    if namespace is None:
+        assert me["pid"] == server == line["pid"], (me, line)
+        sleeper_pid = sleeper["pid"]
+    else:  # the spy's pids are its namespace's
+        assert me["pid_ns"] == f"pid:[{namespace.inode}]", me
+        assert me["pids"]["first"][:2] == [1, me["pid"]]  # its /proc starts at its init, then itself
+        sleeper_pid = namespace.host_pid(sleeper["pid"])
+    spied = Spied(me["uid"], line["pid"], server, Path(me["HOME"]), namespace, sleeper_pid)
+    seen.sessions.append(spied)
+    assert spied.uid == (line["uid"] if uses_uid(seen.isolation) else os.geteuid()), (me, line)
+    assert sleeper_pid not in group_members({spied.leader})
+    assert users_of(spied.leader) == users_of(sleeper_pid) == {spied.uid}
+    if seen.isolation == "none":
+        assert group_members({spied.leader}) == {spied.server}
+        return session, spied
+    if uses_uid(seen.isolation):
+        assert FIRST_UID <= spied.uid <= LAST_UID, me
+    assert me["NoNewPrivs"] == 1
+    assert me["TMPDIR"] == str(spied.directory / "tmp")
+    written = await spy(session, "write_file", path=str(spied.home / "note"), text="private")
+    assert (written["uid"], written["mode"]) == (spied.uid, "0600")
+    assert (spied.home / "note").read_text() == "private"  # on the host, at the same path
+    assert spied.directory.stat().st_mode & 0o777 == 0o700
+    assert spied.processes() <= leftovers(spied, seen.isolation)  # the check sees all of it
+    return session, spied
+
+
 def check_audit(gateway: GatewayProcess, seen: Seen) -> None:
-    """Each `child.spawn` line names the isolation and the user its child ran as."""
+    """Each `child.spawn` line names the isolation, the user its child ran as and its leader."""
     lines = spawned(gateway)
     assert [line["isolation"] for line in lines] == [seen.isolation] * len(seen.sessions)
-    expected = [spied.uid for spied in seen.sessions] if seen.isolation == "uid" else [None] * len(seen.sessions)
+    expected = [spied.uid if uses_uid(seen.isolation) else None for spied in seen.sessions]
     assert [line["uid"] for line in lines] == expected
+    assert [line["pid"] for line in lines] == [spied.leader for spied in seen.sessions]
 
 
 def check_startup(gateway: GatewayProcess, isolation: Isolation) -> None:
     assert any(entry.get("msg") == f"child isolation: {isolation}" for entry in gateway.log)
-
-
-def gone(spied: Spied, isolation: Isolation) -> bool:
-    """Whether nothing of the session's child is left that its isolation must take."""
-    if isolation == "uid":
-        return not processes_of({spied.uid}) and not spied.home.parent.exists()
-    return not group_members({spied.pid})
 
 
 def report(what: str, **observed: object) -> None:
@@ -247,13 +429,21 @@ def report(what: str, **observed: object) -> None:
 
 # --- a session ends ----------------------------------------------------------------------------
 
+# How a session ends: its client deletes it; it stays idle past the TTL; its MCP server is killed
+# from outside; with namespaces, the gateway's own child, the outer bubblewrap, is.
+SESSION_ENDINGS: Final = [
+    isolated(isolation, ending)
+    for ending in ("delete", "idle-ttl", "crash", "bwrap-killed")
+    for isolation in ISOLATIONS
+    if ending != "bwrap-killed" or uses_namespaces(isolation)
+]
 
-@pytest.mark.parametrize("isolation", ISOLATIONS)
-@pytest.mark.parametrize("ending", ["delete", "idle-ttl", "crash"])
+
+@pytest.mark.parametrize(("ending", "isolation"), SESSION_ENDINGS)
 async def test_nothing_of_a_child_survives_the_end_of_its_session(
     ending: str, isolation: Isolation, tmp_path: Path
 ) -> None:
-    """One session ends; with uid isolation every process of its user is gone, its escaped sleeper
+    """One session ends; nothing its isolation must take is left of its child, its escaped sleeper
     included, its directory removed and its user ID given back, while the other sessions live on
     (the idle TTL ends them all)."""
     extra = {"session_idle_ttl": str(IDLE_TTL)} if ending == "idle-ttl" else {}
@@ -262,9 +452,12 @@ async def test_nothing_of_a_child_survives_the_end_of_its_session(
             check_startup(gateway, isolation)
             sessions = [await open_spied(http, gateway, seen) for _ in range(SESSIONS if ending != "idle-ttl" else 2)]
             check_audit(gateway, seen)
-            if isolation == "uid":
+            for _, spied in sessions:  # nothing of a child the test does not know of
+                assert leftovers(spied, isolation) == (spied.processes() if isolation != "none" else {spied.server})
+            if uses_uid(isolation):
                 assert len(seen.uids) == len(sessions)  # a user of its own each
-                assert len(processes_of(seen.uids)) == 2 * len(sessions)  # the child and its sleeper
+            if uses_namespaces(isolation):
+                assert len({namespace.key for namespace in seen.namespaces}) == len(sessions)  # a namespace each
             ended = [spied for _, spied in sessions] if ending == "idle-ttl" else [sessions[0][1]]
             survivors = [spied for _, spied in sessions if spied not in ended]
 
@@ -274,28 +467,30 @@ async def test_nothing_of_a_child_survives_the_end_of_its_session(
                 async with http.delete(gateway.url, headers=first.headers()) as response:
                     assert response.status == 204
             elif ending == "crash":
-                os.kill(victim.pid, signal.SIGKILL)  # from outside: the child dies without a word
+                os.kill(victim.server, signal.SIGKILL)  # from outside: the server dies without a word
+            elif ending == "bwrap-killed":
+                os.kill(victim.leader, signal.SIGKILL)
 
-            assert await eventually(lambda: all(gone(spied, isolation) for spied in ended)), ended
+            assert await eventually(lambda: all(gone(spied, isolation) for spied in ended)), remains(seen, ended)
             took = time.monotonic() - started
             for session, _ in sessions[: len(ended)]:
                 status, _ = await session.call(session.request("ping"))
                 assert status == 404
-            for spied in survivors:  # one user's sweep never reaches another's processes
-                assert alive(spied.pid)
-                assert alive(spied.sleeper)
+            for spied in survivors:  # one child's end never reaches another's processes
+                assert all(alive(pid) for pid in spied.processes()), spied
             for session, _ in sessions[len(ended) :]:
                 assert (await session.call(session.request("ping")))[0] == 200
 
-            if isolation == "uid":
+            if uses_uid(isolation):
                 assert await eventually(lambda: all(uid_released(spied.uid) for spied in ended))
                 assert all(not uid_released(spied.uid) for spied in survivors)
-                report(ending, isolation=isolation, ended=len(ended), left=0, seconds=f"{took:.2f}")
-            else:
+            if isolation == "none":
                 # The control: the group kill took each child; the sleeper that left the group lives.
-                escaped = [spied.sleeper for spied in ended if alive(spied.sleeper)]
+                escaped = [spied.sleeper for spied in ended if spied.sleeper is not None and alive(spied.sleeper)]
                 assert len(escaped) == len(ended), "a none-mode sleeper outside the group was killed"
                 report(ending, isolation=isolation, ended=len(ended), escaped_sleepers=len(escaped))
+            else:
+                report(ending, isolation=isolation, ended=len(ended), left=0, seconds=f"{took:.2f}")
             assert await eventually(
                 lambda: len([e for e in gateway.log if e.get("event") == "child.exit"]) == len(ended)
             )
@@ -303,14 +498,16 @@ async def test_nothing_of_a_child_survives_the_end_of_its_session(
 
 # --- the gateway stops ---------------------------------------------------------------------------
 
+STOP_SIGNALS: Final = {"sigterm": signal.SIGTERM, "sigkill": signal.SIGKILL}
+GATEWAY_STOPS: Final = [isolated(isolation, stop) for stop in STOP_SIGNALS for isolation in ISOLATIONS]
 
-@pytest.mark.parametrize("isolation", ISOLATIONS)
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-async def test_nothing_of_any_child_survives_the_gateway(
-    stop: signal.Signals, isolation: Isolation, tmp_path: Path
-) -> None:
+
+@pytest.mark.parametrize(("stop_name", "isolation"), GATEWAY_STOPS)
+async def test_nothing_of_any_child_survives_the_gateway(stop_name: str, isolation: Isolation, tmp_path: Path) -> None:
     """SIGTERM: the gateway cleans up after every child itself and removes the children's root.
-    SIGKILL: the orphan watchdog kills every process of every announced user and removes the root."""
+    SIGKILL: the orphan watchdog kills every announced group and every process of every announced
+    user and removes the root; with namespaces each bubblewrap dies with its parent."""
+    stop = STOP_SIGNALS[stop_name]
     with leftovers_killed(isolation) as seen:
         async with running_gateway(tmp_path, settings_for(isolation)) as gateway, ClientSession() as http:
             guard = watchdog_of(gateway)
@@ -318,10 +515,9 @@ async def test_nothing_of_any_child_survives_the_gateway(
                 await open_spied(http, gateway, seen)
             check_audit(gateway, seen)
             root = seen.children_root
-            if isolation == "uid":
+            if isolation != "none":
                 assert root is not None
                 assert root.is_dir()
-                assert len(processes_of(seen.uids)) == 2 * SESSIONS
 
             started = time.monotonic()
             gateway.process.send_signal(stop)
@@ -330,20 +526,21 @@ async def test_nothing_of_any_child_survives_the_gateway(
             assert code == (0 if stop == signal.SIGTERM else -signal.SIGKILL)
 
             wait = WAIT if stop == signal.SIGTERM else GUARD_CLEANUP_WAIT
-            assert await eventually(lambda: all(gone(spied, isolation) for spied in seen.sessions), timeout=wait)
+            everyone = seen.sessions
+            assert await eventually(lambda: all(gone(spied, isolation) for spied in everyone), timeout=wait), remains(
+                seen, everyone
+            )
             assert await eventually(lambda: not alive(guard), timeout=wait)
             took = time.monotonic() - started
-            sleepers = [spied.sleeper for spied in seen.sessions]
-            if isolation == "uid":
-                assert root is not None
-                assert await eventually(lambda: not root.exists(), timeout=wait), sorted(root.rglob("*"))
-                assert not processes_of(seen.uids)
-                assert all(uid_released(uid) for uid in seen.uids)
-                report(stop.name, isolation=isolation, sessions=SESSIONS, left=0, seconds=f"{took:.2f}")
-            else:
-                escaped = [pid for pid in sleepers if alive(pid)]
+            if isolation == "none":
+                escaped = [spied.sleeper for spied in everyone if spied.sleeper is not None and alive(spied.sleeper)]
                 assert len(escaped) == SESSIONS, "a none-mode sleeper outside the group was killed"
                 report(stop.name, isolation=isolation, sessions=SESSIONS, escaped_sleepers=len(escaped))
+            else:
+                assert root is not None
+                assert await eventually(lambda: not root.exists(), timeout=wait), sorted(root.rglob("*"))
+                assert all(uid_released(uid) for uid in seen.uids)
+                report(stop.name, isolation=isolation, sessions=SESSIONS, left=0, seconds=f"{took:.2f}")
             if stop == signal.SIGTERM:
                 closed = [e for e in gateway.log if e.get("msg") == "session closed" and e.get("reason") == "shutdown"]
                 assert len(closed) == SESSIONS
@@ -352,10 +549,10 @@ async def test_nothing_of_any_child_survives_the_gateway(
 # --- the official SDK client -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("isolation", [isolated(isolation) for isolation in ISOLATIONS])
 async def test_sdk_client_full_session(isolation: Isolation, tmp_path: Path) -> None:
     """initialize, tools/list, tools/call of echo and close, through a gateway whose child is the
-    echo server as a user of its own; closing the client ends the session and everything of it."""
+    echo server in the isolation asked for; closing the client ends the session and all of it."""
     with leftovers_killed(isolation) as seen:
         async with running_gateway(tmp_path, settings_for(isolation, server=ECHO_SERVER)) as gateway:
             check_startup(gateway, isolation)
@@ -366,19 +563,26 @@ async def test_sdk_client_full_session(isolation: Isolation, tmp_path: Path) -> 
                     result = await client.call_tool("echo", {"text": "héllo through a sandbox"})
                     assert not result.is_error
                     assert "héllo through a sandbox" in str(result.content[0])
-                    [line] = spawned(gateway)
+                    line, namespace = await locate(gateway, seen)
+                    server = server_of(line, namespace)
                     assert line["isolation"] == isolation
-                    uid = line["uid"]
-                    if isolation == "uid":
-                        assert FIRST_UID <= uid <= LAST_UID
-                        seen.uids.add(uid)
-                        assert processes_of({uid})  # the echo server, as its own user
+                    home = Path(environment_of(server)["HOME"])
+                    spied = Spied(next(iter(users_of(server))), line["pid"], server, home, namespace)
+                    seen.sessions.append(spied)
+                    assert b"echo_server.py" in cmdline(server)
+                    if uses_uid(isolation):
+                        assert FIRST_UID <= line["uid"] <= LAST_UID
+                        assert users_of(server) == {line["uid"]}  # the echo server, as its own user
                     else:
-                        assert uid is None
-            if isolation == "uid":
-                assert await eventually(lambda: not processes_of({uid}) and uid_released(uid))
+                        assert line["uid"] is None
+                    if isolation != "none":
+                        assert spied.directory.is_dir()
+                    assert leftovers(spied, isolation) == spied.processes()
+            assert await eventually(lambda: gone(spied, isolation)), remains(seen, [spied])
+            if uses_uid(isolation):
+                assert await eventually(lambda: uid_released(spied.uid))
             assert await eventually(lambda: any(e.get("event") == "child.exit" for e in gateway.log))
-            report("sdk", isolation=isolation, uid=uid, tools=len(tools))
+            report("sdk", isolation=isolation, uid=line["uid"], tools=len(tools), left=0)
 
 
 # --- a descendant that keeps changing its pid --------------------------------------------------
@@ -409,6 +613,11 @@ os.execv(sys.executable, [sys.executable, sys.argv[2]])
 """
 BEAT_WAIT: Final = 0.5  # the hopper writes hundreds of beats in this long
 
+# `none` has nothing that could end a hopper: that is what isolation is for.
+HOPPER_ENDINGS: Final = [
+    isolated(isolation, ending) for ending in ("delete", "sigkill") for isolation in ISOLATIONS if isolation != "none"
+]
+
 
 def size_of(path: Path) -> int:
     return path.stat().st_size
@@ -421,8 +630,8 @@ async def beating(beats: Path) -> bool:
     return size_of(beats) > before
 
 
-@pytest.mark.parametrize("ending", ["delete", "sigkill"])
-async def test_a_pid_hopping_descendant_does_not_survive(ending: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("ending", "isolation"), HOPPER_ENDINGS)
+async def test_a_pid_hopping_descendant_does_not_survive(ending: str, isolation: Isolation, tmp_path: Path) -> None:
     beats_dir = Path(tempfile.mkdtemp(prefix="isolation-beats-"))
     try:
         os.chmod(beats_dir, 0o755)  # noqa: S103 - the child's user must reach the file inside
@@ -430,8 +639,9 @@ async def test_a_pid_hopping_descendant_does_not_survive(ending: str, tmp_path: 
         beats.touch()
         os.chmod(beats, 0o666)  # noqa: S103 - the child's user writes its beats here
         command = [str(SYSTEM_PYTHON), "-c", HOPPER, str(beats), str(SPY_SERVER)]
-        settings = {**settings_for("uid"), "command": json.dumps(command)}
-        with leftovers_killed("uid") as seen:
+        writable = {"child_writable_paths": str(beats_dir)} if uses_namespaces(isolation) else {}
+        settings = {**settings_for(isolation, extra=writable), "command": json.dumps(command)}
+        with leftovers_killed(isolation) as seen:
             async with running_gateway(tmp_path, settings) as gateway, ClientSession() as http:
                 guard = watchdog_of(gateway)
                 session, spied = await open_spied(http, gateway, seen)
@@ -439,14 +649,18 @@ async def test_a_pid_hopping_descendant_does_not_survive(ending: str, tmp_path: 
                 if ending == "delete":
                     async with http.delete(gateway.url, headers=session.headers()) as response:
                         assert response.status == 204
-                    assert await eventually(lambda: uid_released(spied.uid))
+                    if uses_uid(isolation):
+                        assert await eventually(lambda: uid_released(spied.uid))
                 else:
                     gateway.process.kill()
                     async with asyncio.timeout(WAIT):
                         await gateway.process.wait()
                     assert await eventually(lambda: not alive(guard), timeout=GUARD_CLEANUP_WAIT)
+                assert await eventually(lambda: gone(spied, isolation), timeout=GUARD_CLEANUP_WAIT), remains(
+                    seen, [spied]
+                )
                 survived = await beating(beats)
-                report("pid hopper", ending=ending, survived=survived, beats=size_of(beats))
-                assert not survived, f"a process of user {spied.uid} outlived the end of its session"
+                report("pid hopper", isolation=isolation, ending=ending, survived=survived, beats=size_of(beats))
+                assert not survived, f"a descendant of the child {spied.leader} outlived the end of its session"
     finally:
         shutil.rmtree(beats_dir, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""Processes as /proc shows them, for leak checks (descendants, process groups, the MCP servers
-this test process started), and the JSON log of a gateway run as a subprocess."""
+"""Processes as /proc shows them, for leak checks (descendants, process groups, PID namespaces, the
+MCP servers this test process started), and the JSON log of a gateway run as a subprocess."""
 
 from __future__ import annotations
 
@@ -51,6 +51,38 @@ def descendants(root: int) -> set[int]:
 def group_members(pgids: set[int]) -> set[int]:
     """Live processes in any of the given process groups (children keep it after reparenting)."""
     return {pid for pid, _, pgid in live_processes() if pgid in pgids}
+
+
+def children_of(parent: int) -> set[int]:
+    """Live processes whose parent is `parent`."""
+    return {pid for pid, ppid, _ in live_processes() if ppid == parent}
+
+
+def pid_namespace(pid: int) -> tuple[int, int] | None:
+    """The PID namespace `pid` is in, as the (device, inode) of /proc/<pid>/ns/pid (None once it is
+    gone). A freed namespace's inode number goes to the next one made: compare against a namespace
+    only while a descriptor of it is held open."""
+    try:
+        info = os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def pid_namespace_members(namespace: tuple[int, int]) -> set[int]:
+    """Live processes in the PID namespace `namespace` (as `pid_namespace` gives it), whatever
+    process group, session or user they moved to."""
+    return {pid for pid, _, _ in live_processes() if pid_namespace(pid) == namespace}
+
+
+def namespace_pids(pid: int) -> list[int]:
+    """`pid` in each PID namespace it is in, the host's first (`NSpid:` of /proc/<pid>/status;
+    empty once it is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return [int(number) for number in line.split()[1:]]
+    return []
 
 
 def child_pids() -> set[int]:
