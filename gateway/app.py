@@ -231,7 +231,7 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
     stops startup when the isolation asked for cannot be had, and when children would share one
     user while their environments hold per-user values (unless that risk is accepted)."""
     settings = app[keys.SETTINGS]
-    sandbox = await Sandbox.open(IsolationRequest.of(settings), app[keys.WATCHDOG])
+    sandbox = await Sandbox.open(IsolationRequest.of(settings), app[keys.WATCHDOG], app.get(keys.ISOLATION))
     app[keys.SANDBOX] = sandbox
     log.info("child isolation: %s", sandbox.mode, extra={"reason": sandbox.decision.reason})
     refusal = shared_user_refusal(sandbox.mode, settings.per_user_child_values, settings.allow_shared_uid_children)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gateway.observe.audit import Audit
     from gateway.observe.metrics import Metrics
     from gateway.sessions.policy import ToolFilter
-    from gateway.sessions.sandbox import Sandbox
+    from gateway.sessions.sandbox import Decision, Sandbox
     from gateway.sessions.store import SessionStore
     from gateway.sessions.watchdog import OrphanWatchdog
 
@@ -33,6 +33,8 @@ ORIGINS: web.AppKey[OriginPolicy] = web.AppKey("origins")
 WATCHDOG: web.AppKey[OrphanWatchdog] = web.AppKey("orphan_watchdog")
 # How children are isolated from each other (decided at startup).
 SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
+# The isolation decided before the app starts (by `serve`, which drops privileges to match it).
+ISOLATION: web.AppKey[Decision] = web.AppKey("isolation")
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions")
 RESOURCE_METADATA: web.AppKey[bytes | None] = web.AppKey("resource_metadata")
 VERIFIER: web.AppKey[TokenVerifier | None] = web.AppKey("token_verifier")

@@ -38,8 +38,16 @@ from gateway.http import connections
 from gateway.http.connections import ConnectionLimiter
 from gateway.net import is_loopback_host
 from gateway.observe import logs
+from gateway.sessions import privileges
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE, use_pidfd_child_watcher
-from gateway.sessions.sandbox import IsolationRequest, IsolationUnavailable, decide, shared_user_refusal
+from gateway.sessions.sandbox import (
+    Decision,
+    IsolationRequest,
+    IsolationUnavailable,
+    decide,
+    preparation_problem,
+    shared_user_refusal,
+)
 from gateway.sessions.store import SessionStore
 
 if TYPE_CHECKING:
@@ -79,8 +87,9 @@ async def drain(store: SessionStore, limiter: ConnectionLimiter, budget: float) 
     )
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve(settings: Settings, isolation: Decision | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; children get the `isolation`
+    decided (by default, decided at startup)."""
     if settings.auth == "none" and not settings.oauth_server and not is_loopback_host(settings.host):
         log.warning(
             "SERVING WITHOUT AUTHENTICATION on %s: anyone who can reach it can run the MCP server "
@@ -92,6 +101,8 @@ async def serve(settings: Settings) -> None:
     accept_errors.install()
     descriptors = _check_descriptors(settings)
     app = create_app(settings)
+    if isolation is not None:
+        app[keys.ISOLATION] = isolation
     if descriptors.raised_from is not None:  # what the gateway was given is what its children get
         app[keys.CHILD_NOFILE] = (descriptors.raised_from, descriptors.hard)
     runner = web.AppRunner(
@@ -152,6 +163,8 @@ def check(settings: Settings) -> int:
         print(f"mcp-gateway: warning: {problem}", file=sys.stderr)
     try:
         decision = asyncio.run(decide(IsolationRequest.of(settings)))
+        if (problem := preparation_problem(decision)) is not None:
+            raise IsolationUnavailable(problem)
     except IsolationUnavailable as error:
         print(f"mcp-gateway: {error}", file=sys.stderr)
         return EXIT_STARTUP
@@ -164,11 +177,22 @@ def check(settings: Settings) -> int:
 
 
 def run(settings: Settings) -> int:
-    """`mcp-gateway serve`: configure logging, serve until a signal; the process exit status."""
+    """`mcp-gateway serve`: configure logging, keep only the capabilities the children's isolation
+    needs, serve until a signal; the process exit status."""
     logs.configure(settings.log_level, settings.log_format)
     use_pidfd_child_watcher()
     try:
-        asyncio.run(serve(settings))
+        decision = asyncio.run(decide(IsolationRequest.of(settings)))
+        kept = privileges.keep_only(privileges.needed(decision.mode, (settings.port, settings.metrics_port)))
+    except IsolationUnavailable as error:
+        log.error("cannot start: %s", error)
+        return EXIT_STARTUP
+    except OSError as error:
+        log.error("cannot start: cannot drop capabilities: %s", error)
+        return EXIT_STARTUP
+    log.info("capabilities kept: %s", privileges.describe(kept))
+    try:
+        asyncio.run(serve(settings, decision))
     except (AuthStartupError, IsolationUnavailable) as error:
         log.error("cannot start: %s", error)
         return EXIT_STARTUP

@@ -67,9 +67,10 @@ class ChildSettings(BaseModel):
     @field_validator("child_cwd")
     @classmethod
     def _check_cwd(cls, value: Path | None) -> Path | None:
+        """An existing directory, made absolute: a child may start elsewhere (its own view of the files)."""
         if value is not None and not value.is_dir():
             raise ValueError(f"{str(value)!r} is not a directory")
-        return value
+        return Path(os.path.abspath(value)) if value is not None else None
 
     @field_validator("command")
     @classmethod

@@ -120,6 +120,7 @@ def load_settings(args: argparse.Namespace, command: list[str]) -> Settings:
     try:
         if args.env_file is not None:
             settings = Settings(_env_file=args.env_file, **overrides)
+            settings.read_from(args.env_file)
         else:
             settings = Settings(**overrides)
     except ValidationError as error:

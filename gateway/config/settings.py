@@ -10,12 +10,20 @@ it is about, in the order of the settings.
 
 from __future__ import annotations
 
+import glob
 import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Final
 
-from pydantic import ModelWrapValidatorHandler, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, InitErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,8 +46,9 @@ from gateway.net import is_loopback_host, mask_url_password
 MASK: Final = "**********"
 # The file of settings read from the working directory.
 ENV_FILE: Final = ".env"
-# How oauth_storage names an SQLite file.
+# How oauth_storage names an SQLite file, and the files SQLite keeps beside it.
 SQLITE_PREFIX: Final = "sqlite:///"
+SQLITE_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
 # The settings that passed their own checks so far, while one `Settings` is being validated:
 # pydantic keeps no partial result of a validation that fails, so each setting notes its own.
 _passed: ContextVar[dict[str, Any]] = ContextVar("settings_passed")
@@ -81,6 +90,13 @@ class Settings(
         frozen=True,
         validate_default=True,
     )
+
+    # The settings file read (`--env-file`), hidden from children with the gateway's other secrets.
+    _env_file_read: str = PrivateAttr(ENV_FILE)
+
+    def read_from(self, env_file: str) -> None:
+        """Record that these settings were read from `env_file` instead of `./.env`."""
+        self._env_file_read = env_file
 
     @field_validator("*")
     @classmethod
@@ -131,12 +147,13 @@ class Settings(
     def gateway_secret_paths(self) -> list[str]:
         """The gateway's own files that hold secrets or records (absolute; they may not exist yet),
         which no child has any business reading: children in namespaces never see them."""
-        found: list[str | Path] = [self.data_dir, ENV_FILE]
+        found: list[str | Path] = [self.data_dir, self._env_file_read, *self.oauth_signing_key_files]
         found += [path for path in (self.identity_key_file, self.static_tokens_file) if path is not None]
         if self.audit_log not in AUDIT_STREAMS:
-            found.append(self.audit_log)
+            found += [self.audit_log, *glob.glob(glob.escape(self.audit_log) + ".*")]  # rotated ones too
         if self.oauth_storage is not None and self.oauth_storage.startswith(SQLITE_PREFIX):
-            found.append(self.oauth_storage.removeprefix("sqlite://"))
+            database = self.oauth_storage.removeprefix("sqlite://")
+            found += [database, *(database + suffix for suffix in SQLITE_SIDE_FILES)]
         return [os.path.abspath(path) for path in found]
 
     @property

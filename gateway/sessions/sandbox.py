@@ -11,10 +11,12 @@ user (no securebits): then switching to the child's user drops every capability,
 helper and each child checks before it does anything as that user. Capabilities alone (ambient
 ones, a non-root gateway) are not enough: they would survive the switch, and a cleanup's `kill(-1)`
 holding `CAP_KILL` would reach every process on the host. A child creates its own directories once
-it runs as its user, and the cleanup after it runs as that user too. `namespaces` needs bubblewrap
-and a kernel that lets this user create namespaces. The mode in force is decided once, at startup
-(`decide`), by running the server's own program the way children will run it, and named in the
-startup log, `/health`, `mcp-gateway check` and every `child.spawn` audit line.
+it runs as its user, and the cleanup after it runs as that user too. `namespaces` needs bubblewrap,
+a kernel that lets this user create namespaces, and a gateway that is not the host's root (whose
+children would be root too, which no namespace keeps from /proc/sys or root's sockets). The mode
+in force is decided once, at startup (`decide`), by running the server's own program the way
+children will run it, and named in the startup log, `/health`, `mcp-gateway check` and every
+`child.spawn` audit line.
 
 Invariants:
 - A user ID belongs to at most one child at a time, across every gateway process on the host: it
@@ -44,10 +46,13 @@ import secrets
 import shutil
 import stat
 import tempfile
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
+
+from gateway.sessions.watchdog import LOCK_DIR, remove_tree
 
 if TYPE_CHECKING:
     from gateway.config import Settings
@@ -56,6 +61,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.sandbox")
 
 IsolationMode = Literal["none", "uid", "namespaces", "uid+namespaces"]
+RequestedIsolation = Literal["auto", "none", "uid", "namespaces", "uid+namespaces"]
 Network = Literal["host", "none"]
 # Bits of the capability sets in /proc/self/status (linux/capability.h).
 CAP_KILL: Final = 5
@@ -70,25 +76,27 @@ _NO_CAPABILITIES: Final = (
     "done < /proc/self/status; "
 )
 # Kill every other process of the calling user (one system call no fork outruns; three times, for
-# good measure), then remove the private directory given as $1, read-only parts included; fail
-# when anything of it is left.
+# good measure), then remove every path given (its private directory, and whatever else it made
+# beside it), read-only parts included; fail when anything of them is left.
 _CLEANUP_SCRIPT: Final = (
     _NO_CAPABILITIES + "for sweep in 1 2 3; do kill -KILL -1 2>/dev/null; done; "
-    'if [ -e "$1" ]; then chmod -R u+rwx -- "$1" 2>/dev/null; rm -rf -- "$1"; fi; [ ! -e "$1" ]'
+    'for path; do if [ -e "$path" ] || [ -L "$path" ]; then chmod -R u+rwx -- "$path" 2>/dev/null; '
+    'rm -rf -- "$path"; fi; done; '
+    'for path; do if [ -e "$path" ] || [ -L "$path" ]; then exit 1; fi; done'
 )
-# Whether the user may execute a program: $1 the program, $2 (optional) its script interpreter.
-_EXECUTABLE_SCRIPT: Final = 'test -x "$1" && test -r "$1" && { [ -z "$2" ] || test -x "$2"; }'
+# Whether the user may start a program: $1 the program, $2 (may be empty) its script interpreter,
+# $3 the directory it starts in.
+_EXECUTABLE_SCRIPT: Final = 'cd "$3" && test -x "$1" && test -r "$1" && { [ -z "$2" ] || test -x "$2"; }'
 # A probe or a cleanup is a few system calls; a machine too loaded to run one in this long is
 # reported, never waited on forever.
 HELPER_TIMEOUT: Final = 5.0
+# What a helper says on stderr, kept for the reason a probe gives (bubblewrap's own message).
+HELPER_STDERR_BYTES: Final = 1024
 # A helper killed for its timeout is gone within this; it is not waited on longer.
 HELPER_KILL_WAIT: Final = 1.0
 # Sweeps of the process table for survivors before a user ID is given back anyway is refused.
 RELEASE_ATTEMPTS: Final = 3
 RELEASE_RETRY_INTERVAL: Final = 0.2
-# Where the user-ID locks live: one file per user ID, shared by every gateway on the host (a
-# directory only root may create, so no one can take it first).
-LOCK_DIR: Final = Path("/run/mcp-gateway/uids")
 PR_GET_SECUREBITS: Final = 27
 # bubblewrap (Debian's `bubblewrap`), looked up on the gateway's own PATH, then where Debian puts it.
 BWRAP: Final = "bwrap"
@@ -182,26 +190,28 @@ def why_not_this_range(first: int, last: int) -> str | None:
 
 
 def live_users(first: int = 0, last: int = 2**32) -> set[int]:
-    """The user IDs from `first` to `last` that own a live process (a process's /proc entry
-    belongs to its user). A zombie is not alive: it is only waiting for its parent to reap it,
-    which, for an orphan whose new parent is a PID 1 that does not reap, may be never."""
+    """The user IDs from `first` to `last` that a live process runs as (its real, effective or
+    saved user ID: what decides whether that user may signal it). A zombie is not alive: it is
+    only waiting for its parent to reap it, which, for an orphan whose new parent is a PID 1 that
+    does not reap, may be never."""
     users: set[int] = set()
     with os.scandir("/proc") as entries:
         for entry in entries:
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                uid = entry.stat(follow_symlinks=False).st_uid
-                if first <= uid <= last and uid not in users and not _dead(entry.path):
-                    users.add(uid)
+            if entry.name.isdigit():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    users.update(uid for uid in _users_of_live(entry.path) if first <= uid <= last)
     return users
 
 
-def _dead(proc_entry: str) -> bool:
-    """A zombie with no thread left (a leader that exited while its threads run is alive)."""
+def _users_of_live(proc_entry: str) -> set[int]:
+    """The real, effective and saved user IDs of a process (none for a zombie with no thread left:
+    a leader that exited while its threads run is alive). The owner of /proc/<pid> would not do:
+    it is root for a process that made itself non-dumpable."""
     status = Path(proc_entry, "status").read_text()
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-    return fields.get("State", "")[:1] in ("Z", "X") and fields.get("Threads", "1").strip() in ("0", "1")
+    if fields.get("State", "")[:1] in ("Z", "X") and fields.get("Threads", "1").strip() in ("0", "1"):
+        return set()
+    return {int(uid) for uid in fields["Uid"].split()[:3]}
 
 
 def interpreter_of(program: str, path: str | None = None) -> str | None:
@@ -221,23 +231,26 @@ def interpreter_of(program: str, path: str | None = None) -> str | None:
     return words[0] if words else None
 
 
-async def _run_helper(argv: Sequence[str], uid: int | None = None) -> int:
+async def _run_helper(argv: Sequence[str], uid: int | None = None) -> tuple[int, str]:
     """Run a helper (as `uid`, its own group, with no supplementary groups, when given) with no
-    environment, in `/`; its exit status."""
+    environment, in `/`; its exit status and the start of what it wrote to stderr."""
     switch: dict[str, Any] = {} if uid is None else {"user": uid, "group": uid, "extra_groups": []}
     process = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
         env={},
         cwd="/",
         start_new_session=True,
         **switch,
     )
+    stderr = typing.cast(asyncio.StreamReader, process.stderr)  # a pipe, asked for above
     try:
         async with asyncio.timeout(HELPER_TIMEOUT):
-            return await process.wait()
+            said = await stderr.read(HELPER_STDERR_BYTES)
+            await stderr.read()  # the rest, unread: the helper never blocks on a full pipe
+            return await process.wait(), said.decode(errors="replace").strip()
     except BaseException:  # timed out or cancelled: the helper does not outlive the wait
         with contextlib.suppress(ProcessLookupError):
             process.kill()
@@ -251,11 +264,12 @@ async def _run_helper(argv: Sequence[str], uid: int | None = None) -> int:
 class IsolationRequest:
     """What the configuration asks of the children's isolation, and what decides whether it works."""
 
-    mode: str  # `auto` or an `IsolationMode`
+    mode: RequestedIsolation
     program: str | None  # the file the server's command runs (None: not found)
     uid_range: tuple[int, int]
     path: str | None = None  # the child's PATH
     network: Network = "host"
+    cwd: str | None = None  # where children start (None: each in its home)
     writable: tuple[str, ...] = ()  # directories children may write with namespaces
     hidden: tuple[str, ...] = SYSTEM_SECRETS  # what children never see with namespaces (where it exists)
 
@@ -267,6 +281,7 @@ class IsolationRequest:
             settings.child_uids(),
             settings.child_environment().get("PATH"),
             settings.child_network,
+            str(settings.child_cwd) if settings.child_cwd is not None else None,
             tuple(str(path) for path in settings.child_writable_paths),
             _hidden(settings),
         )
@@ -307,10 +322,11 @@ def namespace_wrapper(
 ) -> tuple[str, ...]:
     """bubblewrap's command line for one child: namespaces of its own (a network too with
     `network=none`; never one more user namespace inside), no capability, the host's file system
-    read-only, a fresh `/dev` and `/proc`, a private `/tmp`; `hide` (the directory of every child's
-    private one) and the hidden files and directories that exist covered by empty ones, then `cell`
-    (its own) and the configured writable directories bound read-write; and the child dies with
-    bubblewrap, which dies with the gateway. `as_other`: bubblewrap runs as a user of its own, who
+    read-only, a fresh `/dev` and `/proc` (its kernel settings read-only), a private `/tmp`; the
+    configured writable directories bound read-write, then the hidden files and directories that
+    exist and `hide` (the directory of every child's private one) covered by empty ones, then
+    `cell` (its own) bound read-write; and the child dies with bubblewrap, which dies with the
+    gateway. `as_other`: bubblewrap runs as a user of its own, who
     cannot reach (nor needs covered) what sits in a directory only its owner and group may enter."""
     argv = [bwrap, "--die-with-parent", "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc"]
     argv += ["--unshare-uts", "--unshare-cgroup-try"]
@@ -319,6 +335,13 @@ def namespace_wrapper(
     argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
     private_tmp = "/tmp"  # noqa: S108 - the child's own, empty
     argv += ["--tmpfs", private_tmp]
+    # The kernel's settings stay read-only to a child whatever its user (bubblewrap leaves them as
+    # the host has them).
+    argv += ["--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
+    # Writable directories first: nothing they hold (a hidden path, another child's directory)
+    # comes back into view through them.
+    for directory in request.writable:
+        argv += ["--bind", directory, directory]
     for path in request.hidden:
         if as_other and not _others_may_reach(path):
             continue
@@ -330,8 +353,6 @@ def namespace_wrapper(
         argv += ["--tmpfs", str(hide)]
     if cell is not None:
         argv += ["--bind", str(cell), str(cell)]
-    for directory in request.writable:
-        argv += ["--bind", directory, directory]
     return (*argv, "--chdir", str(cwd), "--")
 
 
@@ -365,15 +386,18 @@ async def _probe(request: IsolationRequest, argv_prefix: Sequence[str], uid: int
         return None
     interpreter = interpreter_of(request.program, request.path) or ""
     who = "the gateway's user" if uid is None else f"user {uid}"
-    argv = [*argv_prefix, SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", request.program, interpreter]
+    cwd = request.cwd or "/"
+    argv = [*argv_prefix, SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", request.program, interpreter, cwd]
     try:
-        code = await _run_helper(argv, uid)
+        code, said = await _run_helper(argv, uid)
     except (OSError, TimeoutError) as exc:
         return f"no process can be started as {who}: {exc!r}"
     if code == 0:
         return None
     shown = f"{request.program} (run by {interpreter})" if interpreter else request.program
-    where = " in namespaces (bubblewrap failed, or the program is not in its view)" if argv_prefix else ""
+    where = f" in {cwd}" if request.cwd is not None else ""
+    if argv_prefix:
+        where += f" in namespaces ({said or 'bubblewrap failed, or the program is not in its view'})"
     return f"{who} may not execute {shown}{where}: install the server where every user can read it"
 
 
@@ -383,18 +407,34 @@ async def _uid_problem(request: IsolationRequest) -> str | None:
     return problem or await _probe(request, (), request.uid_range[0])
 
 
+def is_host_root() -> bool:
+    """Whether this process is the host's root: user 0 of the initial user namespace (not the root
+    of a container whose users the host maps elsewhere)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        mapping = Path("/proc/self/uid_map").read_text().split()
+    except OSError:
+        return True
+    return mapping[:3] == ["0", "0", "4294967295"]
+
+
 async def _namespace_problem(request: IsolationRequest, bwrap: str | None, uid: int | None) -> str | None:
-    """Why children cannot run in namespaces of their own, as `uid` (None: they can)."""
+    """Why children cannot run in namespaces of their own, as `uid` (as the gateway's own user when
+    None; never the host's root, whom no namespace keeps from the kernel's settings in /proc/sys or
+    from root's sockets) (None: they can)."""
+    if uid is None and is_host_root():
+        return "the gateway runs as the host's root, and its children would too (uid+namespaces gives each a user)"
     if bwrap is None:
         return "bubblewrap (bwrap) is not installed"
-    wrapper = namespace_wrapper(bwrap, request, "/", as_other=uid is not None)
+    wrapper = namespace_wrapper(bwrap, request, request.cwd or "/", as_other=uid is not None)
     if request.program is not None:
         return await _probe(request, wrapper, uid)
     try:  # no program to try: bubblewrap itself, then
-        code = await _run_helper([*wrapper, SHELL, "-c", "true"], uid)
+        code, said = await _run_helper([*wrapper, SHELL, "-c", "true"], uid)
     except (OSError, TimeoutError) as exc:
         return f"bubblewrap cannot be started: {exc!r}"
-    return None if code == 0 else "bubblewrap cannot create namespaces here"
+    return None if code == 0 else f"bubblewrap cannot create namespaces here: {said or f'exit status {code}'}"
 
 
 async def decide(request: IsolationRequest) -> Decision:
@@ -402,32 +442,32 @@ async def decide(request: IsolationRequest) -> Decision:
     way children would run it (as the first user ID of the range, behind bubblewrap).
     `IsolationUnavailable` when the mode asked for cannot be had; `auto` takes the strongest that
     works (`uid+namespaces`, `uid`, `namespaces`, `none`)."""
-    asked = request.mode
+    asked, first_uid, bwrap = request.mode, request.uid_range[0], find_bwrap()
     if asked == "none":
         return _checked(request, Decision("none", "configured"))
-    bwrap = find_bwrap()
-    uid_problem = await _uid_problem(request) if asked in ("auto", "uid", "uid+namespaces") else None
-    if asked == "uid" or (asked == "uid+namespaces" and uid_problem is not None):
-        if uid_problem is not None:
-            raise IsolationUnavailable(f"child_isolation={asked} is not possible: {uid_problem}")
+    if asked == "uid":
+        _refuse_if(asked, await _uid_problem(request))
         return _checked(request, Decision("uid", "configured"))
     if asked == "namespaces":
-        if (problem := await _namespace_problem(request, bwrap, None)) is not None:
-            raise IsolationUnavailable(f"child_isolation=namespaces is not possible: {problem}")
+        _refuse_if(asked, await _namespace_problem(request, bwrap, None))
         return _checked(request, Decision("namespaces", "configured", bwrap))
-    reason = "configured" if asked != "auto" else "the host allows it"
+    if asked == "uid+namespaces":
+        _refuse_if(asked, await _uid_problem(request) or await _namespace_problem(request, bwrap, first_uid))
+        return _checked(request, Decision("uid+namespaces", "configured", bwrap))
+    uid_problem = await _uid_problem(request)
     if uid_problem is None:
-        both_problem = await _namespace_problem(request, bwrap, request.uid_range[0])
-        if both_problem is None:
-            return _checked(request, Decision("uid+namespaces", reason, bwrap))
-        if asked == "uid+namespaces":
-            raise IsolationUnavailable(f"child_isolation=uid+namespaces is not possible: {both_problem}")
+        if (both_problem := await _namespace_problem(request, bwrap, first_uid)) is None:
+            return _checked(request, Decision("uid+namespaces", "the host allows it", bwrap))
         return _checked(request, Decision("uid", f"namespaces are not possible: {both_problem}"))
-    namespace_problem = await _namespace_problem(request, bwrap, None)
-    if namespace_problem is None:
+    if (namespace_problem := await _namespace_problem(request, bwrap, None)) is None:
         return _checked(request, Decision("namespaces", f"uid isolation is not possible: {uid_problem}", bwrap))
     problems = f"uid isolation is not possible: {uid_problem}; namespaces are not possible: {namespace_problem}"
     return _checked(request, Decision("none", problems))
+
+
+def _refuse_if(asked: str, problem: str | None) -> None:
+    if problem is not None:
+        raise IsolationUnavailable(f"child_isolation={asked} is not possible: {problem}")
 
 
 def _checked(request: IsolationRequest, decision: Decision) -> Decision:
@@ -465,11 +505,11 @@ class UserPool:
     def open(cls, first: int, last: int, lock_dir: Path = LOCK_DIR) -> UserPool:
         """A pool over `first`..`last`, its locks in `lock_dir` (made root's, mode 0700)."""
         lock_dir.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(lock_dir, 0o700)
-        info = os.lstat(lock_dir)
-        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise IsolationUnavailable(f"{lock_dir} is not a private directory of this user (mode 0700)")
+        if _why_not_a_safe_parent(lock_dir.parent) is None:  # else made by no one: refused below
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(lock_dir, 0o700)
+        if (problem := _why_no_locks_in(lock_dir)) is not None:
+            raise IsolationUnavailable(problem)
         return cls(first, last, lock_dir)
 
     async def acquire(self) -> tuple[int, int]:
@@ -520,16 +560,19 @@ class Sandbox:
         return self.decision.mode
 
     @classmethod
-    async def open(cls, request: IsolationRequest, watchdog: OrphanWatchdog | None = None) -> Sandbox:
-        """Decide the isolation and prepare what it needs (`IsolationUnavailable` if it cannot be
-        had). The orphan watchdog is told each child's user, so a gateway that dies takes every
-        process of it along, not only its process group, and the directory of the private ones."""
-        decision = await decide(request)
+    async def open(
+        cls, request: IsolationRequest, watchdog: OrphanWatchdog | None = None, decided: Decision | None = None
+    ) -> Sandbox:
+        """Decide the isolation (unless it is `decided` already) and prepare what it needs
+        (`IsolationUnavailable` if it cannot be had). The orphan watchdog is told each child's
+        user, so a gateway that dies takes every process of it along, not only its process group,
+        and the directory of the private ones."""
+        decision = decided if decided is not None else await decide(request)
         if decision.mode == "none":
             return cls(decision, request)
+        if (problem := preparation_problem(decision)) is not None:
+            raise IsolationUnavailable(problem)
         pool = UserPool.open(*request.uid_range) if decision.uses_uid else None
-        if (problem := _why_not_a_safe_parent(Path(tempfile.gettempdir()))) is not None:
-            raise IsolationUnavailable(f"the children's directories cannot be made: {problem}")
         root = Path(tempfile.mkdtemp(prefix="mcp-gateway-children-"))
         if decision.uses_uid:
             # Anyone may enter and create (each child makes its own directory once it runs as its
@@ -557,8 +600,12 @@ class Sandbox:
                 as_other=self._pool is not None,
             )
         if self._pool is None:  # the gateway's own user: it makes the directories itself
-            for made in (directory, directory / "home", directory / "tmp"):
-                os.mkdir(made, 0o700)
+            try:
+                for made in (directory, directory / "home", directory / "tmp"):
+                    os.mkdir(made, 0o700)
+            except OSError:
+                remove_tree(directory)
+                raise
             return Cell(directory, wrapper=wrapper)
         uid, lock = await self._pool.acquire()
         if self._watchdog is not None:
@@ -569,11 +616,13 @@ class Sandbox:
         """After its child's group is gone: end every process of its user, remove its directory,
         give the user ID back. A user whose processes outlive every sweep is kept (logged)."""
         if cell.uid is None:
-            await asyncio.to_thread(_remove_tree, cell.directory)
+            await asyncio.to_thread(remove_tree, cell.directory)
             return
         try:
+            left = await asyncio.to_thread(self._made_by, cell.uid)
+            paths = [str(path) for path in dict.fromkeys([cell.directory, *left])]
             for _ in range(RELEASE_ATTEMPTS):
-                code = await _run_helper([SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", str(cell.directory)], cell.uid)
+                code, _ = await _run_helper([SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", *paths], cell.uid)
                 if code == 0 and not await asyncio.to_thread(live_users, cell.uid, cell.uid):
                     break
                 await asyncio.sleep(RELEASE_RETRY_INTERVAL)
@@ -588,13 +637,51 @@ class Sandbox:
         if self._pool is not None and cell.lock is not None:
             self._pool.release(cell.lock)
 
+    def _made_by(self, uid: int) -> list[Path]:
+        """What `uid` made in the directory of the private ones, its own or not (which only the
+        gateway may list)."""
+        if self._root is None:
+            return []
+        made: list[Path] = []
+        with os.scandir(self._root) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                    if entry.stat(follow_symlinks=False).st_uid == uid:
+                        made.append(Path(entry.path))
+        return made
+
     def close(self) -> None:
         """Remove the (by now empty) root of the private directories."""
         if self._root is not None:
             with contextlib.suppress(OSError):
                 os.rmdir(self._root)
             if self._root.exists():
-                _remove_tree(self._root)
+                remove_tree(self._root)
+
+
+def preparation_problem(decision: Decision, lock_dir: Path = LOCK_DIR) -> str | None:
+    """Why the gateway cannot prepare what `decision` needs on this host: the directory of the
+    children's private ones, and with user IDs the one of their locks (None: it can; checked
+    without making anything)."""
+    if decision.mode == "none":
+        return None
+    if (problem := _why_not_a_safe_parent(Path(tempfile.gettempdir()))) is not None:
+        return f"the children's directories cannot be made: {problem}"
+    if decision.uses_uid and lock_dir.parent.exists():
+        return _why_no_locks_in(lock_dir)
+    return None
+
+
+def _why_no_locks_in(lock_dir: Path) -> str | None:
+    """Why the user-ID locks may not be kept in `lock_dir`: it must be this user's alone, in a
+    directory where no one else may swap it out."""
+    if (problem := _why_not_a_safe_parent(lock_dir.parent)) is not None:
+        return f"the user-ID locks cannot be kept: {problem}"
+    if lock_dir.exists():
+        info = os.lstat(lock_dir)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            return f"{lock_dir} is not a private directory of this user (mode 0700)"
+    return None
 
 
 def _why_not_a_safe_parent(directory: Path) -> str | None:
@@ -603,18 +690,5 @@ def _why_not_a_safe_parent(directory: Path) -> str | None:
     their place (None: they may)."""
     mode = os.stat(directory).st_mode
     if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        return f"{directory} is writable by every user without the sticky bit (chmod 1777 it, or set TMPDIR)"
+        return f"{directory} is writable by every user without the sticky bit (chmod it 1777 or 0755)"
     return None
-
-
-def _remove_tree(path: Path) -> None:
-    """Remove a directory of the gateway's own user, parts its child made read-only included."""
-
-    def writable_again(function: Any, name: str, _: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(name), 0o700)
-            os.chmod(name, 0o700)
-            function(name)
-
-    if path.exists():
-        shutil.rmtree(path, onerror=writable_again)

@@ -263,7 +263,8 @@ class SessionStore:
         return session
 
     async def _new_cell(self) -> Cell | None:
-        """Where the next child runs, with isolation; 503 when the user IDs are used up."""
+        """Where the next child runs, with isolation; 503 when the user IDs are used up, or its
+        directory or lock cannot be made (a full disk, no descriptor to spare)."""
         if self._sandbox is None:
             return None
         try:
@@ -271,6 +272,9 @@ class SessionStore:
         except NoFreeUser as exc:
             log.error("%s", exc)
             raise GatewayError("too_many_sessions", "The gateway is at its session limit; try again later") from None
+        except OSError as exc:
+            log.error("cannot prepare a child's private directory or user: %s", exc)
+            raise GatewayError("no_room_for_child", "The gateway cannot start a session now; try again later") from None
 
     def _release_cell_soon(self, session: Session) -> None:
         """Give back the cell of a child that never started (its directories may exist already)."""

@@ -19,17 +19,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 # The logger and its messages keep the name operators already filter on ("guard").
 log = logging.getLogger("gateway.guard")
 
+# Where the user-ID locks live: one file per user ID, shared by every gateway on the host (a
+# directory only root may create, so no one can take it first).
+LOCK_DIR = Path("/run/mcp-gateway/uids")
 # Seconds between SIGTERM and SIGKILL, matching the gateway's own stop sequence.
 TERM_GRACE_SECONDS = 2.0
 POLL_SECONDS = 0.05
@@ -87,27 +94,97 @@ def terminate_groups(groups: set[int]) -> None:
         signal_group(pgid, signal.SIGKILL)
 
 
-def kill_users(uids: set[int]) -> None:
+def kill_users(uids: set[int], directories: list[str]) -> None:
     """SIGKILL every process of each user in `uids`, through `kill(-1)` from a helper that has
     become that user: one system call the kernel applies to all of them at once, so no process
-    escapes it by forking into a new pid (a sweep of /proc, one pid at a time, could be outrun)."""
+    escapes it by forking into a new pid (a sweep of /proc, one pid at a time, could be outrun).
+    The helper then removes what the user owns directly in `directories` (a child's private
+    directory), which a watchdog holding no more than the capabilities it needs could not."""
+    owned = _entries_by_owner(directories)
     for uid in uids:
+        with _user_lock(uid) as free:
+            if free:  # else another gateway's child has the user now, and its start ended what was left
+                _kill_user(uid, owned.get(uid, []))
+
+
+def _kill_user(uid: int, owned: list[str]) -> None:
+    try:
+        pid = os.fork()
+    except OSError:
+        return  # no process to spare: the next user may still get one
+    if pid == 0:  # the watchdog is single-threaded: forking here is safe
         try:
-            pid = os.fork()
-        except OSError:
-            continue  # no process to spare: the next user may still get one
-        if pid == 0:  # the watchdog is single-threaded: forking here is safe
-            try:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-                with open("/proc/self/status", "rb") as status:
-                    alone = b"CapEff:\t0000000000000000\n" in status.read()
-                if alone:  # with a capability left, kill(-1) would reach other users' processes
-                    os.kill(-1, signal.SIGKILL)  # every process of the user, this helper excepted
-            finally:
-                os._exit(0)
-        os.waitpid(pid, 0)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with open("/proc/self/status", "rb") as status:
+                alone = b"CapEff:\t0000000000000000\n" in status.read()
+            if alone:  # with a capability left, kill(-1) would reach other users' processes
+                os.kill(-1, signal.SIGKILL)  # every process of the user, this helper excepted
+                for path in owned:
+                    remove_tree(path)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def _user_lock(uid: int) -> Iterator[bool]:
+    """Hold the user ID's lock (the gateway that held it is gone, so the kernel let it go): True
+    while held, or when no lock file says it was ever handed out; False when another gateway
+    holds it."""
+    try:
+        fd = os.open(LOCK_DIR / str(uid), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield True
+        return
+    except OSError:
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _entries_by_owner(directories: list[str]) -> dict[int, list[str]]:
+    """The entries of `directories` (which only the watchdog's own user may list), by owner."""
+    owned: dict[int, list[str]] = {}
+    for directory in directories:
+        with contextlib.suppress(OSError), os.scandir(directory) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    owned.setdefault(entry.stat(follow_symlinks=False).st_uid, []).append(entry.path)
+    return owned
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove `path` and everything in it, as its owner: directories a child made read-only are
+    made writable first (directories only, never through a symbolic link)."""
+
+    def writable_again(function: Callable[[str], object], failed: str, _: object) -> None:
+        with contextlib.suppress(OSError):
+            for directory in (os.path.dirname(failed), failed):
+                if stat.S_ISDIR(os.lstat(directory).st_mode):
+                    os.chmod(directory, 0o700)
+            function(failed)
+
+    if not os.path.lexists(path):
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=writable_again)
+        else:
+            shutil.rmtree(path, onerror=writable_again)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def main() -> int:
@@ -141,9 +218,9 @@ def main() -> int:
             elif sign == b"-":
                 members.discard(int(number))
     terminate_groups(groups)
-    kill_users(users)
+    kill_users(users, directories)
     for directory in directories:
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_tree(directory)
     return 0
 
 

@@ -25,10 +25,20 @@ from typing import Final
 from gateway.sessions import sandbox
 from tests.bench import workloads
 from tests.bench.floor import PipeSession
-from tests.bench.gateway import REPO_ROOT, GatewayProcess, GatewaySession, gateway_argv, running_gateway
+from tests.bench.gateway import (
+    REPO_ROOT,
+    GatewayProcess,
+    GatewaySession,
+    gateway_argv,
+    running_gateway,
+    running_unprivileged_gateway,
+)
 from tests.bench.report import MiB, Mode, Results, comparison_table, isolation_table, targets_table
 from tests.bench.rpc import Opener
 from tests.bench.workloads import EchoSide
+from tests.support import isolation as isolation_support
+from tests.support.unprivileged import NOBODY
+from tests.support.unprivileged import WHY_NOT as UNPRIVILEGED_PROBLEM
 
 ECHO_SERVER: Final = str(REPO_ROOT / "tests" / "servers" / "echo_server.py")
 ECHO_ARGV: Final = (sys.executable, ECHO_SERVER)
@@ -122,8 +132,18 @@ async def measure_big_results(results: Results, open_gateway: Opener, open_floor
             results.floor.big[size] = await workloads.big_result_times(floor_session, size, BIG_RUNS)
 
 
+def unprivileged(isolation: sandbox.IsolationMode) -> bool:
+    """Whether the gateway of `isolation` runs as an unprivileged user: `namespaces` alone, which
+    the host's root may not give its children."""
+    return isolation == "namespaces" and sandbox.is_host_root()
+
+
 async def why_not(isolation: sandbox.IsolationMode) -> str | None:
     """Why this host cannot run the echo server's children in `isolation` (None: it can)."""
+    if unprivileged(isolation):
+        if UNPRIVILEGED_PROBLEM is not None:
+            return f"namespaces alone need a gateway that is not root, and {UNPRIVILEGED_PROBLEM}"
+        return isolation_support.bubblewrap_problem(NOBODY)
     uid_range = tuple(int(part) for part in ISOLATION_UID_RANGE.split("-"))
     request = sandbox.IsolationRequest(isolation, ISOLATION_PYTHON, (uid_range[0], uid_range[1]))
     try:
@@ -161,7 +181,12 @@ async def measure_isolation(results: Results) -> None:
         isolation.skipped = "no isolation is possible here: " + "; ".join(isolation.unavailable.values())
         return
     async with contextlib.AsyncExitStack() as stack:
-        gateways = [await stack.enter_async_context(running_gateway(isolation_argv(name))) for name in names]
+        gateways = [
+            await stack.enter_async_context(
+                (running_unprivileged_gateway if unprivileged(name) else running_gateway)(isolation_argv(name))
+            )
+            for name in names
+        ]
         openers = [functools.partial(GatewaySession.open, gateway.url) for gateway in gateways]
         lifetimes = await workloads.alternating_lifetimes(openers, SETUP_SAMPLES)
         modes = [isolation.modes.setdefault(name, Mode()) for name in names]
@@ -230,7 +255,8 @@ def method_notes() -> list[str]:
         "6. utime+stime of the gateway process alone across the measured calls of 2, divided by their number.",
         f"7. one gateway per --child-isolation mode the host allows ({', '.join(ISOLATION_MODES)}) around "
         f"{ISOLATION_PYTHON} tests/servers/echo_server.py (--child-uid-range {ISOLATION_UID_RANGE} for the uid "
-        f"modes); setup as in 1, {SETUP_SAMPLES} samples per mode; end: DELETE to its 204 (child stopped, its "
+        f"modes; namespaces alone as user {NOBODY} when this runs as root, its log read through a pipe); setup "
+        f"as in 1, {SETUP_SAMPLES} samples per mode; end: DELETE to its 204 (child stopped, its "
         "cell released: uid: its user's processes swept, HOME/TMPDIR removed, user ID released; namespaces: "
         f"its directory removed); echo and CPU as in 2 and 6, {ISOLATION_ECHO_CALLS} calls per mode.",
     ]

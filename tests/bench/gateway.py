@@ -25,6 +25,7 @@ from gateway.sessions.sandbox import IsolationMode
 from tests.bench import rpc
 from tests.bench.http import HttpConnection, Response, header_block, sse_data
 from tests.bench.rpc import JsonObj
+from tests.support.unprivileged import unprivileged_gateway
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]
 # Interpreter start, imports and bind; generous because the machine may be busy.
@@ -128,6 +129,15 @@ async def running_gateway(argv: Sequence[str]) -> AsyncIterator[GatewayProcess]:
             yield GatewayProcess(process.pid, url)
         finally:
             await _stop(process)
+
+
+@contextlib.asynccontextmanager
+async def running_unprivileged_gateway(argv: Sequence[str]) -> AsyncIterator[GatewayProcess]:
+    """The gateway of `argv` (from `gateway_argv`) run as an unprivileged user, as `namespaces`
+    alone must be on a host whose benchmark runs as root (tests/support/unprivileged.py). Its log
+    is read as it comes (a pipe), which costs the benchmark process a little."""
+    async with unprivileged_gateway({}, flags=argv[argv.index("serve") + 1 :]) as gateway:
+        yield GatewayProcess(gateway.process.pid, gateway.url)
 
 
 async def _wait_for_url(process: asyncio.subprocess.Process, log: IO[bytes]) -> str:

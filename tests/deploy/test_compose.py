@@ -28,7 +28,7 @@ from gateway.config import Settings
 from gateway.config.child import DEFAULT_CHILD_UIDS
 from gateway.sessions import sandbox
 from gateway.sessions.child import SIGKILL_CONFIRM, SIGTERM_GRACE, STDIN_CLOSE_GRACE
-from gateway.sessions.sandbox import LOCK_DIR
+from gateway.sessions.watchdog import LOCK_DIR
 from tests.support.deploy_files import (
     BASE_DOCKERFILE,
     COMPOSE_FILE,

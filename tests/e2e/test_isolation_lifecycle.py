@@ -18,6 +18,10 @@ the gateway stops (SIGTERM, SIGKILL: then it is the orphan watchdog's job, and b
   asserts that, so a leak-free `none` mode would show up here as a changed observation.
 After the gateway stops, the directory of every child's private one is gone as well.
 
+The gateway runs as this test's user, except for `namespaces` alone while that is the host's root
+(as in CI), which may not give its children that mode: then the gateway runs as `nobody`, with no
+capability (tests/support/unprivileged.py), and its children as `nobody` in namespaces of their own.
+
 Processes are named from the host's side. The gateway's child is the pid of its `child.spawn`
 audit line; with namespaces that is the outer bubblewrap, whose one child is bubblewrap's init
 (pid 1 of the child's PID namespace) and whose grandchild is the server. The spy's pids are those
@@ -32,7 +36,8 @@ it, which no fork outruns (a sweep of /proc, pid by pid, could be).
 
 Every test SIGKILLs, in its `finally`, every process of the users its children ran as and of the
 namespaces it holds, and, in `none` mode, the processes it saw by pid, so a failing test never
-leaks.
+leaks; an unprivileged gateway's launcher kills what it started by pid, group and namespace, never
+by user.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -57,9 +62,9 @@ import pytest
 from aiohttp import ClientSession
 
 from gateway.config.child import ChildIsolationSettings
-from gateway.sessions.sandbox import SHELL, IsolationRequest, IsolationUnavailable, decide
+from gateway.sessions.sandbox import SHELL, IsolationRequest, IsolationUnavailable, decide, is_host_root
 from tests.support.gateway_process import GatewayProcess, HttpMcp, running_gateway
-from tests.support.isolation import uid_released
+from tests.support.isolation import bubblewrap_problem, uid_released
 from tests.support.processes import (
     children_of,
     descendants,
@@ -71,6 +76,8 @@ from tests.support.processes import (
 )
 from tests.support.servers import ECHO_SERVER, SERVERS
 from tests.support.types import JsonObj
+from tests.support.unprivileged import NOBODY, unprivileged_gateway
+from tests.support.unprivileged import WHY_NOT as UNPRIVILEGED_PROBLEM
 from tests.support.waits import POLL, WAIT, eventually
 
 SYSTEM_PYTHON: Final = Path("/usr/bin/python3")  # the venv's lives under /root, which other users cannot enter
@@ -99,11 +106,20 @@ def uses_namespaces(isolation: Isolation) -> bool:
     return isolation in ("namespaces", "uid+namespaces")
 
 
+def unprivileged(isolation: Isolation) -> bool:
+    """Whether the gateway runs as `nobody` for `isolation`: namespaces alone, which the host's
+    root may not give its children."""
+    return isolation == "namespaces" and is_host_root()
+
+
 def why_not(isolation: Isolation) -> str | None:
     """Why the spy cannot run with `isolation` on this host (None: it can), as the gateway decides
-    it at startup: by running the spy's program the way children run it."""
+    it at startup: by running the spy's program the way children run it (as `nobody` behind
+    bubblewrap, for an unprivileged gateway, which then decides the same)."""
     if isolation == "none" or not SYSTEM_PYTHON.is_file():
         return None
+    if unprivileged(isolation):
+        return UNPRIVILEGED_PROBLEM or bubblewrap_problem(NOBODY)
     try:
         asyncio.run(decide(IsolationRequest(isolation, str(SYSTEM_PYTHON), (FIRST_UID, LAST_UID))))
     except IsolationUnavailable as exc:
@@ -313,6 +329,25 @@ def leftovers_killed(isolation: Isolation) -> Iterator[Seen]:
 # --- sessions with the spy ---------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def serving(isolation: Isolation, workdir: Path, settings: Mapping[str, str]) -> AsyncIterator[GatewayProcess]:
+    """A gateway with `settings` whose children get `isolation`: run as this test's user in
+    `workdir`, or as `nobody` in a working directory of its own (`unprivileged`)."""
+    if unprivileged(isolation):
+        async with unprivileged_gateway(settings) as gateway:
+            assert user_of(gateway) == NOBODY
+            yield gateway
+    else:
+        async with running_gateway(workdir, settings) as gateway:
+            yield gateway
+
+
+def user_of(gateway: GatewayProcess) -> int:
+    """The user the gateway runs as (every one of its IDs)."""
+    [uid] = users_of(gateway.process.pid)
+    return uid
+
+
 def settings_for(
     isolation: Isolation, server: Path = SPY_SERVER, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -391,7 +426,7 @@ async def open_spied(http: ClientSession, gateway: GatewayProcess, seen: Seen) -
         sleeper_pid = namespace.host_pid(sleeper["pid"])
     spied = Spied(me["uid"], line["pid"], server, Path(me["HOME"]), namespace, sleeper_pid)
     seen.sessions.append(spied)
-    assert spied.uid == (line["uid"] if uses_uid(seen.isolation) else os.geteuid()), (me, line)
+    assert spied.uid == (line["uid"] if uses_uid(seen.isolation) else user_of(gateway)), (me, line)
     assert sleeper_pid not in group_members({spied.leader})
     assert users_of(spied.leader) == users_of(sleeper_pid) == {spied.uid}
     if seen.isolation == "none":
@@ -448,7 +483,10 @@ async def test_nothing_of_a_child_survives_the_end_of_its_session(
     (the idle TTL ends them all)."""
     extra = {"session_idle_ttl": str(IDLE_TTL)} if ending == "idle-ttl" else {}
     with leftovers_killed(isolation) as seen:
-        async with running_gateway(tmp_path, settings_for(isolation, extra=extra)) as gateway, ClientSession() as http:
+        async with (
+            serving(isolation, tmp_path, settings_for(isolation, extra=extra)) as gateway,
+            ClientSession() as http,
+        ):
             check_startup(gateway, isolation)
             sessions = [await open_spied(http, gateway, seen) for _ in range(SESSIONS if ending != "idle-ttl" else 2)]
             check_audit(gateway, seen)
@@ -509,7 +547,7 @@ async def test_nothing_of_any_child_survives_the_gateway(stop_name: str, isolati
     user and removes the root; with namespaces each bubblewrap dies with its parent."""
     stop = STOP_SIGNALS[stop_name]
     with leftovers_killed(isolation) as seen:
-        async with running_gateway(tmp_path, settings_for(isolation)) as gateway, ClientSession() as http:
+        async with serving(isolation, tmp_path, settings_for(isolation)) as gateway, ClientSession() as http:
             guard = watchdog_of(gateway)
             for _ in range(SESSIONS):
                 await open_spied(http, gateway, seen)
@@ -554,7 +592,7 @@ async def test_sdk_client_full_session(isolation: Isolation, tmp_path: Path) -> 
     """initialize, tools/list, tools/call of echo and close, through a gateway whose child is the
     echo server in the isolation asked for; closing the client ends the session and all of it."""
     with leftovers_killed(isolation) as seen:
-        async with running_gateway(tmp_path, settings_for(isolation, server=ECHO_SERVER)) as gateway:
+        async with serving(isolation, tmp_path, settings_for(isolation, server=ECHO_SERVER)) as gateway:
             check_startup(gateway, isolation)
             with anyio.fail_after(WAIT):
                 async with mcp.Client(gateway.url, mode="legacy") as client:
@@ -575,6 +613,7 @@ async def test_sdk_client_full_session(isolation: Isolation, tmp_path: Path) -> 
                         assert users_of(server) == {line["uid"]}  # the echo server, as its own user
                     else:
                         assert line["uid"] is None
+                        assert users_of(server) == {user_of(gateway)}
                     if isolation != "none":
                         assert spied.directory.is_dir()
                     assert leftovers(spied, isolation) == spied.processes()
@@ -642,7 +681,7 @@ async def test_a_pid_hopping_descendant_does_not_survive(ending: str, isolation:
         writable = {"child_writable_paths": str(beats_dir)} if uses_namespaces(isolation) else {}
         settings = {**settings_for(isolation, extra=writable), "command": json.dumps(command)}
         with leftovers_killed(isolation) as seen:
-            async with running_gateway(tmp_path, settings) as gateway, ClientSession() as http:
+            async with serving(isolation, tmp_path, settings) as gateway, ClientSession() as http:
                 guard = watchdog_of(gateway)
                 session, spied = await open_spied(http, gateway, seen)
                 assert await beating(beats)

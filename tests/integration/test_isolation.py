@@ -1,10 +1,13 @@
 """Isolation between children, through the real gateway. In each mode (`none`, the control: every
-attack succeeds; `uid`; `namespaces`; `uid+namespaces`) the spy server in one session attacks the
-child of another: its environment (where the other user's upstream token is), signals, ptrace,
-its private files and `/tmp`, the rest of the file system, and, with namespaces, whether it can
-see the other child at all. Also: the user IDs, the private directories and their removal, the
-network and writable directories namespaces allow, what the gateway reports, and when it refuses
-to start.
+attack succeeds; `uid`; `uid+namespaces`) the spy server in one session attacks the child of
+another: its environment (where the other user's upstream token is), signals, ptrace, its private
+files and `/tmp`, the rest of the file system, and, with namespaces, whether it can see the other
+child at all. Also: the user IDs, the private directories and their removal, the network and
+writable directories namespaces allow, what the gateway reports, and when it refuses to start.
+
+The gateway here runs in this process. As the host's root (as in CI) it may not give its children
+`namespaces` alone (they would be the host's root too): that is tested as refused here, and as it
+runs, by an unprivileged gateway process, in test_isolation_unprivileged.py.
 
 Each mode needs what it needs, probed here independently of the gateway: user IDs the power to
 switch users (root, as in CI) and a Python another user may run; namespaces a bubblewrap that
@@ -37,8 +40,15 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app, keys
 from gateway.auth.static import digest_of
-from gateway.sessions.sandbox import IsolationUnavailable, live_users, why_no_user_switching
-from tests.support.isolation import bubblewrap_problem, host_pid, namespace_members, uid_released
+from gateway.sessions.sandbox import IsolationUnavailable, is_host_root, live_users, why_no_user_switching
+from tests.support.isolation import (
+    NO_BUBBLEWRAP,
+    REFUSED_BY_NAMESPACES,
+    bubblewrap_problem,
+    host_pid,
+    namespace_members,
+    uid_released,
+)
 from tests.support.mcp import LATEST, Mcp, text_of
 from tests.support.processes import descendants
 from tests.support.servers import SERVERS
@@ -57,13 +67,16 @@ FIRST_UID: Final = 1_000_300_000
 OUTSIDE: Final = Path("/var/tmp")  # noqa: S108 - a directory of the test's own is made inside
 
 UID_PROBLEM: Final = why_no_user_switching() or (None if PYTHON.exists() else f"{PYTHON} is missing")
+HOST_ROOT: Final = is_host_root()
 NAMESPACE_PROBLEM: Final = bubblewrap_problem()
 BOTH_PROBLEM: Final = UID_PROBLEM or bubblewrap_problem(FIRST_UID)
+# Why the host's root may not give its children namespaces alone.
+ROOT_PROBLEM: Final = (
+    "the gateway runs as the host's root, and its children would too (uid+namespaces gives each a user)"
+)
 
 needs_uid = pytest.mark.skipif(UID_PROBLEM is not None, reason=f"uid isolation is not possible: {UID_PROBLEM}")
-needs_namespaces = pytest.mark.skipif(
-    NAMESPACE_PROBLEM is not None, reason=f"namespaces are not possible: {NAMESPACE_PROBLEM}"
-)
+needs_host_root = pytest.mark.skipif(not HOST_ROOT, reason="the gateway does not run as the host's root here")
 needs_both = pytest.mark.skipif(BOTH_PROBLEM is not None, reason=f"uid+namespaces are not possible: {BOTH_PROBLEM}")
 needs_unshare = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("unshare") is None, reason="hiding a file needs root and unshare (util-linux)"
@@ -74,7 +87,6 @@ pytestmark = pytest.mark.skipif(not PYTHON.exists(), reason=f"{PYTHON} is missin
 MODES: Final = [
     pytest.param("none", id="none"),
     pytest.param("uid", marks=needs_uid, id="uid"),
-    pytest.param("namespaces", marks=needs_namespaces, id="namespaces"),
     pytest.param("uid+namespaces", marks=needs_both, id="uid+namespaces"),
 ]
 NAMESPACE_MODES: Final = MODES[2:]
@@ -172,21 +184,9 @@ REFUSED_BY_UID: Final = {
     "tmp_read": "EACCES",
     "write_outside": "EACCES",
 }
-# Her pid is none in Bob's PID namespace, her directory and /tmp not in his view, the rest read-only.
-REFUSED_BY_NAMESPACES: Final = {
-    "processes": "only its own",
-    "environ": "ENOENT",
-    "signal": "ESRCH",
-    "ptrace": "ESRCH",
-    "tmpdir_read": "ENOENT",
-    "tmpdir_list": "ENOENT",
-    "tmp_read": "ENOENT",
-    "write_outside": "EROFS",
-}
 EXPECTED: Final = {
     "none": {attack: "ok" for attack in REFUSED_BY_UID} | {"processes": "sees alice"},
     "uid": REFUSED_BY_UID,
-    "namespaces": REFUSED_BY_NAMESPACES,
     "uid+namespaces": REFUSED_BY_NAMESPACES,
 }
 
@@ -251,7 +251,7 @@ async def test_one_child_cannot_reach_another(
         assert reports["tmpdir_list"]["names"] == ["notes.txt"]
         return
     assert "value" not in reports["environ"]
-    assert (a["uid"] != b["uid"]) == mode.startswith("uid"), (a["uid"], b["uid"])
+    assert a["uid"] != b["uid"]
     if mode.startswith("uid"):
         assert FIRST_UID <= a["uid"] < FIRST_UID + 1000
         assert FIRST_UID <= b["uid"] < FIRST_UID + 1000
@@ -347,15 +347,20 @@ async def test_auto_chooses_the_strongest_isolation_the_host_allows(aiohttp_clie
 
 @needs_uid
 async def test_auto_falls_back_when_no_other_user_may_run_the_server(aiohttp_client: AiohttpClient) -> None:
-    """The virtualenv's interpreter lies under /root (mode 0700): no child user could start it;
-    the gateway's own user can, in namespaces of its own when bubblewrap works."""
+    """The virtualenv's interpreter lies under /root (mode 0700): no child user could start it.
+    The gateway's own user could, but that is the host's root, whom namespaces alone do not
+    contain: no isolation, and the reason names both problems."""
     if os.access(sys.executable, os.X_OK) and _others_may_run(sys.executable):
         pytest.skip(f"{sys.executable} is runnable by every user here")
+    if not HOST_ROOT:
+        pytest.skip("the gateway does not run as the host's root here: auto may take namespaces")
     gateway = await serve(aiohttp_client, child_isolation="auto", child_uid_range=f"{FIRST_UID}-{FIRST_UID + 999}")
     sandbox = gateway.http.app[keys.SANDBOX]
     report("auto-unrunnable", "auto", [sandbox.mode, sandbox.decision.reason])
-    assert sandbox.mode == ("namespaces" if NAMESPACE_PROBLEM is None else "none")
-    assert sandbox.decision.reason.startswith(f"uid isolation is not possible: user {FIRST_UID} may not execute")
+    assert sandbox.mode == "none"
+    uid_problem, namespace_problem = sandbox.decision.reason.split("; ")
+    assert uid_problem.startswith(f"uid isolation is not possible: user {FIRST_UID} may not execute"), uid_problem
+    assert namespace_problem == f"namespaces are not possible: {ROOT_PROBLEM}"
     assert (await gateway.initialize())["serverInfo"]  # and the gateway serves
 
 
@@ -420,7 +425,9 @@ def _process_of(uid: int) -> Iterator[subprocess.Popen[bytes]]:
         pytest.param(
             "auto",
             [sys.executable, str(SERVERS / "echo_server.py")],
-            marks=pytest.mark.skipif(NAMESPACE_PROBLEM is None, reason="auto finds namespaces here, and starts"),
+            marks=pytest.mark.skipif(
+                NAMESPACE_PROBLEM is None and not HOST_ROOT, reason="auto finds namespaces here, and starts"
+            ),
             id="auto-without-a-runnable-server-or-namespaces",
         ),
     ],
@@ -438,22 +445,12 @@ async def test_per_user_values_and_shared_users_refuse_to_start(mode: str, comma
     assert "allow_shared_uid_children=true" in str(refused.value)
 
 
-@pytest.mark.parametrize(
-    ("command", "mode"),
-    [
-        pytest.param(
-            SPY, "uid+namespaces" if BOTH_PROBLEM is None else "uid", marks=needs_uid, id="users-of-their-own"
-        ),
-        pytest.param([sys.executable, "-I", *SPY[1:]], "namespaces", marks=needs_namespaces, id="namespaces-only"),
-    ],
-)
-async def test_per_user_values_start_when_the_children_are_isolated(
-    aiohttp_client: AiohttpClient, command: list[str], mode: str
-) -> None:
-    if mode == "namespaces" and UID_PROBLEM is None and _others_may_run(sys.executable):
-        pytest.skip(f"{sys.executable} is runnable by every user here: auto would give users of their own")
-    gateway = await serve(aiohttp_client, **isolated("auto", command=command, allow_shared_uid_children=False))
-    assert gateway.http.app[keys.SANDBOX].mode == mode
+@needs_uid
+async def test_per_user_values_start_when_the_children_are_isolated(aiohttp_client: AiohttpClient) -> None:
+    """With users of their own (with namespaces alone, as an unprivileged gateway gives them:
+    test_isolation_unprivileged.py)."""
+    gateway = await serve(aiohttp_client, **isolated("auto", allow_shared_uid_children=False))
+    assert gateway.http.app[keys.SANDBOX].mode == ("uid+namespaces" if BOTH_PROBLEM is None else "uid")
     me = await (await Caller(gateway, ALICE).open()).tool("whoami", env=SECRET_VAR)
     assert me["env"]["value"] == ALICE
 
@@ -482,21 +479,32 @@ def test_check_refuses_per_user_values_with_shared_users(capsys: pytest.CaptureF
 
 @needs_uid
 async def test_a_child_that_cannot_start_as_its_user_is_a_502_and_gives_its_user_back(
-    aiohttp_client: AiohttpClient, tmp_path: Path
+    aiohttp_client: AiohttpClient,
 ) -> None:
-    """Its pre-exec fails (a working directory its user may not enter): the client gets 502, the
-    gateway keeps serving, and the user ID is free again."""
-    closed = tmp_path / "closed"
-    closed.mkdir(mode=0o700)
-    only = FIRST_UID + 700
-    settings = isolated("uid", child_cwd=closed, child_uid_range=f"{only}-{only}", max_sessions=1)
-    gateway = await serve(aiohttp_client, **settings)
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": LATEST}}
-    headers = gateway.headers({"Authorization": f"Bearer {ALICE}"})
-    for _ in range(2):  # the second gets the same (released) user ID, and fails the same way
-        async with gateway.http.post("/mcp", json=init, headers=headers) as response:
-            assert response.status == 502, await response.text()
-        assert await eventually(lambda: uid_released(only))
+    """Its pre-exec fails (a working directory its user may enter at startup, when the gateway
+    checks, and no longer when the child starts): the client gets 502, the gateway keeps serving,
+    and the user ID is free again. Closed from the start, the directory stops the gateway."""
+    workdir = Path(tempfile.mkdtemp(prefix="isolation-cwd-", dir=OUTSIDE))
+    try:
+        only = FIRST_UID + 700
+        settings = isolated("uid", child_cwd=workdir, child_uid_range=f"{only}-{only}", max_sessions=1)
+        runner = web.AppRunner(create_app(make_settings(**settings)))
+        try:
+            with pytest.raises(IsolationUnavailable, match=f"may not execute {PYTHON} in {workdir}"):
+                await runner.setup()
+        finally:
+            await runner.cleanup()
+        os.chmod(workdir, 0o755)  # noqa: S103 - the child's user may enter it: the probe passes
+        gateway = await serve(aiohttp_client, **settings)
+        os.chmod(workdir, 0o700)
+        init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {"protocolVersion": LATEST}}
+        headers = gateway.headers({"Authorization": f"Bearer {ALICE}"})
+        for _ in range(2):  # the second gets the same (released) user ID, and fails the same way
+            async with gateway.http.post("/mcp", json=init, headers=headers) as response:
+                assert response.status == 502, await response.text()
+            assert await eventually(lambda: uid_released(only))
+    finally:
+        shutil.rmtree(workdir)
 
 
 @needs_uid
@@ -556,6 +564,31 @@ async def test_namespaces_in_force_are_reported_and_the_child_is_in_them(
     assert (me["NoNewPrivs"], int(me["CapEff"], 16), int(me["CapPrm"], 16)) == (1, 0, 0)
     assert (me["uid"] >= FIRST_UID) == (mode == "uid+namespaces"), me["uid"]
     assert me["cwd"] == me["HOME"]
+
+
+@needs_host_root
+async def test_namespaces_alone_are_refused_to_the_hosts_root() -> None:
+    """Its children would be the host's root in namespaces of their own, which keep them neither
+    from the kernel's settings in /proc/sys nor from root's Unix sockets: startup stops, with a
+    server every user may run, whether bubblewrap works here or not."""
+    runner = web.AppRunner(create_app(make_settings(**isolated("namespaces"))))
+    try:
+        with pytest.raises(IsolationUnavailable) as refused:
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+    report("root-startup", "namespaces", str(refused.value))
+    assert str(refused.value) == f"child_isolation=namespaces is not possible: {ROOT_PROBLEM}"
+
+
+@needs_host_root
+def test_check_refuses_namespaces_alone_to_the_hosts_root(capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway import cli
+
+    code = cli.main(["check", "--child-isolation", "namespaces", "--", *SPY])
+    said = capsys.readouterr().err.strip().splitlines()[-1:]
+    report("root-check", "namespaces", [code, said])
+    assert (code, said) == (1, [f"mcp-gateway: child_isolation=namespaces is not possible: {ROOT_PROBLEM}"])
 
 
 @pytest.mark.parametrize("mode", NAMESPACE_MODES)
@@ -680,9 +713,6 @@ async def test_a_namespaced_childs_directory_and_processes_go_with_the_session(
     directory = Path(me["HOME"]).parent
     assert (directory / "home").is_dir()
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    if mode == "namespaces":  # the gateway's own user made it, and its parent no one else may enter
-        assert directory.stat().st_uid == os.geteuid()
-        assert stat.S_IMODE(directory.parent.stat().st_mode) == 0o700
     assert (await alice.tool("write_file", path=f"{me['HOME']}/cache.db", text="x" * 1000))["ok"]
     sleeper = await alice.tool("spawn_sleeper", seconds=60)  # a session and group of its own
     sleeper_pid = host_pid(me["pid_ns"], sleeper["pid"])
@@ -703,10 +733,9 @@ def _run_without_bubblewrap(*argv: str) -> subprocess.CompletedProcess[str]:
     execute (on the PATH and where Debian puts it): for that process, bubblewrap is not installed."""
     unshare = shutil.which("unshare")
     assert unshare is not None
-    hide = 'for f in /usr/bin/bwrap /usr/local/bin/bwrap; do [ -e "$f" ] && mount --bind "$0" "$f"; done; exec "$@"'
     with tempfile.NamedTemporaryFile(prefix="no-bwrap-") as empty:
         os.chmod(empty.name, 0o600)
-        command = [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", hide, empty.name, *argv]
+        command = [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", NO_BUBBLEWRAP, empty.name, *argv]
         return subprocess.run(command, capture_output=True, text=True, timeout=WAIT, check=False)
 
 
@@ -714,12 +743,6 @@ def _run_without_bubblewrap(*argv: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("mode", "code", "said"),
     [
-        pytest.param(
-            "namespaces",
-            1,
-            "child_isolation=namespaces is not possible: bubblewrap (bwrap) is not installed",
-            id="namespaces",
-        ),
         pytest.param(
             "uid+namespaces",
             1,

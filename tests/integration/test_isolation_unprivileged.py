@@ -1,96 +1,59 @@
-"""A gateway run as an unprivileged user (`nobody`): it cannot give children users of their own,
-so `auto` takes namespaces, and the children are still isolated from each other — every attack of
-one child on another is refused, and nothing of a child is left after its session ends or after
-the gateway is SIGKILLed.
+"""Isolation between children in `namespaces` alone, through a real gateway run as an unprivileged
+user (`nobody`, tests/support/unprivileged.py): the only way that mode runs, since the host's root
+may not give it to its children. Such a gateway cannot give children users of their own, so `auto`
+takes namespaces, and the children are still isolated from each other: every attack of one child
+on another is refused, each sees only loopback with `child_network=none`, writes only the
+configured directories, never sees the gateway's own secrets, and nothing of a child is left after
+its session ends or after the gateway is SIGKILLed. Users of their own and namespaces without
+bubblewrap stop such a gateway at startup.
 
-The gateway is a real `python -m gateway serve` process. The virtualenv's interpreter lies under
-/root (mode 0700), which no other user may enter, so the gateway starts in a mount namespace of its
-own (`unshare`) in which /root is a directory holding only the interpreters (/root/.pyenv), then
-drops to `nobody` with no capability left (`setpriv`). Its working directory and TMPDIR are a
-directory of `nobody`'s outside /tmp, so the private directories of its children are found there.
-
-Whatever the test started is killed on the way out by pid or process group — the gateway, each
-child's bubblewrap, every process of each child's PID namespace, the orphan watchdog — never by
-user: other processes may run as `nobody`.
+Every test prints what it observed (`report`): the unprivileged row of the matrix of mode × attack
+→ errno.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import secrets
-import shutil
-import signal
+import socket
 import stat
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import pytest
 from aiohttp import ClientSession, ClientTimeout
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.auth.static import digest_of
 from tests.support.gateway_process import HttpMcp
-from tests.support.isolation import bubblewrap_problem, host_pid, namespace_members
+from tests.support.isolation import REFUSED_BY_NAMESPACES, bubblewrap_problem, host_pid, namespace_members
 from tests.support.mcp import text_of
-from tests.support.processes import children_of, descendants, drain_log, live_processes, startup_log
+from tests.support.processes import children_of, descendants
 from tests.support.servers import SERVERS
 from tests.support.types import JsonObj
+from tests.support.unprivileged import NOBODY, WHY_NOT, UnprivilegedGateway, run_unprivileged, unprivileged_gateway
 from tests.support.waits import WAIT, eventually
 
-NOBODY: Final = 65534  # `nobody` and `nogroup` on Debian
 PYTHON: Final = Path("/usr/bin/python3")  # the children's interpreter: every user may run it
 SPY: Final = [str(PYTHON), str(SERVERS / "spy_server.py")]
-PROJECT: Final = Path(__file__).resolve().parents[2]
-GATEWAY_PYTHON: Final = PROJECT / ".venv" / "bin" / "python"
-PYENV: Final = Path("/root/.pyenv")  # where the virtualenv's interpreter is installed
-OUTSIDE: Final = Path("/var/tmp")  # noqa: S108 - a directory of nobody's is made inside, not in each child's /tmp
 ALICE, BOB = "alice-unprivileged-token-1234", "bob-unprivileged-token-5678"
 SECRET_VAR: Final = "UPSTREAM_TOKEN"
-UNSHARE, SETPRIV = shutil.which("unshare"), shutil.which("setpriv")
-# In the gateway's mount namespace: /root becomes $0, a directory others may enter holding only the
-# interpreters ($1), then the rest of the command line runs.
-ENTER: Final = 'mkdir "$0/.pyenv" && mount --bind "$1" "$0/.pyenv" && mount --rbind "$0" /root && shift && exec "$@"'
-# As nobody, with no capability and none to gain.
-AS_NOBODY: Final = (
-    f"--reuid={NOBODY}",
-    f"--regid={NOBODY}",
-    "--clear-groups",
-    "--inh-caps=-all",
-    "--bounding-set=-all",
-)
 
 
 def _why_not() -> str | None:
-    """Why an unprivileged gateway cannot be started here, or None."""
-    if os.geteuid() != 0:
-        return "starting a gateway as another user needs root"
-    if UNSHARE is None or SETPRIV is None:
-        return "unshare and setpriv (util-linux) are needed"
-    if not PYTHON.exists() or not GATEWAY_PYTHON.exists():
-        return f"{PYTHON} or {GATEWAY_PYTHON} is missing"
-    interpreter = GATEWAY_PYTHON.resolve()
-    # /root itself is replaced in the gateway's view; the rest of the way must be open to others.
-    if not _others_may_reach(interpreter, PYENV if interpreter.is_relative_to(PYENV) else Path("/"), stat.S_IXOTH):
-        return f"{interpreter} is not runnable by every user, even with {PYENV} reachable"
-    if not _others_may_reach(PROJECT / "gateway" / "__init__.py"):
-        return f"{PROJECT} is not readable by every user"
+    """Why these tests cannot run here: no unprivileged gateway, no spy, or no bubblewrap that
+    works for nobody (None: they can)."""
+    if WHY_NOT is not None:
+        return WHY_NOT
+    if not PYTHON.exists():
+        return f"{PYTHON} is missing: the spy runs under it"
     return bubblewrap_problem(NOBODY)
 
 
-def _others_may_reach(path: Path, below: Path = Path("/"), need: int = stat.S_IROTH) -> bool:
-    """Whether every user may enter each directory from `below` down to `path`, and `need` it
-    (read it, by default)."""
-    directories = [part for part in path.parents if part.is_relative_to(below)]
-    return all(part.stat().st_mode & stat.S_IXOTH for part in directories) and bool(path.stat().st_mode & need)
-
-
-WHY_NOT: Final = _why_not()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))
+PROBLEM: Final = _why_not()
+pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM))
 
 
 def report(test: str, observed: object) -> None:
@@ -98,163 +61,26 @@ def report(test: str, observed: object) -> None:
     print(f"isolation {test} [unprivileged namespaces]: {json.dumps(observed, sort_keys=True)}")
 
 
-@dataclass
-class Started:
-    """What the test started and must end: process groups, single processes, PID namespaces (held
-    open by a descriptor, so their inode numbers name no other namespace meanwhile)."""
-
-    groups: set[int] = field(default_factory=set)
-    pids: dict[int, str] = field(default_factory=dict)  # pid → its start time: a reused pid is not ours
-    namespaces: dict[str, int] = field(default_factory=dict)  # /proc/<pid>/ns/pid's link → descriptor
-
-    def add(self, pids: set[int]) -> None:
-        for pid in pids:
-            if (started := _start_time(pid)) is not None:
-                self.pids.setdefault(pid, started)
-
-    def hold_namespace(self, pid_ns: str, pid: int) -> None:
-        if pid_ns not in self.namespaces:
-            self.namespaces[pid_ns] = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY)
-
-    def alive(self) -> set[int]:
-        """Every live process the test started, however it was found."""
-        found = {
-            pid
-            for pid, _, pgid in live_processes()
-            if pgid in self.groups or (pid in self.pids and _start_time(pid) == self.pids[pid])
-        }
-        for pid_ns in self.namespaces:
-            found |= set(namespace_members(pid_ns))
-        return found
-
-    def end(self) -> None:
-        for pgid in self.groups:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        for pid in self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for descriptor in self.namespaces.values():
-            os.close(descriptor)
-        self.namespaces.clear()
-
-
-@dataclass
-class Gateway:
-    """An unprivileged gateway process: its URL, its log, its working directory."""
-
-    process: asyncio.subprocess.Process
-    url: str
-    workdir: Path
-    started: Started
-    log: list[JsonObj]
-
-    def children(self) -> set[int]:
-        """The gateway's live descendants (each child's bubblewrap leads a group of its own)."""
-        found = descendants(self.process.pid)
-        self.started.add(found)
-        return found
-
-    def cells_roots(self) -> list[Path]:
-        """The directories of the children's private ones: the gateway's TMPDIR holds them."""
-        return sorted(self.workdir.glob("mcp-gateway-children-*"))
-
-
-def _start_time(pid: int) -> str | None:
-    """When `pid` started, in clock ticks since boot (None: gone)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()[19]
-
-
-def _environment(workdir: Path, mode: str) -> dict[str, str]:
+def spy_settings(mode: str, **extra: str) -> dict[str, str]:
+    """Alice and Bob with static tokens, each token handed to the user's own child (`token_env`);
+    the audit log in the gateway's working directory."""
     tokens = [{"principal": "alice", "sha256": digest_of(ALICE)}, {"principal": "bob", "sha256": digest_of(BOB)}]
     return {
-        "PATH": "/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(workdir),
-        "TMPDIR": str(workdir),
-        "PYTHONPATH": str(PROJECT),
-        "MCP_GATEWAY_HOST": "127.0.0.1",
-        "MCP_GATEWAY_PORT": "0",
-        "MCP_GATEWAY_LOG_FORMAT": "json",
-        "MCP_GATEWAY_AUDIT_LOG": str(workdir / "audit.jsonl"),
-        "MCP_GATEWAY_COMMAND": json.dumps(SPY),
-        "MCP_GATEWAY_CHILD_ENV_ALLOW": "PATH,LANG",
-        "MCP_GATEWAY_CHILD_ISOLATION": mode,
-        "MCP_GATEWAY_AUTH": "static",
-        "MCP_GATEWAY_STATIC_TOKENS": json.dumps(tokens),
-        "MCP_GATEWAY_TOKEN_ENV": SECRET_VAR,
+        "command": json.dumps(SPY),
+        "child_env_allow": "PATH,LANG",
+        "child_isolation": mode,
+        "auth": "static",
+        "static_tokens": json.dumps(tokens),
+        "token_env": SECRET_VAR,
+        "audit_log": "audit.jsonl",
+        **extra,
     }
-
-
-@contextlib.contextmanager
-def _directories() -> Iterator[tuple[Path, Path]]:
-    """The gateway's working directory (nobody's, outside /tmp) and the directory that becomes
-    /root in its mount namespace (root's, mode 0711); both removed on the way out."""
-    workdir = Path(tempfile.mkdtemp(prefix="isolation-nobody-", dir=OUTSIDE))
-    new_root = Path(tempfile.mkdtemp(prefix="isolation-root-"))
-    try:
-        os.chown(workdir, NOBODY, NOBODY)
-        new_root.chmod(0o711)
-        yield workdir, new_root
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-        shutil.rmtree(new_root, ignore_errors=True)
-
-
-async def _start(workdir: Path, new_root: Path, mode: str, started: Started) -> asyncio.subprocess.Process:
-    assert UNSHARE is not None
-    assert SETPRIV is not None
-    argv = [UNSHARE, "--mount", "--propagation", "private", "/bin/sh", "-c", ENTER, str(new_root), str(PYENV)]
-    argv += [SETPRIV, *AS_NOBODY, "--", str(GATEWAY_PYTHON), "-m", "gateway", "serve"]
-    process = await asyncio.create_subprocess_exec(
-        *argv,
-        cwd=workdir,
-        env=_environment(workdir, mode),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,  # every exec keeps this pid: the gateway leads its own group
-    )
-    started.groups.add(process.pid)
-    return process
-
-
-@contextlib.asynccontextmanager
-async def unprivileged_gateway(mode: str = "auto") -> AsyncIterator[Gateway]:
-    """A gateway serving the spy as `nobody`; on the way out everything it started is killed and
-    its directories removed, however the test went."""
-    started = Started()
-    with _directories() as (workdir, new_root):
-        process = await _start(workdir, new_root, mode, started)
-        assert process.stderr is not None
-        drain: asyncio.Task[None] | None = None
-        try:
-            startup = await startup_log(process.stderr)
-            gateway = Gateway(process, startup[-1]["url"], workdir, started, list(startup))
-            drain = asyncio.get_running_loop().create_task(drain_log(process.stderr, gateway.log))
-            yield gateway
-        finally:
-            started.add(descendants(process.pid))  # its children lead groups of their own
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)  # the graceful way: it stops its children
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(WAIT):
-                    await process.wait()
-            started.end()
-            async with asyncio.timeout(WAIT):
-                await process.wait()
-                if drain is not None:
-                    await drain
 
 
 class Caller:
     """One user's session with the gateway, over real HTTP."""
 
-    def __init__(self, http: ClientSession, gateway: Gateway, token: str) -> None:
+    def __init__(self, http: ClientSession, gateway: UnprivilegedGateway, token: str) -> None:
         self.mcp = HttpMcp(http, gateway.url)
         self.mcp.extra_headers = {"Authorization": f"Bearer {token}"}
         self.gateway = gateway
@@ -281,9 +107,21 @@ class Caller:
             return response.status
 
 
-def _audit(gateway: Gateway) -> list[JsonObj]:
+def _audit(gateway: UnprivilegedGateway) -> list[JsonObj]:
     """Every line of the gateway's audit log so far."""
     return [json.loads(line) for line in (gateway.workdir / "audit.jsonl").read_text().splitlines()]
+
+
+def _decided(gateway: UnprivilegedGateway) -> JsonObj:
+    [decided] = [record for record in gateway.log if str(record.get("msg", "")).startswith("child isolation: ")]
+    return decided
+
+
+async def _health(client: ClientSession, gateway: UnprivilegedGateway) -> JsonObj:
+    async with client.get(gateway.health_url) as response:
+        assert response.status == 200
+        health: JsonObj = await response.json()
+        return health
 
 
 def _cmdline(pid: int) -> str:
@@ -314,22 +152,28 @@ def _remove(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
+def _host_interfaces() -> list[str]:
+    """The network interfaces of this process's network namespace (the host's, the gateway's)."""
+    return sorted(line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:])
+
+
 def http() -> ClientSession:
     return ClientSession(timeout=ClientTimeout(total=WAIT))
 
 
 async def test_auto_takes_namespaces_and_every_attack_is_refused() -> None:
-    async with unprivileged_gateway() as gateway, http() as client:
+    async with unprivileged_gateway(spy_settings("auto")) as gateway, http() as client:
         assert _uids(gateway.process.pid) == [NOBODY] * 4
         assert _capabilities(gateway.process.pid)["CapEff"] == 0
-        [decided] = [record for record in gateway.log if record.get("msg") == "child isolation: namespaces"]
+        decided = _decided(gateway)
+        assert decided["msg"] == "child isolation: namespaces", decided
         assert decided["reason"] == "uid isolation is not possible: the gateway does not run as root", decided
-        async with client.get(gateway.url.rsplit("/", 1)[0] + "/health") as response:
-            assert (await response.json())["isolation"] == "namespaces"
+        assert (await _health(client, gateway))["isolation"] == "namespaces"
 
         alice = await Caller(client, gateway, ALICE).open()
         bob = await Caller(client, gateway, BOB).open()
         a, b = await alice.whoami(), await bob.whoami()
+        # Per-user values start (and reach their own child): the children are isolated.
         assert (a["env"]["value"], b["env"]["value"]) == (ALICE, BOB)
         assert a["uid"] == b["uid"] == NOBODY  # one user: the namespaces alone keep them apart
         assert a["pid_ns"] != b["pid_ns"]
@@ -338,7 +182,7 @@ async def test_auto_takes_namespaces_and_every_attack_is_refused() -> None:
         [spawned] = [
             line for line in _audit(gateway) if line["event"] == "child.spawn" and line["principal"] == "alice"
         ]
-        assert spawned["isolation"] == "namespaces"
+        assert (spawned["isolation"], spawned["uid"]) == ("namespaces", None)
         assert alice_pid in descendants(spawned["pid"])
         assert alice_pid not in children_of(spawned["pid"])
         tmpdir = Path(a["TMPDIR"])
@@ -367,40 +211,163 @@ async def test_auto_takes_namespaces_and_every_attack_is_refused() -> None:
         observed = {"processes": "only its own" if seen == own and b["pid"] in seen else f"sees {sorted(seen)}"}
         observed |= {attack: _outcome(attempt) for attack, attempt in reports.items()}
         report("attacks", observed)
-        assert observed == {
-            "processes": "only its own",
-            "environ": "ENOENT",
-            "signal": "ESRCH",
-            "ptrace": "ESRCH",
-            "tmpdir_read": "ENOENT",
-            "tmpdir_list": "ENOENT",
-            "tmp_read": "ENOENT",
-            "write_outside": "EROFS",
-        }, reports
+        assert observed == REFUSED_BY_NAMESPACES, reports
+        assert "value" not in reports["environ"]
         assert not in_host_tmp  # Alice's /tmp was her own
         assert not _exists(gateway.workdir / "bob.txt")
+        # Of the directory of every child's private one, Bob's child sees only its own.
+        cells = await bob.tool("list_dir", path=str(Path(b["HOME"]).parent.parent))
+        assert cells["names"] == [Path(b["HOME"]).parent.name], cells
+
+
+async def test_the_child_is_in_namespaces_of_its_own_and_child_network_none_leaves_only_loopback() -> None:
+    """A listener on the host's loopback is out of reach with `child_network=none`: the child's
+    loopback is its own. The control: the same child with the host's network reaches it."""
+    observed: dict[str, Any] = {}
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        for network in ("none", "host"):
+            settings = spy_settings("namespaces", child_network=network)
+            async with unprivileged_gateway(settings) as gateway, http() as client:
+                assert (await _health(client, gateway))["isolation"] == "namespaces"
+                decided = _decided(gateway)
+                assert (decided["msg"], decided["reason"]) == ("child isolation: namespaces", "configured")
+                alice = await Caller(client, gateway, ALICE).open()
+                me = await alice.whoami()
+                mine = {name: os.readlink(f"/proc/self/ns/{name}") for name in me["namespaces"]}
+                own = sorted(name for name, link in me["namespaces"].items() if link != mine[name])
+                interfaces = await alice.tool("net_interfaces")
+                connected = await alice.tool("net_probe", host="127.0.0.1", port=port)
+                observed[network] = {
+                    "own": own,
+                    "interfaces": interfaces["interfaces"],
+                    "connect": _outcome(connected),
+                }
+                assert me["pid"] != host_pid(me["pid_ns"], me["pid"])
+                assert (me["uid"], me["NoNewPrivs"], int(me["CapEff"], 16), int(me["CapPrm"], 16)) == (NOBODY, 1, 0, 0)
+                assert me["cwd"] == me["HOME"]
+    report("network", observed)
+    for network in ("none", "host"):
+        assert {"ipc", "mnt", "pid", "user", "uts"} <= set(observed[network]["own"]), observed
+    assert "net" in observed["none"]["own"]
+    assert (observed["none"]["interfaces"], observed["none"]["connect"]) == (["lo"], "ECONNREFUSED")
+    assert "net" not in observed["host"]["own"]
+    assert (observed["host"]["interfaces"], observed["host"]["connect"]) == (_host_interfaces(), "ok")
+
+
+def _writable_directories(workdir: Path) -> dict[str, str]:
+    """Two directories of nobody's, whom the child runs as: only its view keeps it from either."""
+    for name in ("writable", "other"):
+        (workdir / name).mkdir(mode=0o700)
+        os.chown(workdir / name, NOBODY, NOBODY)
+    return {"child_writable_paths": str(workdir / "writable")}
+
+
+async def test_child_writable_paths_are_the_only_directories_a_child_writes() -> None:
+    settings = spy_settings("namespaces")
+    async with unprivileged_gateway(settings, _writable_directories) as gateway, http() as client:
+        writable, other = gateway.workdir / "writable", gateway.workdir / "other"
+        alice = await Caller(client, gateway, ALICE).open()
+        inside = await alice.tool("write_file", path=str(writable / "alice.txt"), text="kept")
+        beside = await alice.tool("write_file", path=str(other / "alice.txt"), text="lost")
+        report("writable", {"configured": _outcome(inside), "other": _outcome(beside)})
+        assert (_outcome(inside), _outcome(beside)) == ("ok", "EROFS"), (inside, beside)
+        assert (writable / "alice.txt").read_text() == "kept"  # on the host, where it was written
+        assert not (other / "alice.txt").exists()
+
+
+def _secrets(workdir: Path) -> dict[str, str]:
+    """The gateway's data directory, identity key, a path configured hidden and its `.env`, each
+    nobody's: only their being hidden keeps them from a child of nobody's."""
+    data, key, extra, env_file = workdir / "data", workdir / "identity.pem", workdir / "private", workdir / ".env"
+    data.mkdir(mode=0o700)
+    (data / "oauth.sqlite3").write_text("the authorization server's state")
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key.write_bytes(pem)
+    extra.write_text("a path the operator hides")
+    env_file.write_text("MCP_GATEWAY_LOG_LEVEL=debug\n")  # the gateway reads .env from its working directory
+    (workdir / "visible").write_text("the control: a file of the same user's, not hidden")
+    for path in (data, data / "oauth.sqlite3", key, extra, env_file, workdir / "visible"):
+        os.chown(path, NOBODY, NOBODY)
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    return {"data_dir": str(data), "identity_key_file": str(key), "child_hidden_paths": str(extra)}
+
+
+async def test_the_gateways_own_secrets_are_hidden_from_children() -> None:
+    """Its data directory, key, audit log, `.env` and the configured hidden paths, all of its own
+    user, whom the child shares: an empty directory in place of the one, files that cannot be
+    opened, or not there at all; another file of that user's the child reads."""
+    async with unprivileged_gateway(spy_settings("namespaces"), _secrets) as gateway, http() as client:
+        workdir = gateway.workdir
+        assert any(record.get("level") == "debug" for record in gateway.log)  # it read its .env
+        alice = await Caller(client, gateway, ALICE).open()
+        data = workdir / "data"
+        listing = await alice.tool("list_dir", path=str(data))
+        seen = {
+            "data": "empty" if listing["ok"] and listing["names"] == [] else _outcome(listing),
+            "state": _outcome(await alice.tool("read_file", path=str(data / "oauth.sqlite3"))),
+            "key": _outcome(await alice.tool("read_file", path=str(workdir / "identity.pem"))),
+            "hidden": _outcome(await alice.tool("read_file", path=str(workdir / "private"))),
+            ".env": _outcome(await alice.tool("read_file", path=str(workdir / ".env"))),
+            "audit": _outcome(await alice.tool("read_file", path=str(workdir / "audit.jsonl"))),
+            "shadow": _outcome(await alice.tool("read_file", path="/etc/shadow")),
+            "visible": _outcome(await alice.tool("read_file", path=str(workdir / "visible"))),
+        }
+        report("secrets", seen)
+        assert seen.pop("visible") == "ok", seen  # the control: its user's files are the child's to read
+        assert seen["data"] == "empty", listing
+        assert seen["state"] == "ENOENT", seen  # what sits in a covered directory is not there
+        refused = {name: outcome for name, outcome in seen.items() if name not in ("data", "state")}
+        assert set(refused.values()) <= {"EACCES", "ENOENT"}, seen  # a covered file cannot be opened
+        assert (workdir / "audit.jsonl").stat().st_size > 0  # the gateway writes it all the same
 
 
 @pytest.mark.parametrize("mode", ["uid", "uid+namespaces"])
 async def test_users_of_their_own_are_impossible_and_stop_startup(mode: str) -> None:
-    started = Started()
-    with _directories() as (workdir, new_root):
-        process = await _start(workdir, new_root, mode, started)
-        try:
-            async with asyncio.timeout(WAIT):
-                _, stderr = await process.communicate()
-        finally:
-            started.end()
-    said = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
-    messages = [record.get("msg", "") for record in said]
-    report("startup", {mode: [process.returncode, messages[-1:]]})
-    assert process.returncode != 0
+    code, said = await run_unprivileged(spy_settings(mode), "serve")
+    messages = [str(record.get("msg", "")) for record in said]
+    report("startup", {mode: [code, messages[-1:]]})
+    assert code != 0
     expected = f"child_isolation={mode} is not possible: the gateway does not run as root"
     assert any(expected in message for message in messages), said
 
 
+@pytest.mark.parametrize(
+    ("mode", "code", "said"),
+    [
+        pytest.param(
+            "namespaces",
+            1,
+            "child_isolation=namespaces is not possible: bubblewrap (bwrap) is not installed",
+            id="namespaces",
+        ),
+        pytest.param(
+            "auto",
+            0,
+            "child isolation: none (uid isolation is not possible: the gateway does not run as root; "
+            "namespaces are not possible: bubblewrap (bwrap) is not installed)",
+            id="auto",
+        ),
+    ],
+)
+async def test_namespaces_without_bubblewrap_are_refused(mode: str, code: int, said: str) -> None:
+    """`mcp-gateway check` decides as `serve` does; no user's values go to the children here, so
+    `auto` may fall back to none."""
+    settings = {"command": json.dumps(SPY), "child_isolation": mode}
+    done, lines = await run_unprivileged(settings, "check", without_bubblewrap=True)
+    messages = [str(line.get("msg", "")) for line in lines]
+    report("without-bubblewrap", {mode: [done, messages[-1:]]})
+    assert done == code, messages
+    assert f"mcp-gateway: {said}" in messages
+    assert bubblewrap_problem(NOBODY) is None  # outside that mount namespace, nothing changed
+
+
 async def test_nothing_is_left_after_delete_nor_after_the_gateway_is_killed() -> None:
-    async with unprivileged_gateway() as gateway, http() as client:
+    async with unprivileged_gateway(spy_settings("namespaces")) as gateway, http() as client:
         sessions = [await Caller(client, gateway, token).open() for token in (ALICE, BOB)]
         children: list[tuple[JsonObj, int]] = []
         for caller in sessions:
@@ -410,12 +377,18 @@ async def test_nothing_is_left_after_delete_nor_after_the_gateway_is_killed() ->
             assert host_pid(me["pid_ns"], sleeper["pid"]) in gateway.children()
             children.append((me, len(namespace_members(me["pid_ns"]))))
         [root] = gateway.cells_roots()
+        # The gateway's own user made the private directories, in a directory no one else may enter.
+        assert (root.stat().st_uid, stat.S_IMODE(root.stat().st_mode)) == (NOBODY, 0o700)
+        for me, _ in children:
+            cell = Path(me["HOME"]).parent
+            assert (cell.stat().st_uid, stat.S_IMODE(cell.stat().st_mode)) == (NOBODY, 0o700)
         watchdogs = [pid for pid in gateway.children() if "watchdog" in _cmdline(pid)]
         assert len(watchdogs) == 1, watchdogs
         assert all(count == 3 for _, count in children), children  # bubblewrap's init, the spy, its sleeper
 
         # DELETE: the session's namespace, sleeper included, and its private directory go.
         (alice, _), (bob, _) = children
+        assert (await sessions[0].tool("write_file", path=f"{alice['HOME']}/cache.db", text="x" * 1000))["ok"]
         assert await sessions[0].delete() == 204
         alice_cell = Path(alice["HOME"]).parent
         assert await eventually(lambda: not namespace_members(alice["pid_ns"]) and not alice_cell.exists())

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from typing import Any, Final
 
-from gateway.sessions.sandbox import LOCK_DIR
+from gateway.sessions.watchdog import LOCK_DIR
 from tests.support.processes import live_processes, namespace_pids
 from tests.support.waits import WAIT
 
@@ -21,6 +21,25 @@ PROBE_VIEW: Final = (
     *("--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent"),
     *("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"),  # noqa: S108 - its own, empty
 )
+
+# Run by root in a mount namespace of its own: bubblewrap (on the PATH and where Debian puts it)
+# becomes $0, an empty file no one may execute; then the rest of the command line runs.
+NO_BUBBLEWRAP: Final = (
+    'for f in /usr/bin/bwrap /usr/local/bin/bwrap; do [ -e "$f" ] && mount --bind "$0" "$f"; done; exec "$@"'
+)
+
+# What Bob's child observes attacking Alice's, when each is in namespaces of its own: her pid is
+# none in his PID namespace, her directory and /tmp are not in his view, the rest is read-only.
+REFUSED_BY_NAMESPACES: Final = {
+    "processes": "only its own",
+    "environ": "ENOENT",
+    "signal": "ESRCH",
+    "ptrace": "ESRCH",
+    "tmpdir_read": "ENOENT",
+    "tmpdir_list": "ENOENT",
+    "tmp_read": "ENOENT",
+    "write_outside": "EROFS",
+}
 
 
 def uid_released(uid: int) -> bool:

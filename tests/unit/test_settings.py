@@ -346,3 +346,9 @@ def test_hash_token_reads_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
     assert cli.main(["hash-token"]) == 0
     assert capsys.readouterr().out.strip() == hashlib.sha256(b"s3cret").hexdigest()
+
+
+def test_a_relative_child_cwd_is_made_absolute(tmp_path: Path) -> None:
+    """A child may start in a view of its own (namespaces) where a relative path means nothing."""
+    (tmp_path / "work").mkdir()
+    assert Settings(command=[PY], child_cwd="work").child_cwd == tmp_path / "work"  # the tests run in tmp_path
