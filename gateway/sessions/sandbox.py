@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from gateway.sessions.bubblewrap import SYSTEM_SECRETS, Network, find_bwrap, is_host_root, namespace_wrapper
 from gateway.sessions.watchdog import LOCK_DIR, remove_tree
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ log = logging.getLogger("gateway.sandbox")
 
 IsolationMode = Literal["none", "uid", "namespaces", "uid+namespaces"]
 RequestedIsolation = Literal["auto", "none", "uid", "namespaces", "uid+namespaces"]
-Network = Literal["host", "none"]
 # Bits of the capability sets in /proc/self/status (linux/capability.h).
 CAP_KILL: Final = 5
 CAP_SETGID: Final = 6
@@ -98,12 +98,6 @@ HELPER_KILL_WAIT: Final = 1.0
 RELEASE_ATTEMPTS: Final = 3
 RELEASE_RETRY_INTERVAL: Final = 0.2
 PR_GET_SECUREBITS: Final = 27
-# bubblewrap (Debian's `bubblewrap`), looked up on the gateway's own PATH, then where Debian puts it.
-BWRAP: Final = "bwrap"
-BWRAP_FALLBACK: Final = "/usr/bin/bwrap"
-# Hidden from children with namespaces wherever they exist, whatever is configured: the system's
-# password hashes (readable to a child of a root gateway, which runs as root in its namespaces).
-SYSTEM_SECRETS: Final = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
 
 
 class IsolationUnavailable(Exception):
@@ -311,74 +305,6 @@ class Decision:
         return self.mode in ("namespaces", "uid+namespaces")
 
 
-def namespace_wrapper(
-    bwrap: str,
-    request: IsolationRequest,
-    cwd: Path | str,
-    *,
-    hide: Path | None = None,
-    cell: Path | None = None,
-    as_other: bool = False,
-) -> tuple[str, ...]:
-    """bubblewrap's command line for one child: namespaces of its own (a network too with
-    `network=none`; never one more user namespace inside), no capability, the host's file system
-    read-only, a fresh `/dev` and `/proc` (its kernel settings read-only), a private `/tmp`; the
-    configured writable directories bound read-write, then the hidden files and directories that
-    exist and `hide` (the directory of every child's private one) covered by empty ones, then
-    `cell` (its own) bound read-write; and the child dies with bubblewrap, which dies with the
-    gateway. `as_other`: bubblewrap runs as a user of its own, who
-    cannot reach (nor needs covered) what sits in a directory only its owner and group may enter."""
-    argv = [bwrap, "--die-with-parent", "--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc"]
-    argv += ["--unshare-uts", "--unshare-cgroup-try"]
-    if request.network == "none":
-        argv.append("--unshare-net")
-    argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    private_tmp = "/tmp"  # noqa: S108 - the child's own, empty
-    argv += ["--tmpfs", private_tmp]
-    # The kernel's settings stay read-only to a child whatever its user (bubblewrap leaves them as
-    # the host has them).
-    argv += ["--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
-    # Writable directories first: nothing they hold (a hidden path, another child's directory)
-    # comes back into view through them.
-    for directory in request.writable:
-        argv += ["--bind", directory, directory]
-    for path in request.hidden:
-        if as_other and not _others_may_reach(path):
-            continue
-        if os.path.isdir(path):
-            argv += ["--tmpfs", path]
-        elif os.path.lexists(path):
-            argv += ["--ro-bind", os.devnull, path]
-    if hide is not None:
-        argv += ["--tmpfs", str(hide)]
-    if cell is not None:
-        argv += ["--bind", str(cell), str(cell)]
-    return (*argv, "--chdir", str(cwd), "--")
-
-
-def _others_may_reach(path: str) -> bool:
-    """Whether a user that owns nothing on the host (a child's) may look `path` up: every directory
-    above it lets others search it."""
-    parent = os.path.dirname(path)
-    while True:
-        try:
-            if not os.stat(parent).st_mode & stat.S_IXOTH:
-                return False
-        except OSError:
-            return False
-        if parent == os.path.dirname(parent):
-            return True
-        parent = os.path.dirname(parent)
-
-
-def find_bwrap() -> str | None:
-    """bubblewrap's path (None when it is not installed)."""
-    found = shutil.which(BWRAP)
-    if found is None and os.access(BWRAP_FALLBACK, os.X_OK):
-        found = BWRAP_FALLBACK
-    return found
-
-
 async def _probe(request: IsolationRequest, argv_prefix: Sequence[str], uid: int | None) -> str | None:
     """Why the server's program cannot run as children will run it, as `uid` and behind
     `argv_prefix` (None: it can)."""
@@ -405,18 +331,6 @@ async def _uid_problem(request: IsolationRequest) -> str | None:
     """Why children cannot run under user IDs of their own (None: they can)."""
     problem = why_no_user_switching() or why_not_this_range(*request.uid_range)
     return problem or await _probe(request, (), request.uid_range[0])
-
-
-def is_host_root() -> bool:
-    """Whether this process is the host's root: user 0 of the initial user namespace (not the root
-    of a container whose users the host maps elsewhere)."""
-    if os.geteuid() != 0:
-        return False
-    try:
-        mapping = Path("/proc/self/uid_map").read_text().split()
-    except OSError:
-        return True
-    return mapping[:3] == ["0", "0", "4294967295"]
 
 
 async def _namespace_problem(request: IsolationRequest, bwrap: str | None, uid: int | None) -> str | None:

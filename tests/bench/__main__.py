@@ -22,7 +22,7 @@ from contextlib import aclosing
 from importlib.metadata import version
 from typing import Final
 
-from gateway.sessions import sandbox
+from gateway.sessions import bubblewrap, sandbox
 from tests.bench import workloads
 from tests.bench.floor import PipeSession
 from tests.bench.gateway import (
@@ -135,7 +135,7 @@ async def measure_big_results(results: Results, open_gateway: Opener, open_floor
 def unprivileged(isolation: sandbox.IsolationMode) -> bool:
     """Whether the gateway of `isolation` runs as an unprivileged user: `namespaces` alone, which
     the host's root may not give its children."""
-    return isolation == "namespaces" and sandbox.is_host_root()
+    return isolation == "namespaces" and bubblewrap.is_host_root()
 
 
 async def why_not(isolation: sandbox.IsolationMode) -> str | None:

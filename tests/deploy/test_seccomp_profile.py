@@ -21,7 +21,8 @@ from typing import Any, Final
 import pytest
 
 from gateway.config.child import DEFAULT_CHILD_UIDS
-from gateway.sessions.sandbox import IsolationRequest, find_bwrap, namespace_wrapper
+from gateway.sessions.bubblewrap import find_bwrap, namespace_wrapper
+from gateway.sessions.sandbox import IsolationRequest
 from tests.deploy import seccomp_runner
 from tests.support.deploy_files import DEPLOY
 from tests.support.waits import WAIT

@@ -62,7 +62,8 @@ import pytest
 from aiohttp import ClientSession
 
 from gateway.config.child import ChildIsolationSettings
-from gateway.sessions.sandbox import SHELL, IsolationRequest, IsolationUnavailable, decide, is_host_root
+from gateway.sessions.bubblewrap import is_host_root
+from gateway.sessions.sandbox import SHELL, IsolationRequest, IsolationUnavailable, decide
 from tests.support.gateway_process import GatewayProcess, HttpMcp, running_gateway
 from tests.support.isolation import bubblewrap_problem, uid_released
 from tests.support.processes import (

@@ -40,7 +40,8 @@ from pytest_aiohttp import AiohttpClient
 
 from gateway import create_app, keys
 from gateway.auth.static import digest_of
-from gateway.sessions.sandbox import IsolationUnavailable, is_host_root, live_users, why_no_user_switching
+from gateway.sessions.bubblewrap import is_host_root
+from gateway.sessions.sandbox import IsolationUnavailable, live_users, why_no_user_switching
 from tests.support.isolation import (
     NO_BUBBLEWRAP,
     REFUSED_BY_NAMESPACES,
