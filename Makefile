@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# As root, the virtualenv's interpreter may sit where no other user may run it (under /root): no
+# isolation between children is possible then, and a gateway left to choose refuses root
+# children. The loopback trial names that choice instead (override with RUN_ISOLATION=).
+RUN_ISOLATION ?= $(if $(filter 0,$(shell id -u)),--child-isolation none)
+
 run: $(STAMP) ## Serve the mcp-server-time MCP server at http://$(HOST):$(PORT)/mcp
-	$(BIN)/mcp-gateway serve --host $(HOST) --port $(PORT) --log-format text -- $(BIN)/mcp-server-time
+	$(BIN)/mcp-gateway serve --host $(HOST) --port $(PORT) --log-format text $(RUN_ISOLATION) -- $(BIN)/mcp-server-time
 
 lint: $(STAMP) ## ruff lint and format check
 	$(BIN)/ruff check .

@@ -45,6 +45,7 @@ from gateway.observe import metrics
 from gateway.observe.audit import Audit
 from gateway.observe.metrics import Metrics
 from gateway.paths import OAUTH_PREFIX
+from gateway.sessions.bubblewrap import is_host_root
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.policy import ToolFilter, ToolPolicy
 from gateway.sessions.sandbox import IsolationRequest, IsolationUnavailable, Sandbox, shared_user_refusal
@@ -238,6 +239,8 @@ async def _sandbox(app: web.Application) -> AsyncIterator[None]:
     if refusal is not None:
         sandbox.close()
         raise IsolationUnavailable(refusal)
+    if sandbox.mode == "none" and is_host_root():
+        log.warning("children run as the host's root (child_isolation=none)")
     if sandbox.mode == "none" and settings.per_user_child_values:
         log.warning("children are not isolated and can read each other's per-user values (allow_shared_uid_children)")
     yield

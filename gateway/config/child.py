@@ -91,6 +91,11 @@ class ChildSettings(BaseModel):
         found = shutil.which(self.command[0], path=self.child_environment().get("PATH"))
         return os.path.abspath(found) if found is not None else None
 
+    def child_files(self) -> tuple[str, ...]:
+        """The files the command names by absolute path (a script, a configuration), which every
+        child must be able to read."""
+        return tuple(argument for argument in self.command[1:] if os.path.isabs(argument) and os.path.isfile(argument))
+
     def child_argv(self) -> tuple[str, ...]:
         """The command as children run it: a program named by a path, made absolute (a child may
         start in another directory: its working directory, its home, its own view of the files)."""
@@ -148,6 +153,11 @@ class ChildIsolationSettings(BaseModel):
         description="Directories children may write with namespaces (the rest of the file system is read-only "
         "to them); file permissions still apply.",
     )
+    child_readable_paths: TextList[Path] = Field(
+        default_factory=list,
+        description="Files and directories under /tmp children may read with namespaces, where each has a private "
+        "/tmp (a server kept there); file permissions still apply.",
+    )
     child_uid_range: str = Field(
         DEFAULT_CHILD_UIDS, description="The user IDs children run as with uid isolation, FIRST-LAST (one per child)."
     )
@@ -170,6 +180,14 @@ class ChildIsolationSettings(BaseModel):
         bad = [str(path) for path in value if not path.is_absolute() or not path.is_dir()]
         if bad:
             raise ValueError(f"are absolute paths of existing directories, got {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("child_readable_paths")
+    @classmethod
+    def _check_readable_paths(cls, value: list[Path]) -> list[Path]:
+        bad = [str(path) for path in value if not path.is_absolute() or not path.exists()]
+        if bad:
+            raise ValueError(f"are absolute paths of existing files or directories, got {', '.join(map(repr, bad))}")
         return value
 
     @field_validator("child_uid_range")

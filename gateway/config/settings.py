@@ -145,16 +145,22 @@ class Settings(
 
     @property
     def gateway_secret_paths(self) -> list[str]:
-        """The gateway's own files that hold secrets or records (absolute; they may not exist yet),
-        which no child has any business reading: children in namespaces never see them."""
+        """The gateway's own files that hold secrets or records, as glob patterns of absolute paths
+        (what they match may not exist yet): no child has any business reading them, and children
+        in namespaces never see them."""
         found: list[str | Path] = [self.data_dir, self._env_file_read, *self.oauth_signing_key_files]
         found += [path for path in (self.identity_key_file, self.static_tokens_file) if path is not None]
         if self.audit_log not in AUDIT_STREAMS:
-            found += [self.audit_log, *glob.glob(glob.escape(self.audit_log) + ".*")]  # rotated ones too
+            found.append(self.audit_log)
         if self.oauth_storage is not None and self.oauth_storage.startswith(SQLITE_PREFIX):
-            database = self.oauth_storage.removeprefix("sqlite://")
-            found += [database, *(database + suffix for suffix in SQLITE_SIDE_FILES)]
-        return [os.path.abspath(path) for path in found]
+            found.append(self.oauth_storage.removeprefix("sqlite://"))
+        patterns = [glob.escape(os.path.abspath(path)) for path in found]
+        if self.audit_log not in AUDIT_STREAMS:  # and its rotated copies, whenever rotated
+            patterns.append(glob.escape(os.path.abspath(self.audit_log)) + ".*")
+        if self.oauth_storage is not None and self.oauth_storage.startswith(SQLITE_PREFIX):
+            database = glob.escape(os.path.abspath(self.oauth_storage.removeprefix("sqlite://")))
+            patterns += [database + suffix for suffix in SQLITE_SIDE_FILES]
+        return patterns
 
     @property
     def metrics_on_main_listener(self) -> bool:

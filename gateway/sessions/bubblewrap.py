@@ -7,9 +7,11 @@ bubblewrap, which dies with the gateway. Its view of the files, mount by mount, 
 1. the host's file system, read-only; a fresh `/dev` and `/proc`; an empty private `/tmp`;
 2. the kernel's settings (`/proc/sys`, `/proc/sysrq-trigger`) read-only again, since bubblewrap
    leaves them as the host has them;
-3. the configured writable directories, bound read-write;
-4. every hidden path that exists covered (a directory by an empty one, a file by one that cannot
-   be opened), then the directory of every child's private one covered;
+3. the configured readable paths (what the server needs from the host's /tmp), read-only, and
+   the configured writable directories, read-write;
+4. every path that a hidden pattern matches when the child starts covered (a directory by an
+   empty one, anything else by a file that cannot be opened), then the directory of every
+   child's private one covered;
 5. its own private directory, bound read-write at its own path.
 
 Later mounts win, so nothing hidden comes back into view through a writable directory, and no
@@ -19,6 +21,7 @@ Debian puts it.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import stat
@@ -32,11 +35,13 @@ BWRAP_FALLBACK: Final = "/usr/bin/bwrap"
 # Hidden from children with namespaces wherever they exist, whatever is configured: the system's
 # password hashes.
 SYSTEM_SECRETS: Final = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-")
+# Each child's own /tmp, empty: nothing of the host's is in it.
+PRIVATE_TMP: Final = "/tmp"  # noqa: S108 - a mount point in the child's view, not a file the gateway makes
 
 
 class View(Protocol):
     """What a child in namespaces may reach: the network, the directories it may write, the paths
-    it never sees."""
+    it never sees, what it may read of the host's /tmp."""
 
     @property
     def network(self) -> Network: ...
@@ -45,7 +50,10 @@ class View(Protocol):
     def writable(self) -> Sequence[str]: ...
 
     @property
-    def hidden(self) -> Sequence[str]: ...
+    def hidden(self) -> Sequence[str]: ...  # glob patterns, matched anew for each child
+
+    @property
+    def readable(self) -> Sequence[str]: ...
 
 
 def namespace_wrapper(
@@ -66,17 +74,18 @@ def namespace_wrapper(
     if view.network == "none":
         argv.append("--unshare-net")
     argv += ["--cap-drop", "ALL", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]
-    private_tmp = "/tmp"  # noqa: S108 - the child's own, empty
-    argv += ["--tmpfs", private_tmp]
+    argv += ["--tmpfs", PRIVATE_TMP]
     argv += ["--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
+    for path in view.readable:
+        argv += ["--ro-bind", path, path]
     for directory in view.writable:
         argv += ["--bind", directory, directory]
-    for path in view.hidden:
-        if as_other and not _others_may_reach(path):
-            continue
-        if os.path.isdir(path):
+    for path in (path for pattern in view.hidden for path in sorted(glob.glob(pattern))):
+        if (as_other and not _others_may_reach(path)) or not os.path.exists(path):
+            continue  # out of its reach anyway, or a link to nothing
+        if os.path.isdir(path):  # through a link too: the mount covers what it points to
             argv += ["--tmpfs", path]
-        elif os.path.lexists(path):
+        else:
             argv += ["--ro-bind", os.devnull, path]
     if hide is not None:
         argv += ["--tmpfs", str(hide)]

@@ -38,6 +38,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import grp
 import logging
 import os
@@ -52,7 +53,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from gateway.sessions.bubblewrap import SYSTEM_SECRETS, Network, find_bwrap, is_host_root, namespace_wrapper
+from gateway.sessions.bubblewrap import (
+    PRIVATE_TMP,
+    SYSTEM_SECRETS,
+    Network,
+    find_bwrap,
+    is_host_root,
+    namespace_wrapper,
+)
 from gateway.sessions.watchdog import LOCK_DIR, remove_tree
 
 if TYPE_CHECKING:
@@ -85,8 +93,11 @@ _CLEANUP_SCRIPT: Final = (
     'for path; do if [ -e "$path" ] || [ -L "$path" ]; then exit 1; fi; done'
 )
 # Whether the user may start a program: $1 the program, $2 (may be empty) its script interpreter,
-# $3 the directory it starts in.
-_EXECUTABLE_SCRIPT: Final = 'cd "$3" && test -x "$1" && test -r "$1" && { [ -z "$2" ] || test -x "$2"; }'
+# $3 the directory it starts in, then the files its command line names, which it must read.
+_EXECUTABLE_SCRIPT: Final = (
+    'cd "$3" && test -x "$1" && test -r "$1" && { [ -z "$2" ] || test -x "$2"; } && shift 3 && '
+    'for file; do test -r "$file" || exit 1; done'
+)
 # A probe or a cleanup is a few system calls; a machine too loaded to run one in this long is
 # reported, never waited on forever.
 HELPER_TIMEOUT: Final = 5.0
@@ -265,7 +276,9 @@ class IsolationRequest:
     network: Network = "host"
     cwd: str | None = None  # where children start (None: each in its home)
     writable: tuple[str, ...] = ()  # directories children may write with namespaces
-    hidden: tuple[str, ...] = SYSTEM_SECRETS  # what children never see with namespaces (where it exists)
+    hidden: tuple[str, ...] = SYSTEM_SECRETS  # glob patterns of what children never see with namespaces
+    readable: tuple[str, ...] = ()  # what children may read under /tmp with namespaces
+    files: tuple[str, ...] = ()  # the files the command names, which children must read
 
     @classmethod
     def of(cls, settings: Settings) -> IsolationRequest:
@@ -278,14 +291,16 @@ class IsolationRequest:
             str(settings.child_cwd) if settings.child_cwd is not None else None,
             tuple(str(path) for path in settings.child_writable_paths),
             _hidden(settings),
+            tuple(str(path) for path in settings.child_readable_paths),
+            settings.child_files(),
         )
 
 
 def _hidden(settings: Settings) -> tuple[str, ...]:
-    """What children in namespaces never see: the system's password hashes, the gateway's own
-    secrets and records, and the configured paths; absolute, each once."""
-    paths = [*SYSTEM_SECRETS, *settings.gateway_secret_paths, *map(str, settings.child_hidden_paths)]
-    return tuple(dict.fromkeys(os.path.abspath(path) for path in paths))
+    """What children in namespaces never see, as glob patterns of absolute paths, each once: the
+    system's password hashes, the gateway's own secrets and records, and the configured paths."""
+    configured = [glob.escape(os.path.abspath(path)) for path in settings.child_hidden_paths]
+    return tuple(dict.fromkeys([*SYSTEM_SECRETS, *settings.gateway_secret_paths, *configured]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +328,7 @@ async def _probe(request: IsolationRequest, argv_prefix: Sequence[str], uid: int
     interpreter = interpreter_of(request.program, request.path) or ""
     who = "the gateway's user" if uid is None else f"user {uid}"
     cwd = request.cwd or "/"
-    argv = [*argv_prefix, SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", request.program, interpreter, cwd]
+    argv = [*argv_prefix, SHELL, "-c", _EXECUTABLE_SCRIPT, "probe", request.program, interpreter, cwd, *request.files]
     try:
         code, said = await _run_helper(argv, uid)
     except (OSError, TimeoutError) as exc:
@@ -321,10 +336,19 @@ async def _probe(request: IsolationRequest, argv_prefix: Sequence[str], uid: int
     if code == 0:
         return None
     shown = f"{request.program} (run by {interpreter})" if interpreter else request.program
+    if request.files:
+        shown += f" with {', '.join(request.files)}"
     where = f" in {cwd}" if request.cwd is not None else ""
     if argv_prefix:
         where += f" in namespaces ({said or 'bubblewrap failed, or the program is not in its view'})"
+        if any(_in_private_tmp(path) for path in (request.program, interpreter, *request.files)):
+            hint = "each child has a /tmp of its own: list what it needs of the host's in child_readable_paths"
+            return f"{who} may not execute {shown}{where}: {hint}"
     return f"{who} may not execute {shown}{where}: install the server where every user can read it"
+
+
+def _in_private_tmp(path: str) -> bool:
+    return path == PRIVATE_TMP or path.startswith(PRIVATE_TMP + "/")
 
 
 async def _uid_problem(request: IsolationRequest) -> str | None:
@@ -355,7 +379,8 @@ async def decide(request: IsolationRequest) -> Decision:
     """The isolation children get: the mode asked for, checked by running the server's program the
     way children would run it (as the first user ID of the range, behind bubblewrap).
     `IsolationUnavailable` when the mode asked for cannot be had; `auto` takes the strongest that
-    works (`uid+namespaces`, `uid`, `namespaces`, `none`)."""
+    works (`uid+namespaces`, `uid`, `namespaces`, `none`), but never `none` for a gateway that is
+    the host's root, whose children would be root too."""
     asked, first_uid, bwrap = request.mode, request.uid_range[0], find_bwrap()
     if asked == "none":
         return _checked(request, Decision("none", "configured"))
@@ -376,6 +401,12 @@ async def decide(request: IsolationRequest) -> Decision:
     if (namespace_problem := await _namespace_problem(request, bwrap, None)) is None:
         return _checked(request, Decision("namespaces", f"uid isolation is not possible: {uid_problem}", bwrap))
     problems = f"uid isolation is not possible: {uid_problem}; namespaces are not possible: {namespace_problem}"
+    if is_host_root():
+        raise IsolationUnavailable(
+            f"child_isolation=auto found no isolation ({problems}), and without one the children of a root "
+            "gateway would run as the host's root: install the server where every user may run it, run the "
+            "gateway as another user, or accept root children with child_isolation=none"
+        )
     return _checked(request, Decision("none", problems))
 
 
@@ -530,14 +561,20 @@ class Sandbox:
         """After its child's group is gone: end every process of its user, remove its directory,
         give the user ID back. A user whose processes outlive every sweep is kept (logged)."""
         if cell.uid is None:
-            await asyncio.to_thread(remove_tree, cell.directory)
+            if not await asyncio.to_thread(remove_tree, cell.directory):
+                log.error("a child's private directory could not be removed", extra={"path": str(cell.directory)})
             return
         try:
-            left = await asyncio.to_thread(self._made_by, cell.uid)
-            paths = [str(path) for path in dict.fromkeys([cell.directory, *left])]
             for _ in range(RELEASE_ATTEMPTS):
+                # Listed again each time: a process the previous sweep had not ended yet may have made more.
+                left = await asyncio.to_thread(self._made_by, cell.uid)
+                paths = [str(path) for path in dict.fromkeys([cell.directory, *left])]
                 code, _ = await _run_helper([SHELL, "-c", _CLEANUP_SCRIPT, "cleanup", *paths], cell.uid)
-                if code == 0 and not await asyncio.to_thread(live_users, cell.uid, cell.uid):
+                if (
+                    code == 0
+                    and not await asyncio.to_thread(live_users, cell.uid, cell.uid)
+                    and not await asyncio.to_thread(self._made_by, cell.uid)
+                ):
                     break
                 await asyncio.sleep(RELEASE_RETRY_INTERVAL)
             else:
@@ -599,10 +636,13 @@ def _why_no_locks_in(lock_dir: Path) -> str | None:
 
 
 def _why_not_a_safe_parent(directory: Path) -> str | None:
-    """Why the children's private directories may not live in `directory`: one that anyone may
-    write without the sticky bit lets any child rename the gateway's entries and put its own in
-    their place (None: they may)."""
-    mode = os.stat(directory).st_mode
-    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        return f"{directory} is writable by every user without the sticky bit (chmod it 1777 or 0755)"
+    """Why the gateway may not keep what its children must not touch (their private directories,
+    the user-ID locks) in `directory`: one that another user owns, or that others may write
+    without the sticky bit, lets them rename the gateway's entries and put their own in their
+    place (None: it may)."""
+    info = os.stat(directory)
+    if info.st_uid not in (0, os.geteuid()):
+        return f"{directory} belongs to user {info.st_uid}, neither root nor the gateway's"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX:
+        return f"{directory} is writable by other users without the sticky bit (chmod it 1777 or 0755)"
     return None

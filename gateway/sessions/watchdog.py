@@ -10,6 +10,10 @@ remains, then every process of an announced user, then removes the announced dir
 the group, not just the child, also takes grandchildren; killing the user also takes those that
 left the group.
 
+It also owns what both it and the gateway need of the children's users: where their user-ID
+locks live (`LOCK_DIR`), which it takes before it sweeps a user, and `remove_tree`, which removes
+what a child left as that child's owner would.
+
 This file runs as a script with the interpreter's isolated flags (`-I -S`) so it starts fast and
 imports nothing but the standard library. On Linux each child additionally carries a parent-death
 signal (see child.py), which covers the instant between spawn and announcement.
@@ -28,7 +32,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 # The logger and its messages keep the name operators already filter on ("guard").
@@ -164,27 +168,24 @@ def _entries_by_owner(directories: list[str]) -> dict[int, list[str]]:
     return owned
 
 
-def remove_tree(path: str | os.PathLike[str]) -> None:
-    """Remove `path` and everything in it, as its owner: directories a child made read-only are
-    made writable first (directories only, never through a symbolic link)."""
-
-    def writable_again(function: Callable[[str], object], failed: str, _: object) -> None:
-        with contextlib.suppress(OSError):
-            for directory in (os.path.dirname(failed), failed):
-                if stat.S_ISDIR(os.lstat(directory).st_mode):
-                    os.chmod(directory, 0o700)
-            function(failed)
-
-    if not os.path.lexists(path):
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=writable_again)
+def remove_tree(path: str | os.PathLike[str]) -> bool:
+    """Remove `path` and everything in it, as its owner: directories a child made unreadable or
+    read-only are opened up first, top down (directories only, never through a symbolic link).
+    Never raises; whether the path is gone."""
+    root = os.fspath(path)
+    with contextlib.suppress(OSError):
+        if stat.S_ISDIR(os.lstat(root).st_mode):
+            os.chmod(root, 0o700)
+            for parent, directories, _ in os.walk(root):  # lists each directory after it was opened
+                for name in directories:
+                    inner = os.path.join(parent, name)
+                    with contextlib.suppress(OSError):
+                        if stat.S_ISDIR(os.lstat(inner).st_mode):
+                            os.chmod(inner, 0o700)
+            shutil.rmtree(root, ignore_errors=True)
         else:
-            shutil.rmtree(path, onerror=writable_again)
-    else:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(root)
+    return not os.path.lexists(root)
 
 
 def main() -> int:

@@ -155,13 +155,16 @@ async def why_not(isolation: sandbox.IsolationMode) -> str | None:
 
 def isolation_argv(isolation: sandbox.IsolationMode) -> list[str]:
     uid_range = ISOLATION_UID_RANGE if isolation in ("uid", "uid+namespaces") else None
-    return gateway_argv(
+    argv = gateway_argv(
         ISOLATION_ECHO_ARGV,
         max_message_bytes=MAX_MESSAGE_BYTES,
         max_sessions=ISOLATION_MAX_SESSIONS,
         isolation=isolation,
         uid_range=uid_range,
     )
+    # The echo server stays in a namespaced child's view, even from a checkout under /tmp.
+    at = argv.index("--")
+    return [*argv[:at], "--child-readable-paths", str(REPO_ROOT / "tests" / "servers"), *argv[at:]]
 
 
 async def measure_isolation(results: Results) -> None:

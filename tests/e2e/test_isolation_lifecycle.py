@@ -355,6 +355,7 @@ def settings_for(
     return {
         "command": json.dumps([str(SYSTEM_PYTHON), str(server)]),
         "child_isolation": isolation,
+        "child_readable_paths": str(SERVERS),  # in the children's view even from a checkout under /tmp
         "audit_log": "stderr",  # the JSON audit lines join the log the helper keeps
         **(extra or {}),
     }

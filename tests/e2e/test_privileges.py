@@ -79,6 +79,7 @@ def settings(mode: IsolationMode, **extra: str) -> dict[str, str]:
     values = {
         "command": json.dumps(SPY),
         "child_isolation": mode,
+        "child_readable_paths": str(SERVERS),  # in the children's view even from a checkout under /tmp
         "child_uid_range": f"{UID_RANGE[0]}-{UID_RANGE[1]}",
     }
     return values | extra

@@ -69,6 +69,7 @@ def spy_settings(mode: str, **extra: str) -> dict[str, str]:
         "command": json.dumps(SPY),
         "child_env_allow": "PATH,LANG",
         "child_isolation": mode,
+        "child_readable_paths": str(SERVERS),  # in the children's view even from a checkout under /tmp
         "auth": "static",
         "static_tokens": json.dumps(tokens),
         "token_env": SECRET_VAR,
@@ -357,7 +358,7 @@ async def test_users_of_their_own_are_impossible_and_stop_startup(mode: str) -> 
 async def test_namespaces_without_bubblewrap_are_refused(mode: str, code: int, said: str) -> None:
     """`mcp-gateway check` decides as `serve` does; no user's values go to the children here, so
     `auto` may fall back to none."""
-    settings = {"command": json.dumps(SPY), "child_isolation": mode}
+    settings = {"command": json.dumps(SPY), "child_isolation": mode, "child_readable_paths": str(SERVERS)}
     done, lines = await run_unprivileged(settings, "check", without_bubblewrap=True)
     messages = [str(line.get("msg", "")) for line in lines]
     report("without-bubblewrap", {mode: [done, messages[-1:]]})

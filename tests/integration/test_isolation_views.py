@@ -59,7 +59,12 @@ def shared() -> Iterator[Path]:
 
 
 async def serve(aiohttp_client: AiohttpClient, **settings: Any) -> Mcp:
-    values = {"command": SPY, "child_isolation": "uid+namespaces", "child_uid_range": f"{UID_RANGE[0]}-{UID_RANGE[1]}"}
+    values = {
+        "command": SPY,
+        "child_isolation": "uid+namespaces",
+        "child_uid_range": f"{UID_RANGE[0]}-{UID_RANGE[1]}",
+        "child_readable_paths": [SERVERS],  # in the children's view even from a checkout under /tmp
+    }
     mcp = Mcp(await aiohttp_client(create_app(make_settings(**(values | settings)))))
     await mcp.initialize()
     return mcp

@@ -168,7 +168,7 @@ def test_the_locks_are_refused_in_a_directory_anyone_may_swap(tmp_path: Path) ->
     parent.mkdir()
     parent.chmod(0o777)
     decision = Decision("uid", "configured")
-    assert "writable by every user without the sticky bit" in str(preparation_problem(decision, parent / "uids"))
+    assert "writable by other users without the sticky bit" in str(preparation_problem(decision, parent / "uids"))
     with pytest.raises(IsolationUnavailable, match="the user-ID locks cannot be kept"):
         UserPool.open(1_000_900_000, 1_000_900_001, parent / "uids")
     parent.chmod(0o1777)

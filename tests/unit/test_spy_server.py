@@ -421,7 +421,8 @@ async def test_behind_bubblewrap_the_tools_report_the_namespaces() -> None:
     bwrap = bwrap_path()
     assert bwrap is not None
     private_tmp = Path(f"/tmp/spy-{os.getpid()}-{os.urandom(4).hex()}.txt")  # noqa: S108 - the spy's own /tmp
-    async with running_spy(wrapper=(bwrap, *PROBE_VIEW, "--")) as spy:
+    # The spy itself stays in view, even from a checkout under /tmp.
+    async with running_spy(wrapper=(bwrap, *PROBE_VIEW, "--ro-bind", str(SPY.parent), str(SPY.parent), "--")) as spy:
         who = await spy.call("whoami")
         seen = await spy.call("processes")
         interfaces = await spy.call("net_interfaces")
