@@ -107,11 +107,13 @@ def kill_users(uids: set[int], directories: list[str]) -> None:
     owned = _entries_by_owner(directories)
     for uid in uids:
         with _user_lock(uid) as free:
-            if free:  # else another gateway's child has the user now, and its start ended what was left
-                _kill_user(uid, owned.get(uid, []))
+            # When another gateway's child has the user now, its start ended what was left of the
+            # processes: only what the user made here is removed (this gateway's, not that child's).
+            _as_user(uid, owned.get(uid, []), kill=free)
 
 
-def _kill_user(uid: int, owned: list[str]) -> None:
+def _as_user(uid: int, owned: list[str], *, kill: bool) -> None:
+    """As `uid`: end every process of the user (with `kill`), then remove `owned`."""
     try:
         pid = os.fork()
     except OSError:
@@ -124,7 +126,8 @@ def _kill_user(uid: int, owned: list[str]) -> None:
             with open("/proc/self/status", "rb") as status:
                 alone = b"CapEff:\t0000000000000000\n" in status.read()
             if alone:  # with a capability left, kill(-1) would reach other users' processes
-                os.kill(-1, signal.SIGKILL)  # every process of the user, this helper excepted
+                if kill:
+                    os.kill(-1, signal.SIGKILL)  # every process of the user, this helper excepted
                 for path in owned:
                     remove_tree(path)
         finally:
