@@ -40,6 +40,7 @@ from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from gateway.http.connections import MAX_LINGERING
 from tests.support.gateway_process import GatewayProcess, HttpMcp, running_gateway
 from tests.support.servers import echo_command
+from tests.support.settings import CHILD_ISOLATION
 from tests.support.waits import WAIT, eventually
 
 pytestmark = pytest.mark.slow
@@ -440,7 +441,8 @@ def test_check_warns_when_sessions_and_connections_do_not_fit(tmp_path: Path) ->
         resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
 
     env = {name: value for name, value in os.environ.items() if not name.startswith("MCP_GATEWAY_")}
-    argv = [sys.executable, "-m", "gateway", "check", "--max-sessions", "300", "--", *echo_command()]
+    argv = [sys.executable, "-m", "gateway", "check", "--max-sessions", "300", "--child-isolation", CHILD_ISOLATION]
+    argv += ["--", *echo_command()]
     result = subprocess.run(
         argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=WAIT, preexec_fn=limited, check=False
     )

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from tests.support.mcp import ACCEPT_BOTH, LATEST
 from tests.support.servers import echo_command
+from tests.support.settings import CHILD_ISOLATION
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "",
         "--ratelimit-public-ip",
         "",  # /metrics is read after every example
+        "--child-isolation",
+        CHILD_ISOLATION,
         "--",
         *echo_command(),
     ]

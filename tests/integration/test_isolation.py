@@ -609,6 +609,7 @@ def test_check_names_the_namespaces(mode: str, capsys: pytest.CaptureFixture[str
     from gateway import cli
 
     argv = ["check", "--child-isolation", mode, "--child-uid-range", f"{FIRST_UID}-{FIRST_UID + 999}"]
+    argv += ["--child-readable-paths", str(SERVERS)]  # in the children's view even from a checkout under /tmp
     assert cli.main([*argv, "--", *SPY]) == 0
     assert f"child isolation: {mode} (configured)" in capsys.readouterr().err
     assert cli.main([*argv, "--child-network", "none", "--", *SPY]) == 0
