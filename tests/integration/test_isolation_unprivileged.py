@@ -28,7 +28,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.auth.static import digest_of
 from tests.support.gateway_process import HttpMcp
-from tests.support.isolation import REFUSED_BY_NAMESPACES, bubblewrap_problem, host_pid, namespace_members
+from tests.support.isolation import (
+    REFUSED_BY_NAMESPACES,
+    bubblewrap_problem,
+    exists,
+    host_interfaces,
+    host_pid,
+    namespace_members,
+    outcome,
+    remove,
+)
 from tests.support.mcp import text_of
 from tests.support.processes import children_of, descendants
 from tests.support.servers import SERVERS
@@ -141,23 +150,6 @@ def _capabilities(pid: int) -> dict[str, int]:
     return {line.split(":")[0]: int(line.split()[1], 16) for line in fields if line.startswith("Cap")}
 
 
-def _outcome(report: JsonObj) -> str:
-    return "ok" if report["ok"] else str(report["errno"])
-
-
-def _exists(path: Path) -> bool:
-    return path.exists()
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-
-
-def _host_interfaces() -> list[str]:
-    """The network interfaces of this process's network namespace (the host's, the gateway's)."""
-    return sorted(line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:])
-
-
 def http() -> ClientSession:
     return ClientSession(timeout=ClientTimeout(total=WAIT))
 
@@ -203,19 +195,19 @@ async def test_auto_takes_namespaces_and_every_attack_is_refused() -> None:
                 # nobody's own directory: only the read-only view stops the write
                 "write_outside": await bob.tool("write_file", path=str(gateway.workdir / "bob.txt"), text="x"),
             }
-            in_host_tmp = _exists(shared_tmp)
+            in_host_tmp = exists(shared_tmp)
             assert (await alice.tool("whoami", env=SECRET_VAR))["env"]["value"] == ALICE
         finally:
-            _remove(shared_tmp)
+            remove(shared_tmp)
         own = set(namespace_members(b["pid_ns"]).values())
         seen = {entry["pid"] for entry in listing["processes"]}
         observed = {"processes": "only its own" if seen == own and b["pid"] in seen else f"sees {sorted(seen)}"}
-        observed |= {attack: _outcome(attempt) for attack, attempt in reports.items()}
+        observed |= {attack: outcome(attempt) for attack, attempt in reports.items()}
         report("attacks", observed)
         assert observed == REFUSED_BY_NAMESPACES, reports
         assert "value" not in reports["environ"]
         assert not in_host_tmp  # Alice's /tmp was her own
-        assert not _exists(gateway.workdir / "bob.txt")
+        assert not exists(gateway.workdir / "bob.txt")
         # Of the directory of every child's private one, Bob's child sees only its own.
         cells = await bob.tool("list_dir", path=str(Path(b["HOME"]).parent.parent))
         assert cells["names"] == [Path(b["HOME"]).parent.name], cells
@@ -244,7 +236,7 @@ async def test_the_child_is_in_namespaces_of_its_own_and_child_network_none_leav
                 observed[network] = {
                     "own": own,
                     "interfaces": interfaces["interfaces"],
-                    "connect": _outcome(connected),
+                    "connect": outcome(connected),
                 }
                 assert me["pid"] != host_pid(me["pid_ns"], me["pid"])
                 assert (me["uid"], me["NoNewPrivs"], int(me["CapEff"], 16), int(me["CapPrm"], 16)) == (NOBODY, 1, 0, 0)
@@ -255,7 +247,7 @@ async def test_the_child_is_in_namespaces_of_its_own_and_child_network_none_leav
     assert "net" in observed["none"]["own"]
     assert (observed["none"]["interfaces"], observed["none"]["connect"]) == (["lo"], "ECONNREFUSED")
     assert "net" not in observed["host"]["own"]
-    assert (observed["host"]["interfaces"], observed["host"]["connect"]) == (_host_interfaces(), "ok")
+    assert (observed["host"]["interfaces"], observed["host"]["connect"]) == (host_interfaces(), "ok")
 
 
 def _writable_directories(workdir: Path) -> dict[str, str]:
@@ -273,8 +265,8 @@ async def test_child_writable_paths_are_the_only_directories_a_child_writes() ->
         alice = await Caller(client, gateway, ALICE).open()
         inside = await alice.tool("write_file", path=str(writable / "alice.txt"), text="kept")
         beside = await alice.tool("write_file", path=str(other / "alice.txt"), text="lost")
-        report("writable", {"configured": _outcome(inside), "other": _outcome(beside)})
-        assert (_outcome(inside), _outcome(beside)) == ("ok", "EROFS"), (inside, beside)
+        report("writable", {"configured": outcome(inside), "other": outcome(beside)})
+        assert (outcome(inside), outcome(beside)) == ("ok", "EROFS"), (inside, beside)
         assert (writable / "alice.txt").read_text() == "kept"  # on the host, where it was written
         assert not (other / "alice.txt").exists()
 
@@ -309,14 +301,14 @@ async def test_the_gateways_own_secrets_are_hidden_from_children() -> None:
         data = workdir / "data"
         listing = await alice.tool("list_dir", path=str(data))
         seen = {
-            "data": "empty" if listing["ok"] and listing["names"] == [] else _outcome(listing),
-            "state": _outcome(await alice.tool("read_file", path=str(data / "oauth.sqlite3"))),
-            "key": _outcome(await alice.tool("read_file", path=str(workdir / "identity.pem"))),
-            "hidden": _outcome(await alice.tool("read_file", path=str(workdir / "private"))),
-            ".env": _outcome(await alice.tool("read_file", path=str(workdir / ".env"))),
-            "audit": _outcome(await alice.tool("read_file", path=str(workdir / "audit.jsonl"))),
-            "shadow": _outcome(await alice.tool("read_file", path="/etc/shadow")),
-            "visible": _outcome(await alice.tool("read_file", path=str(workdir / "visible"))),
+            "data": "empty" if listing["ok"] and listing["names"] == [] else outcome(listing),
+            "state": outcome(await alice.tool("read_file", path=str(data / "oauth.sqlite3"))),
+            "key": outcome(await alice.tool("read_file", path=str(workdir / "identity.pem"))),
+            "hidden": outcome(await alice.tool("read_file", path=str(workdir / "private"))),
+            ".env": outcome(await alice.tool("read_file", path=str(workdir / ".env"))),
+            "audit": outcome(await alice.tool("read_file", path=str(workdir / "audit.jsonl"))),
+            "shadow": outcome(await alice.tool("read_file", path="/etc/shadow")),
+            "visible": outcome(await alice.tool("read_file", path=str(workdir / "visible"))),
         }
         report("secrets", seen)
         assert seen.pop("visible") == "ok", seen  # the control: its user's files are the child's to read
@@ -399,6 +391,6 @@ async def test_nothing_is_left_after_delete_nor_after_the_gateway_is_killed() ->
         gateway.process.kill()
         assert await eventually(lambda: not namespace_members(bob["pid_ns"]))
         assert await eventually(lambda: not gateway.started.alive())
-        assert await eventually(lambda: not _exists(root))
+        assert await eventually(lambda: not exists(root))
         report("leftovers", {"after delete": "none", "after SIGKILL": "none", "cells root": "removed"})
         assert sorted(path.name for path in gateway.workdir.iterdir()) == ["audit.jsonl"]

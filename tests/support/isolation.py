@@ -9,10 +9,12 @@ import fcntl
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any, Final
 
 from gateway.sessions.watchdog import LOCK_DIR
 from tests.support.processes import live_processes, namespace_pids
+from tests.support.types import JsonObj
 from tests.support.waits import WAIT
 
 BWRAP_FALLBACK: Final = "/usr/bin/bwrap"
@@ -98,3 +100,21 @@ def host_pid(pid_ns: str, pid: int) -> int:
     found = [host for host, inner in namespace_members(pid_ns).items() if inner == pid]
     assert len(found) == 1, f"no single process is {pid} in {pid_ns}: {found}"
     return found[0]
+
+
+def outcome(report: JsonObj) -> str:
+    """What an attempt the spy server made came to: "ok", or the errno the kernel refused it with."""
+    return "ok" if report["ok"] else str(report["errno"])
+
+
+def exists(path: Path) -> bool:
+    return path.exists()
+
+
+def remove(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def host_interfaces() -> list[str]:
+    """The network interfaces of this process's network namespace (the host's, the gateway's)."""
+    return sorted(line.split(":")[0].strip() for line in Path("/proc/net/dev").read_text().splitlines()[2:])
