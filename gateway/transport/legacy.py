@@ -42,6 +42,7 @@ LAST_EVENT_HEADER: Final = "Last-Event-ID"
 # Protocol versions whose clients use sessions over this transport.
 LEGACY_VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 BATCH_VERSION: Final = "2025-03-26"  # the only version whose clients may POST batches
+PRIMING_VERSION: Final = "2025-11-25"  # the first whose POST streams start with a priming event
 MODERN_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
 # An event id this gateway writes: "<stream>.<sequence>", both decimal (ASCII digits only) and
 # small enough to be ids of this process's streams.
@@ -177,6 +178,12 @@ def _record_requests(
         )
 
 
+def _primes(session: Session) -> bool:
+    """Whether the session's POST streams start with the priming event (2025-11-25 and later)."""
+    version = session.protocol_version
+    return version is not None and version >= PRIMING_VERSION
+
+
 def _is_modern(message: Message) -> bool:
     meta = message.params.get("_meta")
     return isinstance(meta, dict) and MODERN_META_KEY in meta
@@ -195,13 +202,10 @@ def _session_for(request: web.Request, *, stateless: bool = False) -> Session:
     session = request.app[keys.SESSIONS].get(session_id, request[keys.PRINCIPAL].key)
     if session is None:
         raise GatewayError("session_not_found", "Session not found")
+    # Any version this gateway serves is accepted, the negotiated one or another: the spec asks for
+    # 400 only when the header names a version that is invalid or unsupported.
     version = request.headers.get(VERSION_HEADER)
-    if version is not None and version != session.protocol_version:
-        if version in LEGACY_VERSIONS:
-            raise GatewayError(
-                "protocol_version_mismatch",
-                f"Bad Request: MCP-Protocol-Version {version} does not match the session's version",
-            )
+    if version is not None and version != session.protocol_version and version not in LEGACY_VERSIONS:
         raise GatewayError("unsupported_protocol_version", "Bad Request: unsupported MCP-Protocol-Version")
     return session
 
@@ -258,7 +262,7 @@ async def _answer(
                 return web.Response(body=body, content_type=JSON, headers=headers)
         streamed = True
         response = await sse.open_response(request, headers)
-        await sse.pump(exchange, response, keepalive)
+        await sse.pump(exchange, response, keepalive, prime=_primes(session))
         return response
     finally:
         router.release(exchange, streamed=streamed)
@@ -298,6 +302,8 @@ async def _initialize(
         if exchange.only_responses and json_ok:
             return web.Response(body=answer, content_type=JSON, headers=headers)
         response = await sse.open_response(request, headers)
+        if _primes(session):
+            await response.write(sse.priming(exchange.event_id(0)))
         for seq, payload, _ in entries:
             await response.write(sse.frame(exchange.event_id(seq), payload))
         return response

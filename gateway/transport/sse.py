@@ -1,5 +1,6 @@
-"""Server-sent events: the headers every SSE response carries, event framing, and the pump that
-moves a `Stream`'s messages onto one HTTP response with keep-alives.
+"""Server-sent events: the headers every SSE response carries, event framing (the priming event
+of 2025-11-25 streams included), and the pump that moves a `Stream`'s messages onto one HTTP
+response with keep-alives.
 
 Every SSE response carries `Cache-Control: no-cache` and `X-Accel-Buffering: no` (so nginx
 passes events through unbuffered) and a comment line whenever the stream has been quiet for the
@@ -28,8 +29,20 @@ KEEPALIVE: Final = b": keep-alive\n\n"
 WRITE_TIMEOUT: Final = 30.0
 
 
+# How long a client waits before it reconnects to a stream whose connection closed (the `retry`
+# of the priming event); the gateway itself never closes a stream's connection early.
+RECONNECT_MS: Final = 1000
+
+
 def frame(event_id: str, payload: bytes) -> bytes:
     return b"id: " + event_id.encode() + b"\ndata: " + payload + b"\n\n"
+
+
+def priming(event_id: str) -> bytes:
+    """The event a 2025-11-25 POST stream starts with: an id before any message (where a client
+    that loses the connection resumes, with `Last-Event-ID`), how long to wait before it
+    reconnects, and no data (nothing for the client to handle)."""
+    return b"id: " + event_id.encode() + b"\nretry: %d\ndata:\n\n" % RECONNECT_MS
 
 
 async def open_response(request: web.Request, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
@@ -40,13 +53,17 @@ async def open_response(request: web.Request, headers: Mapping[str, str] | None 
     return response
 
 
-async def pump(stream: Stream, response: web.StreamResponse, keepalive: float) -> bool:
-    """Write `stream` to `response` until it finishes; False when the client went away first.
+async def pump(stream: Stream, response: web.StreamResponse, keepalive: float, *, prime: bool = False) -> bool:
+    """Write `stream` to `response` until it finishes, first the priming event with `prime`;
+    False when the client went away first.
 
     The caller has attached to the stream; a newer consumer attaching ends this pump.
     """
     token = stream.attach()
     try:
+        if prime:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await response.write(priming(stream.event_id(0)))
         while stream.consumer == token:
             entries = stream.take()
             for seq, payload, _ in entries:

@@ -44,7 +44,8 @@ def header_block(headers: Mapping[str, str]) -> bytes:
 
 
 def sse_data(body: bytes) -> list[bytes]:
-    """The data of each event of a complete `text/event-stream` body (comments skipped)."""
+    """The data of each event of a complete `text/event-stream` body (comments and events without
+    data, the priming event, skipped)."""
     events: list[bytes] = []
     data: list[bytes] = []
     for line in body.splitlines():
@@ -52,9 +53,10 @@ def sse_data(body: bytes) -> list[bytes]:
             value = line[5:]
             data.append(value[1:] if value.startswith(b" ") else value)
         elif not line and data:
-            events.append(b"\n".join(data))
+            if b"".join(data):
+                events.append(b"\n".join(data))
             data = []
-    if data:
+    if b"".join(data):
         events.append(b"\n".join(data))
     return events
 

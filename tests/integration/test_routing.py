@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
+
+import pytest
 
 from tests.support.mcp import Mcp, parse_sse, read_comment, read_event, text_of
 from tests.support.types import Gateway, JsonObj
@@ -128,6 +131,37 @@ async def test_post_stream_resumes_on_get(gateway: Gateway) -> None:
     assert [b["params"]["progress"] for b in bodies[:-1]] == [2, 3, 4]
     assert bodies[-1]["id"] == 9
     assert text_of(bodies[-1]) == "done"
+
+
+async def test_a_2025_11_25_post_stream_starts_with_the_priming_event(gateway: Gateway) -> None:
+    """An event id before any message, a reconnection delay and no data: a client that loses the
+    connection at once resumes from it, on GET, and gets the whole answer."""
+    mcp = await gateway()
+    await mcp.initialize(version="2025-11-25")
+    request = call("sleep", 3, seconds=0.5)
+    async with mcp.http.post("/mcp", json=request, headers={**mcp.headers(), "Accept": "text/event-stream"}) as stream:
+        head = await asyncio.wait_for(stream.content.readuntil(b"\n\n"), WAIT)
+    match = re.fullmatch(rb"id: (\d+\.0)\nretry: (\d+)\ndata:\n\n", head)
+    assert match is not None, head
+    assert int(match.group(2)) > 0
+    primed = match.group(1).decode()
+    async with mcp.http.get("/mcp", headers={**mcp.headers(), "Last-Event-ID": primed}) as resumed:
+        events = parse_sse(await asyncio.wait_for(resumed.text(), WAIT))
+    assert [json.loads(data)["id"] for _, data in events] == [3]
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-03-26"])
+async def test_older_post_streams_start_with_their_first_message(gateway: Gateway, version: str) -> None:
+    mcp = await gateway()
+    await mcp.initialize(version=version)
+    request = call("sleep", 4, seconds=0.1)
+    async with mcp.http.post("/mcp", json=request, headers={**mcp.headers(), "Accept": "text/event-stream"}) as stream:
+        body = await asyncio.wait_for(stream.read(), WAIT)
+    events = [block for block in body.split(b"\n\n") if block and not block.startswith(b":")]  # no keep-alives
+    assert len(events) == 1, body
+    assert events[0].startswith(b"id: ")
+    assert b"retry:" not in body
+    assert [json.loads(data)["id"] for _, data in parse_sse(body.decode())] == [4]
 
 
 async def test_progress_for_a_json_only_client_goes_to_get(gateway: Gateway) -> None:

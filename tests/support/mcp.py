@@ -23,7 +23,8 @@ LARGE_BODY: Final = 512 * 1024
 
 
 def parse_sse(text: str) -> list[tuple[str | None, str]]:
-    """(event id, data) for each event of a complete SSE body; comments skipped."""
+    """(event id, data) for each event of a complete SSE body; comments and events without data
+    (the priming event) skipped."""
     events = []
     for block in text.replace("\r\n", "\n").split("\n\n"):
         event_id, data = None, []
@@ -32,13 +33,13 @@ def parse_sse(text: str) -> list[tuple[str | None, str]]:
                 event_id = line[3:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
-        if data:
+        if "".join(data):  # an event without data (the priming event) is not dispatched
             events.append((event_id, "\n".join(data)))
     return events
 
 
 async def read_event(response: ClientResponse, timeout: float = WAIT) -> tuple[str | None, JsonObj]:
-    """The next event of an open SSE response (keep-alive comments skipped)."""
+    """The next event of an open SSE response (keep-alive comments and the priming event skipped)."""
     event_id: str | None = None
     data: list[str] = []
     async with asyncio.timeout(timeout):
@@ -52,7 +53,9 @@ async def read_event(response: ClientResponse, timeout: float = WAIT) -> tuple[s
             elif line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
             elif not line and data:
-                return event_id, json.loads("\n".join(data))
+                if "".join(data):
+                    return event_id, json.loads("\n".join(data))
+                data = []  # the priming event: its id stands, nothing to dispatch
 
 
 async def read_comment(response: ClientResponse, timeout: float = WAIT) -> str:
