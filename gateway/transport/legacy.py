@@ -8,7 +8,13 @@ sessions and routers do that.
 Response shape for a POST with requests: `application/json` when only responses come; SSE as
 soon as anything else comes first, or when the answer takes longer than one keep-alive interval
 (so proxies see traffic on slow calls). A 2026-07-28 request without a session gets a 400 whose
-body is an ordinary JSON-RPC error, so dual-era clients fall back to `initialize`.
+body is an ordinary JSON-RPC error, so dual-era clients fall back to `initialize`; a GET or
+DELETE of that version, which has neither, gets 405 with `Allow: POST`.
+
+A session serves any `MCP-Protocol-Version` this gateway serves, the negotiated one or another,
+and refuses only an unsupported one. On a 2025-11-25 session an SSE answer starts with the
+priming event: an event id before any message, so a client that loses the connection resumes
+the whole answer.
 """
 
 from __future__ import annotations
@@ -44,6 +50,9 @@ LEGACY_VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2
 BATCH_VERSION: Final = "2025-03-26"  # the only version whose clients may POST batches
 PRIMING_VERSION: Final = "2025-11-25"  # the first whose POST streams start with a priming event
 MODERN_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
+# Versions without sessions: their clients never GET or DELETE (there is no stream to open nor
+# session to end), and are told so.
+SESSIONLESS_VERSIONS: Final = frozenset({"2026-07-28"})
 # An event id this gateway writes: "<stream>.<sequence>", both decimal (ASCII digits only) and
 # small enough to be ids of this process's streams.
 _EVENT_ID: Final = re.compile(r"([0-9]{1,15})\.([0-9]{1,15})")
@@ -321,6 +330,7 @@ async def _initialize(
 async def handle_get(request: web.Request) -> web.StreamResponse:
     app = request.app
     check_origin(request, app[keys.ORIGINS])
+    _refuse_sessionless(request)
     _, sse_ok = accepted(request.headers.get("Accept"))
     if not sse_ok:
         raise GatewayError("not_acceptable", "Accept must include text/event-stream")
@@ -337,6 +347,17 @@ async def handle_get(request: web.Request) -> web.StreamResponse:
         if isinstance(stream, Exchange):
             router.release(stream, streamed=True)
         session.leave()
+
+
+def _refuse_sessionless(request: web.Request) -> None:
+    """405 (`Allow: POST`) for a GET or DELETE of a version without sessions (2026-07-28): the
+    method does not exist there, whatever session id or event id came with it."""
+    if request.headers.get(VERSION_HEADER) in SESSIONLESS_VERSIONS:
+        raise GatewayError(
+            "method_not_allowed",
+            "Method Not Allowed: this protocol version has neither GET nor DELETE; use POST",
+            headers={"Allow": "POST"},
+        )
 
 
 def _resume(router: Router, last_event: str) -> Stream:
@@ -359,6 +380,7 @@ def _resume(router: Router, last_event: str) -> Stream:
 async def handle_delete(request: web.Request) -> web.StreamResponse:
     app = request.app
     check_origin(request, app[keys.ORIGINS])
+    _refuse_sessionless(request)
     session = _session_for(request)
     await app[keys.SESSIONS].close(session, "client")
     return web.Response(status=204)

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.mcp import ACCEPT_BOTH, LATEST
+from tests.support.mcp import ACCEPT_BOTH, LATEST, parse_sse
 from tests.support.servers import echo_command
 from tests.support.settings import CHILD_ISOLATION
 
@@ -310,7 +310,7 @@ def test_any_child_output_answers_its_request_and_leaves_nothing_behind(served: 
     _assert_clear_answer(status, body)
     assert status == 200
     text = body.decode()
-    events = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")] or [text]
+    events = [data for _, data in parse_sse(text)] if body.startswith((b"id:", b":")) else [text]
     answers = [message for message in map(json.loads, events) if message.get("id") == "fuzz"]
     assert len(answers) == 1, events
     served.assert_healthy()

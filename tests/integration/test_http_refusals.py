@@ -151,6 +151,28 @@ async def test_protocol_version_header(gateway: Gateway, version: str | None, st
     assert ("result" in body) == (status == 200)
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("with_session", [False, True], ids=["alone", "with-a-session-id"])
+async def test_get_and_delete_of_the_sessionless_version_are_not_allowed(
+    gateway: Gateway, method: str, with_session: bool
+) -> None:
+    """A 2026-07-28 client has neither: 405 with `Allow: POST`, whatever session it names, and
+    the session it names lives on."""
+    mcp = await gateway()
+    await mcp.initialize()
+    headers = {"Accept": "text/event-stream", "MCP-Protocol-Version": "2026-07-28"}
+    if with_session:
+        assert mcp.session_id is not None
+        headers["Mcp-Session-Id"] = mcp.session_id
+    async with mcp.http.request(method, "/mcp", headers=headers) as response:
+        assert response.status == 405
+        assert response.headers["Allow"] == "POST"
+        assert "Mcp-Session-Id" not in response.headers
+        body = await response.json()
+    assert body["error"]["code"] == -32600  # never a 2026-07-28 code: see test_modern_request_gets_a_legacy_error
+    assert (await mcp.request("ping"))["result"] == {}
+
+
 async def test_initialize_refusals(gateway: Gateway) -> None:
     mcp = await gateway()
     await mcp.initialize()
