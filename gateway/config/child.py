@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from gateway.config.limits import MiB
@@ -158,6 +158,11 @@ class ChildIsolationSettings(BaseModel):
         description="Files and directories under /tmp children may read with namespaces, where each has a private "
         "/tmp (a server kept there); file permissions still apply.",
     )
+    child_hidden_paths: TextList[Path] = Field(
+        default_factory=list,
+        description="Files and directories children never see with namespaces, besides the gateway's own secrets "
+        "(its data directory, key, token and audit files, settings file) and the system's password hashes.",
+    )
     child_uid_range: str = Field(
         DEFAULT_CHILD_UIDS, description="The user IDs children run as with uid isolation, FIRST-LAST (one per child)."
     )
@@ -168,26 +173,17 @@ class ChildIsolationSettings(BaseModel):
         "oauth_token_to_env): each child can then read the others'.",
     )
 
-    child_hidden_paths: TextList[Path] = Field(
-        default_factory=list,
-        description="Files and directories children never see with namespaces, besides the gateway's own secrets "
-        "(its data directory, key, token and audit files, .env) and the system's password hashes.",
-    )
-
-    @field_validator("child_writable_paths")
+    @field_validator("child_writable_paths", "child_readable_paths")
     @classmethod
-    def _check_writable_paths(cls, value: list[Path]) -> list[Path]:
-        bad = [str(path) for path in value if not path.is_absolute() or not path.is_dir()]
+    def _check_view_paths(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        """Absolute, existing: directories to write, anything to read."""
+        writable = info.field_name == "child_writable_paths"
+        bad = [
+            str(path) for path in value if not path.is_absolute() or not (path.is_dir() if writable else path.exists())
+        ]
         if bad:
-            raise ValueError(f"are absolute paths of existing directories, got {', '.join(map(repr, bad))}")
-        return value
-
-    @field_validator("child_readable_paths")
-    @classmethod
-    def _check_readable_paths(cls, value: list[Path]) -> list[Path]:
-        bad = [str(path) for path in value if not path.is_absolute() or not path.exists()]
-        if bad:
-            raise ValueError(f"are absolute paths of existing files or directories, got {', '.join(map(repr, bad))}")
+            kind = "directories" if writable else "files or directories"
+            raise ValueError(f"are absolute paths of existing {kind}, got {', '.join(map(repr, bad))}")
         return value
 
     @field_validator("child_uid_range")
