@@ -48,6 +48,7 @@ from gateway.paths import OAUTH_PREFIX
 from gateway.sessions.bubblewrap import is_host_root
 from gateway.sessions.child import ChildSpec
 from gateway.sessions.policy import ToolFilter, ToolPolicy
+from gateway.sessions.principals import EraBook, PrincipalChildren
 from gateway.sessions.sandbox import IsolationRequest, IsolationUnavailable, Sandbox, shared_user_refusal
 from gateway.sessions.store import SessionLimits, SessionStore
 from gateway.sessions.watchdog import OrphanWatchdog
@@ -272,6 +273,13 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         spec, limits, app[keys.WATCHDOG], identity_issuer(settings), app[keys.AUDIT], sandbox=app[keys.SANDBOX]
     )
     app[keys.SESSIONS] = store
+    app[keys.PRINCIPAL_CHILDREN] = PrincipalChildren(
+        store,
+        EraBook(settings.child_era),
+        per_principal=settings.children_per_principal,
+        probe_timeout=settings.era_probe_timeout,
+        request_timeout=settings.request_timeout,
+    )
     if (registry := app[keys.METRICS]) is not None:
         registry.watch(sessions=lambda: len(store), children=lambda: store.children, in_flight=store.requests_in_flight)
     store.start()

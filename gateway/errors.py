@@ -3,8 +3,8 @@
 Layers below HTTP raise `GatewayError` with a `Literal` code; they never choose a status. The
 table below is the only mapping from code to HTTP status and JSON-RPC error code, and `render`
 the only function that turns an error into a response. Bodies are JSON-RPC error objects so
-every MCP client can show them; none uses the 2026-07-28 error codes, so a dual-era client
-probing this legacy-era endpoint falls back to `initialize` as intended.
+every MCP client can show them. Only the refusals of 2026-07-28 requests use that era's codes
+(`-32020`, `-32022`), so a client that meets any other refusal does not take it for a modern one.
 
 One refusal needs more than a code: `InsufficientScope` (a 403 whose challenge names the scopes
 an operation needs) is data, turned into its `GatewayError` by the bearer middleware
@@ -23,7 +23,8 @@ from aiohttp.typedefs import Handler
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import jsonrpc
-from gateway.jsonrpc import RequestId
+from gateway.eras.envelope import HEADER_MISMATCH, UNSUPPORTED_VERSION
+from gateway.jsonrpc import JsonObject, RequestId
 
 ErrorCode = Literal[
     "forbidden_origin",
@@ -42,7 +43,10 @@ ErrorCode = Literal[
     "bad_last_event_id",
     "unsupported_protocol_version",
     "already_initialized",
-    "stateless_request",
+    "missing_envelope",
+    "header_mismatch",
+    "unsupported_modern_version",
+    "method_not_found",
     "too_many_sessions",
     "too_many_sessions_for_principal",
     "too_many_sessions_for_address",
@@ -81,7 +85,11 @@ _STATUS: Final[dict[ErrorCode, tuple[int, int]]] = {
     "bad_last_event_id": (400, jsonrpc.INVALID_REQUEST),
     "unsupported_protocol_version": (400, jsonrpc.INVALID_REQUEST),
     "already_initialized": (400, jsonrpc.INVALID_REQUEST),
-    "stateless_request": (400, jsonrpc.INVALID_REQUEST),
+    # The refusals of a 2026-07-28 request, with that era's codes (gateway.eras.envelope).
+    "missing_envelope": (400, jsonrpc.INVALID_PARAMS),
+    "header_mismatch": (400, HEADER_MISMATCH),
+    "unsupported_modern_version": (400, UNSUPPORTED_VERSION),
+    "method_not_found": (404, jsonrpc.METHOD_NOT_FOUND),
     "too_many_sessions": (503, jsonrpc.INTERNAL_ERROR),
     "too_many_sessions_for_principal": (429, jsonrpc.INVALID_REQUEST),
     "too_many_sessions_for_address": (429, jsonrpc.INVALID_REQUEST),
@@ -114,10 +122,12 @@ class GatewayError(Exception):
         request_id: RequestId | None = None,
         retry_after: int | None = None,
         headers: Mapping[str, str] | None = None,
+        data: JsonObject | None = None,
     ) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
+        self.data = data  # the JSON-RPC error's `data`, when the code defines one
         self.request_id = request_id
         self.retry_after = retry_after
         self.headers = headers
@@ -143,7 +153,7 @@ class InsufficientScope(Exception):
 
 def render(error: GatewayError) -> web.Response:
     status, rpc_code = _STATUS[error.code]
-    body = jsonrpc.error_response(error.request_id, rpc_code, error.message)
+    body = jsonrpc.error_response(error.request_id, rpc_code, error.message, error.data)
     headers = dict(error.headers or {})
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)

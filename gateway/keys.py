@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from gateway.observe.audit import Audit
     from gateway.observe.metrics import Metrics
     from gateway.sessions.policy import ToolFilter
+    from gateway.sessions.principals import PrincipalChildren
     from gateway.sessions.sandbox import Decision, Sandbox
     from gateway.sessions.store import SessionStore
     from gateway.sessions.watchdog import OrphanWatchdog
@@ -36,6 +37,8 @@ SANDBOX: web.AppKey[Sandbox] = web.AppKey("sandbox")
 # The isolation decided before the app starts (by `serve`, which drops privileges to match it).
 ISOLATION: web.AppKey[Decision] = web.AppKey("isolation")
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions")
+# The children of each principal's 2026-07-28 requests (sessions of `SESSIONS` no one knows the id of).
+PRINCIPAL_CHILDREN: web.AppKey[PrincipalChildren] = web.AppKey("principal_children")
 RESOURCE_METADATA: web.AppKey[bytes | None] = web.AppKey("resource_metadata")
 VERIFIER: web.AppKey[TokenVerifier | None] = web.AppKey("token_verifier")
 AS_METADATA: web.AppKey[AuthorizationServerMetadata | None] = web.AppKey("authorization_server_metadata")

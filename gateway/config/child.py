@@ -201,3 +201,22 @@ class ChildIsolationSettings(BaseModel):
         """The first and last user ID of the children's range."""
         first, _, last = self.child_uid_range.partition("-")
         return int(first), int(last)
+
+
+class ChildEraSettings(BaseModel):
+    """Which protocol era the child speaks, and how clients of 2026-07-28 share children."""
+
+    child_era: Literal["auto", "legacy", "modern"] = Field(
+        "auto",
+        description="The child's protocol era: auto (learned once, by a server/discover probe as the first child's "
+        "first message), legacy (sessions: initialize), or modern (2026-07-28: server/discover).",
+    )
+    era_probe_timeout: float = Field(
+        10.0, gt=0, description="Seconds the era probe waits for an answer before the child is taken as legacy."
+    )
+    children_per_principal: int = Field(
+        1,
+        ge=1,
+        description="Children one principal's 2026-07-28 requests may spread over (the least busy is used; each "
+        "counts against the session caps).",
+    )

@@ -29,7 +29,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.config import checks
 from gateway.config.auth import AuthorizationSettings, IdentitySettings, VerifierSettings
-from gateway.config.child import ChildIsolationSettings, ChildLimitSettings, ChildOutputSettings, ChildSettings
+from gateway.config.child import (
+    ChildEraSettings,
+    ChildIsolationSettings,
+    ChildLimitSettings,
+    ChildOutputSettings,
+    ChildSettings,
+)
 from gateway.config.limits import (
     ConnectionSettings,
     MessageSettings,
@@ -73,6 +79,7 @@ class Settings(
     LogSettings,
     StreamSettings,
     ChildOutputSettings,
+    ChildEraSettings,
     CallerSettings,
     SessionSettings,
     MessageSettings,

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 from gateway import jsonrpc
+from gateway.eras import translate
 from gateway.jsonrpc import JsonObject, Kind, Message, RequestId
 from gateway.sessions.child import Child, ChildGone
 from gateway.sessions.streams import Stream
@@ -98,6 +99,8 @@ class Exchange(Stream):
         "gateway_ids",
         "initialize",
         "is_batch",
+        "log_level",
+        "modern",
         "outcomes",
         "started",
         "streamable",
@@ -111,6 +114,9 @@ class Exchange(Stream):
         self.is_batch = is_batch
         self.streamable = streamable  # the client accepts text/event-stream
         self.initialize = initialize
+        # A 2026-07-28 request: log messages reach it only at the level it set (none: no messages).
+        self.modern = False
+        self.log_level: str | None = None
         self.waiting = 0
         self.gateway_ids: list[int] = []
         self.client_ids: list[RequestId | None] = []  # parallel to gateway_ids
@@ -151,6 +157,11 @@ class Router:
         self._asked: dict[str, asyncio.Future[JsonObject]] = {}  # the gateway's own requests
         # Sees every request and notification of the child: one slot, the tool policy's (it sets it).
         self.interceptor: Interceptor | None = None
+        # Takes the child's requests to the client instead of a stream, when the clients it serves
+        # cannot be sent requests (those of 2026-07-28); True when it took one.
+        self.on_request: Callable[[Message], bool] | None = None
+        # The `_meta` every request of the gateway's own carries (a modern child's envelope).
+        self.ask_meta: JsonObject | None = None
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}
         self._open = 0  # exchanges still waiting for a response
@@ -315,6 +326,9 @@ class Router:
         if child is None or self.closed:
             raise ChildGone("the session has ended")
         gateway_id = ASK_ID_PREFIX + secrets.token_urlsafe(12)
+        if self.ask_meta is not None:
+            meta = params.get("_meta")
+            params = {**params, "_meta": {**(meta if isinstance(meta, dict) else {}), **self.ask_meta}}
         answer: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
         self._asked[gateway_id] = answer
         try:
@@ -359,6 +373,30 @@ class Router:
         resumable = [ex for ex in self._exchanges.values() if ex.finished and not ex.attached]
         for stale in resumable[: max(0, len(resumable) - MAX_RESUMABLE_EXCHANGES)]:
             self._exchanges.pop(stale.id, None)
+
+    def abandon(self, exchange: Exchange, reason: str) -> None:
+        """The client of `exchange` went away before its answers came, which for a 2026-07-28
+        request is its cancellation: what is still pending is cancelled at the child, and its
+        answers, if they come, go nowhere."""
+        if exchange.finished:
+            return
+        child = self.child
+        for gateway_id in exchange.gateway_ids:
+            if self._take(gateway_id) is None:
+                continue
+            if child is not None and not self.closed:
+                cancel = jsonrpc.notification("notifications/cancelled", {"requestId": gateway_id, "reason": reason})
+                with contextlib.suppress(ChildGone):
+                    child.send(jsonrpc.encode(cancel))
+        exchange.waiting = 0
+        exchange.finish()
+        self._complete(exchange)
+
+    def forget(self, exchange: Exchange) -> None:
+        """The HTTP response of a finished `exchange` that no one may resume has ended."""
+        if exchange.attached:
+            exchange.detach()
+        self._exchanges.pop(exchange.id, None)
 
     def stream_for(self, stream_id: int) -> Stream | None:
         """The stream a `Last-Event-ID` names, if it is still held."""
@@ -445,10 +483,13 @@ class Router:
                 owner.deadline = asyncio.get_running_loop().time() + self._request_timeout
                 owner.push(payload)
                 return
+        elif message.kind is Kind.REQUEST and self.on_request is not None and self.on_request(message):
+            return
         elif message.kind is Kind.REQUEST or message.method == "notifications/message":
             related = self._sole_open_exchange()
             if related is not None:
-                related.push(payload)
+                if not related.modern or translate.log_wanted(related.log_level, message.params):
+                    related.push(payload)
                 return
         self.get_stream.push(payload)
 

@@ -90,10 +90,23 @@ class Session:
         "owner",
         "principal",
         "router",
+        "serves",
     )
 
-    def __init__(self, session_id: str, principal: Principal, router: Router, client_ip: str, address: str) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        principal: Principal,
+        router: Router,
+        client_ip: str,
+        address: str,
+        *,
+        serves: str | None = None,
+    ) -> None:
         self.id = session_id
+        # For the child of a principal's 2026-07-28 requests: the key they share it under. Such a
+        # child has no session id anyone knows; it is found by that key, never by its id.
+        self.serves = serves
         self.client_ip = client_ip
         self.address = address  # the bucket counted against max_per_address
         self.principal = principal
@@ -111,6 +124,11 @@ class Session:
     @property
     def protocol_version(self) -> str | None:
         return self.router.protocol_version
+
+    @property
+    def era(self) -> str:
+        """The era of the clients it serves: "modern" (2026-07-28 requests) or "legacy" (a session)."""
+        return "legacy" if self.serves is None else "modern"
 
     @property
     def pid(self) -> int | None:
@@ -184,17 +202,26 @@ class SessionStore:
     def get(self, session_id: str, owner: str) -> Session | None:
         """The session, if it is live and belongs to `owner` (anyone else is told it does not exist)."""
         session = self._sessions.get(session_id)
-        if session is None or session.closing or not hmac.compare_digest(session.owner, owner):
+        if session is None or session.closing or session.serves is not None:
+            return None
+        if not hmac.compare_digest(session.owner, owner):
             return None
         return session
 
     async def open(
-        self, principal: Principal, token: str | None = None, client_ip: str = "", address: str | None = None
+        self,
+        principal: Principal,
+        token: str | None = None,
+        client_ip: str = "",
+        address: str | None = None,
+        *,
+        serves: str | None = None,
     ) -> Session:
         """Spawn the child of a new, not yet published session for `principal`.
 
         `token` is the bearer token it authenticated with, for configured token-to-environment;
-        `address` the bucket the client's address is counted in (default: the address itself).
+        `address` the bucket the client's address is counted in (default: the address itself);
+        `serves` the key of the principal's 2026-07-28 requests, for a child that serves them.
         """
         if not self.accepting:
             raise GatewayError("shutting_down", "The gateway is shutting down", retry_after=CAPACITY_RETRY_AFTER)
@@ -227,7 +254,7 @@ class SessionStore:
             on_close=on_close,
             on_violation=on_violation,
         )
-        session = Session(session_id, principal, router, client_ip, address)
+        session = Session(session_id, principal, router, client_ip, address, serves=serves)
         self._admitted += 1
         self._by_owner.setdefault(session.owner, set()).add(session)
         self._by_address.setdefault(address, set()).add(session)
@@ -416,7 +443,7 @@ class SessionStore:
     def publish(self, session: Session) -> None:
         session.last_active = session.idle_since = time.monotonic()
         self._sessions[session.id] = session
-        self._audit.record("session.open", session=session, protocol_version=session.protocol_version)
+        self._audit.record("session.open", session=session, protocol_version=session.protocol_version, era=session.era)
         log.info(
             "session open",
             extra={
@@ -443,7 +470,7 @@ class SessionStore:
         session.router.close(reason)
         if published:
             lasted = round(time.monotonic() - session.created, 3)
-            self._audit.record("session.close", session=session, reason=reason, duration_s=lasted)
+            self._audit.record("session.close", session=session, reason=reason, duration_s=lasted, era=session.era)
         return True
 
     async def _stop_child(self, session: Session, reason: str) -> None:

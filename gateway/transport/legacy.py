@@ -7,9 +7,9 @@ sessions and routers do that.
 
 Response shape for a POST with requests: `application/json` when only responses come; SSE as
 soon as anything else comes first, or when the answer takes longer than one keep-alive interval
-(so proxies see traffic on slow calls). A 2026-07-28 request without a session gets a 400 whose
-body is an ordinary JSON-RPC error, so dual-era clients fall back to `initialize`; a GET or
-DELETE of that version, which has neither, gets 405 with `Allow: POST`.
+(so proxies see traffic on slow calls). A POST carrying the 2026-07-28 envelope that names no
+live session is that era's request, served by `gateway.transport.modern`; a GET or DELETE of
+that version, which has neither, gets 405 with `Allow: POST`.
 
 A session serves any `MCP-Protocol-Version` this gateway serves, the negotiated one or another,
 and refuses only an unsupported one. On a 2025-11-25 session an SSE answer starts with the
@@ -28,17 +28,15 @@ from typing import Final
 from aiohttp import web
 
 from gateway import jsonrpc, keys
+from gateway.eras.envelope import is_modern
 from gateway.errors import GatewayError
 from gateway.http import ratelimit
 from gateway.http.headers import JSON, accepted, check_origin, check_post_headers, read_body
-from gateway.jsonrpc import Kind, Message
-from gateway.observe.audit import describe_request
-from gateway.sessions import failures
-from gateway.sessions.child import ChildGone, StdinStalled
-from gateway.sessions.router import Exchange, Overloaded, Router, Screening
+from gateway.jsonrpc import Message
+from gateway.sessions.router import Exchange, Router
 from gateway.sessions.store import Session
 from gateway.sessions.streams import Stream
-from gateway.transport import sse
+from gateway.transport import exchanges, modern, sse
 
 log = logging.getLogger("gateway.transport")
 
@@ -49,7 +47,6 @@ LAST_EVENT_HEADER: Final = "Last-Event-ID"
 LEGACY_VERSIONS: Final = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 BATCH_VERSION: Final = "2025-03-26"  # the only version whose clients may POST batches
 PRIMING_VERSION: Final = "2025-11-25"  # the first whose POST streams start with a priming event
-MODERN_META_KEY: Final = "io.modelcontextprotocol/protocolVersion"
 # Versions without sessions: their clients never GET or DELETE (there is no stream to open nor
 # session to end), and are told so.
 SESSIONLESS_VERSIONS: Final = frozenset({"2026-07-28"})
@@ -91,13 +88,17 @@ async def _post(request: web.Request) -> web.StreamResponse:
     first = messages[0]
     request_id = first.id if not is_batch else None
     request[keys.ANSWERING] = request_id
+    # The era is the request's: the 2026-07-28 envelope is a modern request (even an `initialize`,
+    # which that era does not have), unless it names a live session of the caller's.
+    if not is_batch and is_modern(first.params) and _live_session(request) is None:
+        return await modern.serve(request, first, body, json_ok=json_ok, sse_ok=sse_ok)
     if any(m.method == "initialize" for m in messages):
         if is_batch:
             raise GatewayError("invalid_message", "initialize must not be part of a batch")
         if SESSION_HEADER in request.headers:
             raise GatewayError("already_initialized", "This session is already initialized")
         return await _initialize(request, first, json_ok, sse_ok, body_size=len(body))
-    session = _session_for(request, stateless=_is_modern(first))
+    session = _session_for(request)
     if is_batch and session.protocol_version != BATCH_VERSION:
         raise GatewayError("batch_not_allowed", "JSON-RPC batches require protocol version 2025-03-26")
     session.enter()
@@ -107,10 +108,10 @@ async def _post(request: web.Request) -> web.StreamResponse:
         screening = (
             None if tool_filter is None else await tool_filter.screen(session.router, messages, request[keys.PRINCIPAL])
         )
-        exchange = _submit(
+        exchange = exchanges.submit(
             session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok, screening=screening
         )
-        await _drain(session)
+        await exchanges.drain(session)
         if exchange is None:
             return web.Response(status=202)
         return await _answer(
@@ -124,18 +125,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
     finally:
         session.leave()
         if exchange is not None:
-            _audit_requests(request, session, messages, exchange, body_size=None if is_batch else len(body))
-
-
-def _audit_requests(
-    request: web.Request, session: Session, messages: list[Message], exchange: Exchange, *, body_size: int | None
-) -> None:
-    """Audit the requests of a POST; a failure to audit is logged, never turned into the answer
-    (the requests have run by now, and a client told they failed would run them again)."""
-    try:
-        _record_requests(request, session, messages, exchange, body_size=body_size)
-    except Exception:
-        log.exception("audit of %d requests failed", len(exchange.gateway_ids), extra={"session": session.id[:8]})
+            exchanges.audit_requests(request, session, messages, exchange, body_size=None if is_batch else len(body))
 
 
 async def _parse(body: bytes, max_batch: int) -> tuple[list[Message], bool]:
@@ -164,49 +154,24 @@ async def _parse(body: bytes, max_batch: int) -> tuple[list[Message], bool]:
         raise GatewayError("invalid_message", f"Invalid Request: {exc}", request_id=rid) from None
 
 
-def _record_requests(
-    request: web.Request, session: Session, messages: list[Message], exchange: Exchange, *, body_size: int | None
-) -> None:
-    """One `mcp.request` audit event per request of a POST, once its answer is sent (or abandoned)."""
-    audit = request.app[keys.AUDIT]
-    if not audit.active:
-        return
-    now = asyncio.get_running_loop().time()
-    requests = [message for message in messages if message.kind is Kind.REQUEST]
-    for message, gateway_id in zip(requests, exchange.gateway_ids, strict=False):
-        # No outcome: the client went away before the answer came.
-        outcome, bytes_out, answered = exchange.outcomes.get(gateway_id, ("abandoned", 0, now))
-        audit.record(
-            "mcp.request",
-            session=session,
-            **describe_request(message.method or "", message.params, with_arguments=audit.tool_arguments),
-            outcome=outcome,
-            duration_ms=round((answered - exchange.started) * 1000, 3),
-            bytes_in=body_size if body_size is not None else len(jsonrpc.encode(message.body)),
-            bytes_out=bytes_out,
-        )
-
-
 def _primes(session: Session) -> bool:
     """Whether the session's POST streams start with the priming event (2025-11-25 and later)."""
     version = session.protocol_version
     return version is not None and version >= PRIMING_VERSION
 
 
-def _is_modern(message: Message) -> bool:
-    meta = message.params.get("_meta")
-    return isinstance(meta, dict) and MODERN_META_KEY in meta
+def _live_session(request: web.Request) -> Session | None:
+    """The caller's live session the request names, if it names one."""
+    session_id = request.headers.get(SESSION_HEADER)
+    if session_id is None:
+        return None
+    return request.app[keys.SESSIONS].get(session_id, request[keys.PRINCIPAL].key)
 
 
-def _session_for(request: web.Request, *, stateless: bool = False) -> Session:
+def _session_for(request: web.Request) -> Session:
     """The session named by the request, checked against its negotiated protocol version."""
     session_id = request.headers.get(SESSION_HEADER)
     if session_id is None:
-        if stateless:
-            raise GatewayError(
-                "stateless_request",
-                "Bad Request: this endpoint serves MCP sessions; send initialize first",
-            )
         raise GatewayError("session_required", "Bad Request: Mcp-Session-Id header is required")
     session = request.app[keys.SESSIONS].get(session_id, request[keys.PRINCIPAL].key)
     if session is None:
@@ -217,30 +182,6 @@ def _session_for(request: web.Request, *, stateless: bool = False) -> Session:
     if version is not None and version != session.protocol_version and version not in LEGACY_VERSIONS:
         raise GatewayError("unsupported_protocol_version", "Bad Request: unsupported MCP-Protocol-Version")
     return session
-
-
-def _submit(
-    session: Session,
-    messages: list[Message],
-    *,
-    raw: bytes | None,
-    is_batch: bool,
-    sse_ok: bool,
-    screening: Screening | None = None,
-) -> Exchange | None:
-    try:
-        return session.router.submit(messages, raw=raw, is_batch=is_batch, streamable=sse_ok, screening=screening)
-    except (ChildGone, Overloaded) as failure:
-        raise failures.refusal(failure) from None
-
-
-async def _drain(session: Session) -> None:
-    try:
-        await session.router.drain()
-    except StdinStalled as failure:
-        raise failures.refusal(failure) from None
-    except ChildGone:
-        pass  # the exchange is failed by the router with the exit reason
 
 
 async def _answer(
@@ -291,10 +232,10 @@ async def _initialize(
     exchange: Exchange | None = None
     published = False
     try:
-        exchange = _submit(session, [message], raw=None, is_batch=False, sse_ok=sse_ok)
+        exchange = exchanges.submit(session, [message], raw=None, is_batch=False, sse_ok=sse_ok)
         if exchange is None:  # pragma: no cover - an initialize request always opens an exchange
             raise GatewayError("internal_error", "Internal error")
-        await _drain(session)
+        await exchanges.drain(session)
         # Wait for the whole answer before choosing: the session id is issued only on success.
         while not exchange.finished:
             await exchange.wait(app[keys.SETTINGS].request_timeout, after=exchange.next_seq - 1)
@@ -319,7 +260,7 @@ async def _initialize(
     finally:
         if exchange is not None:
             session.router.release(exchange, streamed=False)
-            _audit_requests(request, session, [message], exchange, body_size=body_size)
+            exchanges.audit_requests(request, session, [message], exchange, body_size=body_size)
         if not published:
             await store.close(session, "initialize_failed")
 

@@ -34,7 +34,10 @@ WRITE_TIMEOUT: Final = 30.0
 RECONNECT_MS: Final = 1000
 
 
-def frame(event_id: str, payload: bytes) -> bytes:
+def frame(event_id: str | None, payload: bytes) -> bytes:
+    """One event: its id (none on the streams of 2026-07-28, which cannot be resumed) and message."""
+    if event_id is None:
+        return b"data: " + payload + b"\n\n"
     return b"id: " + event_id.encode() + b"\ndata: " + payload + b"\n\n"
 
 
@@ -53,9 +56,11 @@ async def open_response(request: web.Request, headers: Mapping[str, str] | None 
     return response
 
 
-async def pump(stream: Stream, response: web.StreamResponse, keepalive: float, *, prime: bool = False) -> bool:
-    """Write `stream` to `response` until it finishes, first the priming event with `prime`;
-    False when the client went away first.
+async def pump(
+    stream: Stream, response: web.StreamResponse, keepalive: float, *, prime: bool = False, event_ids: bool = True
+) -> bool:
+    """Write `stream` to `response` until it finishes, first the priming event with `prime`, each
+    event with its id unless not `event_ids`; False when the client went away first.
 
     The caller has attached to the stream; a newer consumer attaching ends this pump.
     """
@@ -68,7 +73,7 @@ async def pump(stream: Stream, response: web.StreamResponse, keepalive: float, *
             entries = stream.take()
             for seq, payload, _ in entries:
                 async with asyncio.timeout(WRITE_TIMEOUT):
-                    await response.write(frame(stream.event_id(seq), payload))
+                    await response.write(frame(stream.event_id(seq) if event_ids else None, payload))
             if stream.finished and not stream.has_pending:
                 return True
             if not entries:

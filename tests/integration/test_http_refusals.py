@@ -113,24 +113,6 @@ async def test_session_id_rules(gateway: Gateway) -> None:
     assert "Mcp-Session-Id" in error["error"]["message"]
 
 
-async def test_modern_request_gets_a_legacy_error(gateway: Gateway) -> None:
-    """A 2026-07-28 probe gets 400 and an ordinary -32600, never a modern error code."""
-    mcp = await gateway()
-    probe = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "server/discover",
-        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
-    }
-    headers = {"Content-Type": "application/json", "Accept": ACCEPT_BOTH, "MCP-Protocol-Version": "2026-07-28"}
-    status, error = await _error(mcp, "POST", json.dumps(probe).encode(), headers)
-    assert status == 400
-    assert error["id"] == 1
-    assert error["error"]["code"] == -32600
-    assert error["error"]["code"] not in (-32020, -32021, -32022)
-    assert "initialize" in error["error"]["message"]
-
-
 @pytest.mark.parametrize(
     ("version", "status"),
     [(None, 200), (LATEST, 200), ("2025-06-18", 200), ("2025-03-26", 200), ("1999-01-01", 400), ("2026-07-28", 400)],
@@ -169,7 +151,7 @@ async def test_get_and_delete_of_the_sessionless_version_are_not_allowed(
         assert response.headers["Allow"] == "POST"
         assert "Mcp-Session-Id" not in response.headers
         body = await response.json()
-    assert body["error"]["code"] == -32600  # never a 2026-07-28 code: see test_modern_request_gets_a_legacy_error
+    assert body["error"]["code"] == -32600
     assert (await mcp.request("ping"))["result"] == {}
 
 

@@ -5,6 +5,7 @@ assert on statuses, headers and messages exactly; and the SSE readers for stream
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 from typing import Any, Final
@@ -157,3 +158,82 @@ async def _messages(response: ClientResponse) -> list[JsonObj]:
 def text_of(response: JsonObj) -> str:
     """The text of a tools/call result."""
     return str(response["result"]["content"][0]["text"])
+
+
+MODERN: Final = "2026-07-28"
+# What every 2026-07-28 request of these tests says about its client, unless a test says otherwise.
+MODERN_CAPABILITIES: Final[JsonObj] = {}
+
+
+def envelope(capabilities: JsonObj | None = None, *, version: str = MODERN, log_level: str | None = None) -> JsonObj:
+    """The `_meta` of a 2026-07-28 request."""
+    meta: JsonObj = {
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": MODERN_CAPABILITIES if capabilities is None else capabilities,
+        "io.modelcontextprotocol/clientInfo": {"name": "gateway-tests", "version": "1"},
+    }
+    if log_level is not None:
+        meta["io.modelcontextprotocol/logLevel"] = log_level
+    return meta
+
+
+def routing_headers(message: JsonObj) -> dict[str, str]:
+    """The headers a 2026-07-28 client sends with `message`: its version, method and name."""
+    params = message.get("params") or {}
+    version = (params.get("_meta") or {}).get("io.modelcontextprotocol/protocolVersion", MODERN)
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT_BOTH, "MCP-Protocol-Version": str(version)}
+    if "method" in message:
+        headers["Mcp-Method"] = message["method"]
+    named = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(message.get("method", ""))
+    if named is not None and named in params:
+        headers["Mcp-Name"] = header_value(str(params[named]))
+    return headers
+
+
+def header_value(text: str) -> str:
+    """`text` as a header carries it: as it is when printable ASCII, else Base64 in the sentinel."""
+    if text.isascii() and text.isprintable() and text == text.strip() and not text.startswith("=?base64?"):
+        return text
+    return "=?base64?" + base64.b64encode(text.encode()).decode() + "?="
+
+
+class Modern:
+    """A minimal 2026-07-28 client over the aiohttp test client: no session, every request whole."""
+
+    def __init__(self, client: TestClient[Any, Application], path: str = "/mcp", token: str | None = None) -> None:
+        self.http = client
+        self.path = path
+        self.token = token
+        self._ids = 0
+
+    def message(self, method: str, params: JsonObj | None = None, **meta: Any) -> JsonObj:
+        self._ids += 1
+        return {
+            "jsonrpc": "2.0",
+            "id": self._ids,
+            "method": method,
+            "params": {**(params or {}), "_meta": envelope(**meta)},
+        }
+
+    def headers(self, message: JsonObj, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = routing_headers(message)
+        if self.token is not None:
+            headers["Authorization"] = f"Bearer {self.token}"
+        headers.update(extra or {})
+        return headers
+
+    async def post(
+        self, message: JsonObj, headers: dict[str, str] | None = None
+    ) -> tuple[int, list[JsonObj], ClientResponse]:
+        """POST one message; (status, every message received, the response)."""
+        async with self.http.post(self.path, json=message, headers=self.headers(message, headers)) as response:
+            return response.status, await _messages(response), response
+
+    async def request(self, method: str, params: JsonObj | None = None, **meta: Any) -> JsonObj:
+        """Send a request; return its response (the last message), asserting HTTP 200."""
+        status, messages, _ = await self.post(self.message(method, params, **meta))
+        assert status == 200, (status, messages)
+        return messages[-1]
+
+    async def call_tool(self, name: str, arguments: JsonObj | None = None, **meta: Any) -> JsonObj:
+        return await self.request("tools/call", {"name": name, "arguments": arguments or {}}, **meta)

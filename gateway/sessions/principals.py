@@ -1,0 +1,271 @@
+"""The children of 2026-07-28 requests: shared by each principal's requests, never by two principals.
+
+A modern request has no session: the gateway finds it a child by who sent it. Each principal
+(for anonymous clients: the principal and the client's address bucket, so two anonymous users
+never share a process) has up to `children_per_principal` children, started on first use,
+each a `Session` of the store that no one knows the id of. They count against the session caps,
+give way and are reaped after the idle TTL like every session (a request in flight keeps one
+alive), and stop like every child. A principal's requests go to its least busy child; a new one
+starts only while every child it has is busy and it may have another.
+
+Invariants:
+- A child's era is learned once for the configured command (`EraBook`): the first child that
+  serves modern requests is sent `server/discover` as its very first message, and a
+  `DiscoverResult` naming 2026-07-28 makes the command modern; any error, a timeout or an exit
+  makes it legacy (a child that exited is replaced, one that did not is initialized). No modern
+  request ever reaches a child that was not probed: later children of a modern command are
+  probed too (which also gives each principal its own discovery), those of a legacy command are
+  initialized at once.
+- A legacy child serving modern clients is initialized once, by the gateway, as a client that
+  declares only the capabilities the gateway can bridge.
+- Two requests starting a principal's first child at once start one child, not two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from gateway import _version, jsonrpc
+from gateway.auth import ANONYMOUS, Principal
+from gateway.eras import translate
+from gateway.eras.envelope import (
+    CLIENT_CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    MODERN_VERSION,
+    PROTOCOL_VERSION_KEY,
+    SERVER_INFO_KEY,
+)
+from gateway.errors import GatewayError
+from gateway.jsonrpc import JsonObject
+from gateway.sessions.child import ChildGone, StdinStalled
+from gateway.sessions.router import Router
+from gateway.sessions.store import Session, SessionStore
+
+log = logging.getLogger("gateway.principals")
+
+Era = Literal["legacy", "modern"]
+# Who the gateway says it is to a child it probes or initializes.
+CLIENT_INFO: Final[JsonObject] = {"name": "mcp-gateway", "version": _version.__version__}
+# A child that exits during its probe is replaced this many times before the request fails.
+PROBE_RESPAWNS: Final = 1
+STARTING_FAILED: Final = "The MCP server could not be started"
+
+
+class EraBook:
+    """The era of the configured command's children: forced by configuration, or learned once."""
+
+    def __init__(self, setting: Literal["auto", "legacy", "modern"]) -> None:
+        self.forced: Era | None = None if setting == "auto" else setting
+        self.era: Era | None = self.forced
+
+    def learn(self, era: Era) -> None:
+        if self.era is None:
+            self.era = era
+            log.info("the MCP server speaks the %s era", era)
+
+
+@dataclass(slots=True, eq=False)
+class Backend:
+    """A child serving a principal's modern requests, and what it says about itself."""
+
+    session: Session
+    era: Era
+    discovery: JsonObject  # what `server/discover` answers: the child's own, or synthesised
+    discovered: float  # when (monotonic seconds)
+    server_info: JsonObject | None
+
+    @property
+    def router(self) -> Router:
+        return self.session.router
+
+    @property
+    def fresh(self) -> bool:
+        """Whether its discovery may still be answered without asking the child again."""
+        if self.era == "legacy":
+            return True  # a handshake-era server's InitializeResult holds for the life of its process
+        ttl = self.discovery.get("ttlMs")
+        return isinstance(ttl, int) and (time.monotonic() - self.discovered) * 1000 < ttl
+
+
+Admission = Callable[[], Awaitable[None]]
+
+
+class PrincipalChildren:
+    """Every principal's children for modern requests."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        book: EraBook,
+        *,
+        per_principal: int,
+        probe_timeout: float,
+        request_timeout: float,
+    ) -> None:
+        self._store = store
+        self._book = book
+        self._per_principal = per_principal
+        self._probe_timeout = probe_timeout
+        self._request_timeout = request_timeout
+        self._children: dict[str, list[Backend]] = {}
+        self._starting: dict[str, asyncio.Future[Backend]] = {}
+
+    @staticmethod
+    def key_of(principal: Principal, address: str) -> str:
+        """Whose children a request uses: its principal's, and an anonymous client's address bucket's."""
+        if principal is ANONYMOUS:
+            return f"{principal.key}\x1e{address}"
+        return principal.key
+
+    def live(self, key: str) -> list[Backend]:
+        """The principal's children still serving (those that ended are forgotten here)."""
+        children = self._children.get(key)
+        if not children:
+            return []
+        alive = [backend for backend in children if not backend.session.closing and not backend.router.closed]
+        if len(alive) != len(children):
+            if alive:
+                self._children[key] = alive
+            else:
+                del self._children[key]
+        return alive
+
+    async def acquire(
+        self, principal: Principal, token: str | None, client_ip: str, address: str, admit: Admission
+    ) -> Backend:
+        """The child for the principal's next request: its least busy one, or a new one when all
+        are busy and it may have another (`admit` is awaited first: the rate limits on starting)."""
+        key = self.key_of(principal, address)
+        while True:
+            alive = self.live(key)
+            best = min(alive, key=lambda backend: backend.router.pending, default=None)
+            if best is not None and (best.router.pending == 0 or len(alive) >= self._per_principal):
+                return best
+            starting = self._starting.get(key)
+            if starting is None:
+                break
+            # Someone is starting the principal's child already: use that one (or, if it failed,
+            # try again, which may start another).
+            with contextlib.suppress(GatewayError):
+                return await asyncio.shield(starting)
+        future: asyncio.Future[Backend] = asyncio.get_running_loop().create_future()
+        self._starting[key] = future
+        try:
+            await admit()
+            backend = await self._start(key, principal, token, client_ip, address)
+        except BaseException as exc:
+            # Those waiting for this child are told why it did not come (a cancelled start, as a
+            # failure: they try again themselves).
+            failure = exc if isinstance(exc, GatewayError) else GatewayError("upstream_failed", STARTING_FAILED)
+            future.set_exception(failure)
+            future.exception()  # retrieved: a failure no one else awaited is not reported as lost
+            raise
+        else:
+            future.set_result(backend)
+            return backend
+        finally:
+            del self._starting[key]
+
+    async def _start(self, key: str, principal: Principal, token: str | None, client_ip: str, address: str) -> Backend:
+        for _ in range(PROBE_RESPAWNS + 1):
+            session = await self._store.open(principal, token, client_ip, address, serves=key)
+            try:
+                backend = await self._prepare(session)
+            except BaseException:
+                await self._store.close(session, "initialize_failed")
+                raise
+            if backend is None:  # it exited during its probe: another one is initialized
+                await self._store.close(session, "probe_exit")
+                continue
+            self._store.publish(session)
+            self._children.setdefault(key, []).append(backend)
+            return backend
+        raise GatewayError("upstream_failed", STARTING_FAILED)
+
+    async def _prepare(self, session: Session) -> Backend | None:
+        """Probe (or not) and initialize (or not) a new child; None when it exited while probed."""
+        router = session.router
+        if self._book.era != "legacy":
+            try:
+                discovery = await self._probe(router)
+            except ChildGone:
+                self._book.learn("legacy")
+                if self._book.forced == "modern":
+                    raise GatewayError("upstream_failed", "The MCP server exited when asked server/discover") from None
+                return None
+            if discovery is not None:
+                self._book.learn("modern")
+                router.protocol_version = MODERN_VERSION
+                router.ask_meta = _envelope()
+                meta = discovery.get("_meta")
+                info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
+                return Backend(session, "modern", discovery, time.monotonic(), info if isinstance(info, dict) else None)
+            if self._book.forced == "modern":
+                raise GatewayError("upstream_failed", "The MCP server does not answer server/discover")
+            self._book.learn("legacy")
+        result = await self._initialize(router)
+        info = result.get("serverInfo")
+        return Backend(
+            session,
+            "legacy",
+            translate.discovery_from_initialize(result),
+            time.monotonic(),
+            info if isinstance(info, dict) else None,
+        )
+
+    async def _probe(self, router: Router) -> JsonObject | None:
+        """The child's `DiscoverResult` when it is modern; None when it is not (any error, an
+        answer of another shape, or no answer in time). Raises `ChildGone` when it exited."""
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                answer = await router.ask("server/discover", translate.discover_request(CLIENT_INFO))
+        except TimeoutError:
+            log.info("no answer to server/discover in %g s: taken as a legacy server", self._probe_timeout)
+            return None
+        except StdinStalled:
+            raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
+        return translate.modern_discovery(answer)
+
+    async def _initialize(self, router: Router) -> JsonObject:
+        """Initialize a legacy child on behalf of its modern clients; its `InitializeResult`."""
+        params = translate.initialize_request(CLIENT_INFO, bridged_capabilities())
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                answer = await router.ask("initialize", params)
+            child = router.child
+            if child is None:
+                raise ChildGone("the session has ended")
+            child.send(jsonrpc.encode(jsonrpc.notification("notifications/initialized", {})))
+        except TimeoutError:
+            raise GatewayError("upstream_stalled", "The MCP server did not answer initialize in time") from None
+        except StdinStalled:
+            raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
+        except ChildGone:
+            raise GatewayError("upstream_failed", "The MCP server exited before it was initialized") from None
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            log.warning("the MCP server refused initialize: %s", answer.get("error"))
+            raise GatewayError("upstream_failed", "The MCP server refused to initialize")
+        version = result.get("protocolVersion")
+        router.protocol_version = version if isinstance(version, str) else translate.LEGACY_VERSION
+        return result
+
+    def children(self) -> int:
+        return sum(len(children) for children in self._children.values())
+
+
+def bridged_capabilities() -> JsonObject:
+    """What the gateway declares to a legacy child it initializes for modern clients: only what
+    it can carry to them."""
+    return {}
+
+
+def _envelope() -> JsonObject:
+    """The `_meta` of the gateway's own requests to a modern child (its tool listing, say)."""
+    return {PROTOCOL_VERSION_KEY: MODERN_VERSION, CLIENT_CAPABILITIES_KEY: {}, CLIENT_INFO_KEY: CLIENT_INFO}

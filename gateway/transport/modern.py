@@ -1,0 +1,193 @@
+"""MCP Streamable HTTP, 2026-07-28: one POST is one request, answered on its own.
+
+A POST whose request carries the modern envelope (and names no live session) comes here from
+the endpoint's POST handler. It is checked as `gateway.eras.envelope` says (each refusal with
+its code and status), then served by a child of its principal (`gateway.sessions.principals`):
+`server/discover` from what the child said about itself, anything else forwarded to it. A
+modern child gets the request as it came (ids rewritten); a legacy one gets it translated
+(`gateway.eras.translate`), and its answer shaped as 2026-07-28 results are.
+
+The answer is JSON while only the response comes, else an SSE stream without event ids (these
+streams cannot be resumed) that carries the request's progress and, when it set a log level, its
+log messages. A JSON error answer has the status its code maps to (404 for an unknown method,
+400 for the envelope's own errors). A client that closes the stream before the answer cancels
+the request at the child. Session ids and `Last-Event-ID` are ignored: nothing here has a session.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Final
+
+from aiohttp import web
+
+from gateway import jsonrpc, keys
+from gateway.eras import envelope, translate
+from gateway.eras.envelope import Envelope, Refusal
+from gateway.errors import ErrorCode, GatewayError
+from gateway.http import ratelimit
+from gateway.http.headers import JSON
+from gateway.jsonrpc import Kind, Message
+from gateway.sessions.child import ChildGone
+from gateway.sessions.principals import Backend
+from gateway.sessions.router import Exchange, Interceptor, Screening
+from gateway.transport import exchanges, sse
+
+log = logging.getLogger("gateway.transport")
+
+# The refusal codes of the envelope's checks, as the gateway's error codes.
+_REFUSALS: Final[dict[int, ErrorCode]] = {
+    jsonrpc.INVALID_PARAMS: "missing_envelope",
+    envelope.HEADER_MISMATCH: "header_mismatch",
+    envelope.UNSUPPORTED_VERSION: "unsupported_modern_version",
+    jsonrpc.METHOD_NOT_FOUND: "method_not_found",
+}
+# How often a request whose child exited just before it was sent tries a fresh one.
+CHILD_RETRIES: Final = 1
+CANCELLED: Final = "The client closed the request's stream"
+
+
+async def serve(
+    request: web.Request, message: Message, body: bytes, *, json_ok: bool, sse_ok: bool
+) -> web.StreamResponse:
+    """Answer one 2026-07-28 POST."""
+    if message.kind is Kind.RESPONSE:
+        raise GatewayError("invalid_message", "Invalid Request: a 2026-07-28 client never sends responses")
+    checked = envelope.check(message.method or "", message.params, lambda name: request.headers.getall(name, []))
+    if isinstance(checked, Refusal):
+        raise _refusal(checked)
+    if message.kind is Kind.NOTIFICATION:
+        return web.Response(status=202)  # nothing of 2026-07-28 over HTTP needs one passed on
+    if message.method == "subscriptions/listen":
+        raise GatewayError("method_not_found", "Method not found: subscriptions/listen is not served here")
+    backend = await _backend(request)
+    if message.method == "server/discover":
+        return await _discover(backend, message)
+    for attempt in range(CHILD_RETRIES + 1):
+        try:
+            return await _forward(request, backend, message, body, checked, json_ok=json_ok, sse_ok=sse_ok)
+        except ChildGone:
+            if attempt == CHILD_RETRIES:
+                break
+            backend = await _backend(request)  # it exited before the request reached it: a fresh one
+    raise GatewayError("upstream_failed", "The MCP server exited")
+
+
+def _refusal(refusal: Refusal) -> GatewayError:
+    return GatewayError(_REFUSALS.get(refusal.code, "invalid_message"), refusal.message, data=refusal.data)
+
+
+async def _backend(request: web.Request) -> Backend:
+    client_ip = request[keys.CLIENT_IP]
+    return await request.app[keys.PRINCIPAL_CHILDREN].acquire(
+        request[keys.PRINCIPAL],
+        request.get(keys.BEARER),
+        client_ip,
+        ratelimit.address_key(client_ip),
+        lambda: ratelimit.session_creation(request),
+    )
+
+
+async def _discover(backend: Backend, message: Message) -> web.Response:
+    """`server/discover`, from what the child said about itself while that still holds; a modern
+    child whose answer has expired is asked again."""
+    if not backend.fresh:
+        answer = await backend.router.ask("server/discover", translate.discover_request({}))
+        discovered = translate.modern_discovery(answer)
+        if discovered is not None:
+            backend.discovery, backend.discovered = discovered, time.monotonic()
+    body = {"jsonrpc": "2.0", "id": message.id, "result": backend.discovery}
+    return web.Response(body=jsonrpc.encode(body), content_type=JSON)
+
+
+class ModernResult:
+    """Shapes a legacy child's result as 2026-07-28 does (after any policy saw it)."""
+
+    __slots__ = ("_after", "_method", "_server_info")
+
+    def __init__(self, method: str, server_info: jsonrpc.JsonObject | None, after: Interceptor | None) -> None:
+        self._method = method
+        self._server_info = server_info
+        self._after = after  # the tool policy's filter of the same response, if any
+
+    def intercept(self, message: Message) -> bool:
+        changed = self._after.intercept(message) if self._after is not None else False
+        result = message.body.get("result")
+        if not isinstance(result, dict):
+            return changed
+        translate.modern_result(self._method, result, self._server_info)
+        return True
+
+
+async def _forward(
+    request: web.Request,
+    backend: Backend,
+    message: Message,
+    body: bytes,
+    checked: Envelope,
+    *,
+    json_ok: bool,
+    sse_ok: bool,
+) -> web.StreamResponse:
+    app = request.app
+    session, router = backend.session, backend.router
+    legacy = backend.era == "legacy"
+    forwarded = (
+        jsonrpc.classify({**message.body, "params": translate.legacy_params(message.params)}) if legacy else message
+    )
+    tool_filter = app[keys.TOOL_FILTER]
+    screening = None if tool_filter is None else await tool_filter.screen(router, [forwarded], request[keys.PRINCIPAL])
+    if legacy:
+        screening = screening or Screening()
+        policy = screening.intercepted.get(0)
+        screening.intercepted[0] = ModernResult(message.method or "", backend.server_info, policy)
+    session.enter()
+    exchange: Exchange | None = None
+    try:
+        exchange = exchanges.submit(
+            session, [forwarded], raw=None if legacy else body, is_batch=False, sse_ok=sse_ok, screening=screening
+        )
+        if exchange is None:  # pragma: no cover - a request always opens an exchange
+            raise GatewayError("internal_error", "Internal error")
+        exchange.modern = True
+        exchange.log_level = checked.log_level
+        await exchanges.drain(session)
+        return await _answer(request, exchange, backend, json_ok=json_ok, sse_ok=sse_ok)
+    finally:
+        session.leave()
+        if exchange is not None:
+            exchanges.audit_requests(request, session, [message], exchange, body_size=len(body))
+
+
+async def _answer(
+    request: web.Request, exchange: Exchange, backend: Backend, *, json_ok: bool, sse_ok: bool
+) -> web.StreamResponse:
+    """JSON while only the response comes, else a stream; an abandoned answer is a cancellation."""
+    router = backend.router
+    keepalive = request.app[keys.SETTINGS].sse_keepalive
+    try:
+        if json_ok:
+            while exchange.only_responses and not exchange.finished:
+                seen = exchange.next_seq - 1
+                await exchange.wait(keepalive, after=seen)
+                if sse_ok and exchange.next_seq - 1 == seen and not exchange.finished:
+                    break  # quiet for a whole keep-alive period: stream, so keep-alives can flow
+            if exchange.finished and exchange.only_responses:
+                payload = exchange.take()[-1][1]
+                return web.Response(status=_status_of(payload), body=payload, content_type=JSON)
+        response = await sse.open_response(request)
+        await sse.pump(exchange, response, keepalive, event_ids=False)
+        return response
+    finally:
+        router.abandon(exchange, CANCELLED)
+        router.forget(exchange)
+
+
+def _status_of(payload: bytes) -> int:
+    """The HTTP status of a JSON answer: 200, or what a modern error's code maps to."""
+    if b'"error"' not in payload:
+        return 200
+    error = jsonrpc.decode(payload).get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return envelope.ERROR_STATUS.get(code, 200) if isinstance(code, int) else 200
