@@ -279,6 +279,7 @@ async def _session_store(app: web.Application) -> AsyncIterator[None]:
         per_principal=settings.children_per_principal,
         probe_timeout=settings.era_probe_timeout,
         request_timeout=settings.request_timeout,
+        input_timeout=settings.input_request_timeout,
     )
     if (registry := app[keys.METRICS]) is not None:
         registry.watch(sessions=lambda: len(store), children=lambda: store.children, in_flight=store.requests_in_flight)

@@ -214,6 +214,12 @@ class ChildEraSettings(BaseModel):
     era_probe_timeout: float = Field(
         10.0, gt=0, description="Seconds the era probe waits for an answer before the child is taken as legacy."
     )
+    input_request_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a 2026-07-28 call waits for the client's retry after the server asked it for input "
+        "(input_required) before it is cancelled.",
+    )
     children_per_principal: int = Field(
         1,
         ge=1,

@@ -44,6 +44,7 @@ from gateway.eras.envelope import (
 from gateway.errors import GatewayError
 from gateway.jsonrpc import JsonObject
 from gateway.sessions.child import ChildGone, StdinStalled
+from gateway.sessions.mrtr import InputBridge, StateSigner
 from gateway.sessions.router import Router
 from gateway.sessions.store import Session, SessionStore
 
@@ -79,6 +80,8 @@ class Backend:
     discovery: JsonObject  # what `server/discover` answers: the child's own, or synthesised
     discovered: float  # when (monotonic seconds)
     server_info: JsonObject | None
+    # A legacy child's requests to its clients, carried to them as requests for input.
+    bridge: InputBridge | None = None
 
     @property
     def router(self) -> Router:
@@ -107,9 +110,13 @@ class PrincipalChildren:
         per_principal: int,
         probe_timeout: float,
         request_timeout: float,
+        input_timeout: float,
+        signer: StateSigner | None = None,
     ) -> None:
         self._store = store
         self._book = book
+        self._input_timeout = input_timeout
+        self.signer = signer if signer is not None else StateSigner()
         self._per_principal = per_principal
         self._probe_timeout = probe_timeout
         self._request_timeout = request_timeout
@@ -183,6 +190,10 @@ class PrincipalChildren:
             if backend is None:  # it exited during its probe: another one is initialized
                 await self._store.close(session, "probe_exit")
                 continue
+            if backend.era == "legacy":
+                backend.bridge = InputBridge(
+                    session.router, self.signer, child=session.id, principal=key, input_timeout=self._input_timeout
+                )
             self._store.publish(session)
             self._children.setdefault(key, []).append(backend)
             return backend
@@ -256,14 +267,21 @@ class PrincipalChildren:
         router.protocol_version = version if isinstance(version, str) else translate.LEGACY_VERSION
         return result
 
+    def find(self, principal: Principal, address: str, child: str) -> Backend | None:
+        """The principal's live child whose (secret) session id is `child`."""
+        for backend in self.live(self.key_of(principal, address)):
+            if backend.session.id == child:
+                return backend
+        return None
+
     def children(self) -> int:
         return sum(len(children) for children in self._children.values())
 
 
 def bridged_capabilities() -> JsonObject:
-    """What the gateway declares to a legacy child it initializes for modern clients: only what
-    it can carry to them."""
-    return {}
+    """What the gateway declares to a legacy child it initializes for modern clients: what it
+    carries to them as requests for input (each asked only of a client that declared it)."""
+    return {"elicitation": {}, "sampling": {}, "roots": {}}
 
 
 def _envelope() -> JsonObject:

@@ -66,7 +66,7 @@ CloseCallback = Callable[[str], None]
 # Called with the kind of violation ("not_json", "not_jsonrpc", "oversize") and a sample of it.
 ViolationCallback = Callable[[str, str | None], None]
 # How each request of an exchange ended: the child answered (ok or error), or the gateway did.
-Outcome = Literal["ok", "error", "timeout", "closed", "oversize", "invalid", "denied"]
+Outcome = Literal["ok", "error", "timeout", "closed", "oversize", "invalid", "denied", "input_required"]
 Pending = tuple["Exchange", RequestId | None]  # the exchange waiting, and the client's own id
 
 
@@ -97,11 +97,13 @@ class Exchange(Stream):
         "client_ids",
         "deadline",
         "gateway_ids",
+        "held",
         "initialize",
         "is_batch",
         "log_level",
         "modern",
         "outcomes",
+        "parked",
         "started",
         "streamable",
         "timer",
@@ -117,6 +119,10 @@ class Exchange(Stream):
         # A 2026-07-28 request: log messages reach it only at the level it set (none: no messages).
         self.modern = False
         self.log_level: str | None = None
+        # The call's HTTP request was answered with a request for input and its retry has not come:
+        # its response, if the child sends it meanwhile, is held for the retry (which has a new id).
+        self.parked = False
+        self.held: list[Message] = []
         self.waiting = 0
         self.gateway_ids: list[int] = []
         self.client_ids: list[RequestId | None] = []  # parallel to gateway_ids
@@ -392,6 +398,47 @@ class Router:
         exchange.finish()
         self._complete(exchange)
 
+    def end_round(self, exchange: Exchange, result: JsonObject) -> None:
+        """Answer the HTTP request of `exchange` (one request, still running on the child) with
+        `result`, and park the call until a retry takes it over (`resume`)."""
+        gateway_id, client_id = exchange.gateway_ids[0], exchange.client_ids[0]
+        payload = jsonrpc.encode({"jsonrpc": "2.0", "id": client_id, "result": result})
+        exchange.outcomes[gateway_id] = ("input_required", len(payload), asyncio.get_running_loop().time())
+        exchange.parked = True
+        exchange.round_over = True
+        exchange.push(payload, response=True)
+
+    def resume(self, exchange: Exchange, client_id: RequestId) -> None:
+        """A retry of a parked call takes it over: the call is answered under `client_id` now."""
+        gateway_id = exchange.gateway_ids[0]
+        interceptor = self._intercepted.get(gateway_id) if self._intercepted else None
+        if self._take(gateway_id) is not None:
+            self._register(gateway_id, exchange, client_id)
+            if interceptor is not None:
+                self._intercepted[gateway_id] = interceptor
+        exchange.client_ids[0] = client_id
+        exchange.parked = exchange.round_over = False
+        exchange.outcomes.pop(gateway_id, None)
+        exchange.started = asyncio.get_running_loop().time()
+        exchange.deadline = exchange.started + self._request_timeout
+        held, exchange.held = exchange.held, []
+        for message in held:
+            self._route_response(message, None)
+
+    def reply(
+        self, child_id: RequestId, *, result: JsonObject | None = None, error: tuple[int, str] | None = None
+    ) -> None:
+        """Answer a request the child sent (with `result`, else `error`)."""
+        child = self.child
+        if child is None or self.closed:
+            return
+        if error is not None:
+            answer = jsonrpc.error_response(child_id, *error)
+        else:
+            answer = {"jsonrpc": "2.0", "id": child_id, "result": result if result is not None else {}}
+        with contextlib.suppress(ChildGone):  # its exit fails everything anyway
+            child.send(jsonrpc.encode(answer))
+
     def forget(self, exchange: Exchange) -> None:
         """The HTTP response of a finished `exchange` that no one may resume has ended."""
         if exchange.attached:
@@ -502,6 +549,10 @@ class Router:
             elif asked is None:
                 log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
             return
+        held = self._pending.get(gateway_id)
+        if held is not None and held[0].parked:
+            held[0].held.append(message)  # for the retry, which answers it under its own id
+            return
         interceptor = self._intercepted.get(gateway_id) if self._intercepted else None
         entry = self._take(gateway_id)
         if entry is None:
@@ -569,6 +620,10 @@ class Router:
         if exchange.finished:
             return
         if loop.time() < exchange.deadline:  # progress moved the deadline
+            exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
+            return
+        if exchange.parked:  # waiting for its client, which is bounded elsewhere (gateway.sessions.mrtr)
+            exchange.deadline = loop.time() + self._request_timeout
             exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
             return
         exchange.timer = None

@@ -56,6 +56,7 @@ class Stream:
         "id",
         "next_seq",
         "only_responses",
+        "round_over",
     )
 
     def __init__(self, stream_id: int, congestion: Callable[[Stream, bool], None]) -> None:
@@ -72,11 +73,19 @@ class Stream:
         self.congested = False
         self.finished = False  # no more messages will be pushed
         self.only_responses = True  # every message so far is a response (JSON body possible)
+        # The current consumer's part is over though the stream is not: a 2026-07-28 call whose
+        # HTTP request was answered with a request for input, and whose retry takes over the rest.
+        self.round_over = False
         self.dropped = 0
         self.evicted_upto = 0  # highest sequence number no longer held anywhere
 
     def event_id(self, seq: int) -> str:
         return f"{self.id}.{seq}"
+
+    @property
+    def answered(self) -> bool:
+        """Nothing more comes for the current consumer: the stream finished, or its round is over."""
+        return self.finished or self.round_over
 
     @property
     def has_pending(self) -> bool:

@@ -30,6 +30,7 @@ from gateway.http import ratelimit
 from gateway.http.headers import JSON
 from gateway.jsonrpc import Kind, Message
 from gateway.sessions.child import ChildGone
+from gateway.sessions.mrtr import Call, StateRefused, is_gateway_state
 from gateway.sessions.principals import Backend
 from gateway.sessions.router import Exchange, Interceptor, Screening
 from gateway.transport import exchanges, sse
@@ -61,6 +62,9 @@ async def serve(
         return web.Response(status=202)  # nothing of 2026-07-28 over HTTP needs one passed on
     if message.method == "subscriptions/listen":
         raise GatewayError("method_not_found", "Method not found: subscriptions/listen is not served here")
+    state = message.params.get("requestState")
+    if message.method in envelope.NAMED_BY and is_gateway_state(state):
+        return await _retry(request, message, body, checked, str(state), json_ok=json_ok, sse_ok=sse_ok)
     backend = await _backend(request)
     if message.method == "server/discover":
         return await _discover(backend, message)
@@ -144,6 +148,7 @@ async def _forward(
         screening.intercepted[0] = ModernResult(message.method or "", backend.server_info, policy)
     session.enter()
     exchange: Exchange | None = None
+    call: Call | None = None
     try:
         exchange = exchanges.submit(
             session, [forwarded], raw=None if legacy else body, is_batch=False, sse_ok=sse_ok, screening=screening
@@ -152,12 +157,54 @@ async def _forward(
             raise GatewayError("internal_error", "Internal error")
         exchange.modern = True
         exchange.log_level = checked.log_level
+        if backend.bridge is not None and message.method in envelope.NAMED_BY:
+            call = backend.bridge.track(exchange, checked.capabilities)
         await exchanges.drain(session)
         return await _answer(request, exchange, backend, json_ok=json_ok, sse_ok=sse_ok)
     finally:
         session.leave()
         if exchange is not None:
+            if call is not None and not exchange.parked and backend.bridge is not None:
+                backend.bridge.done(call)
             exchanges.audit_requests(request, session, [message], exchange, body_size=len(body))
+
+
+async def _retry(
+    request: web.Request,
+    message: Message,
+    body: bytes,
+    checked: Envelope,
+    state: str,
+    *,
+    json_ok: bool,
+    sse_ok: bool,
+) -> web.StreamResponse:
+    """A retry carrying the gateway's `requestState`: its answers go to the child that asked, and
+    the call still running there is answered to this request."""
+    pool = request.app[keys.PRINCIPAL_CHILDREN]
+    principal = request[keys.PRINCIPAL]
+    address = ratelimit.address_key(request[keys.CLIENT_IP])
+    try:
+        claims = pool.signer.open(state)
+        backend = pool.find(principal, address, str(claims.get("c")))
+        if backend is None or backend.bridge is None:
+            raise StateRefused("Invalid requestState: the request it belongs to has ended")
+        if message.id is None:  # pragma: no cover - a request always has an id
+            raise StateRefused("Invalid requestState")
+        call = backend.bridge.resume(claims, pool.key_of(principal, address), message.id, message.params)
+    except StateRefused as refused:
+        raise GatewayError("invalid_request_state", str(refused)) from None
+    exchange = call.exchange
+    exchange.log_level = checked.log_level
+    session = backend.session
+    session.enter()
+    try:
+        return await _answer(request, exchange, backend, json_ok=json_ok, sse_ok=sse_ok)
+    finally:
+        session.leave()
+        if not exchange.parked:
+            backend.bridge.done(call)
+        exchanges.audit_requests(request, session, [message], exchange, body_size=len(body))
 
 
 async def _answer(
@@ -168,20 +215,25 @@ async def _answer(
     keepalive = request.app[keys.SETTINGS].sse_keepalive
     try:
         if json_ok:
-            while exchange.only_responses and not exchange.finished:
+            while exchange.only_responses and not exchange.answered:
                 seen = exchange.next_seq - 1
                 await exchange.wait(keepalive, after=seen)
-                if sse_ok and exchange.next_seq - 1 == seen and not exchange.finished:
+                if sse_ok and exchange.next_seq - 1 == seen and not exchange.answered:
                     break  # quiet for a whole keep-alive period: stream, so keep-alives can flow
-            if exchange.finished and exchange.only_responses:
+            if exchange.answered and exchange.only_responses:
                 payload = exchange.take()[-1][1]
                 return web.Response(status=_status_of(payload), body=payload, content_type=JSON)
         response = await sse.open_response(request)
         await sse.pump(exchange, response, keepalive, event_ids=False)
         return response
     finally:
-        router.abandon(exchange, CANCELLED)
-        router.forget(exchange)
+        if exchange.parked:  # answered with a request for input: the call waits for its retry
+            exchange.round_over = False
+            if exchange.attached:
+                exchange.detach()
+        else:
+            router.abandon(exchange, CANCELLED)
+            router.forget(exchange)
 
 
 def _status_of(payload: bytes) -> int:

@@ -74,7 +74,7 @@ async def pump(
             for seq, payload, _ in entries:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await response.write(frame(stream.event_id(seq) if event_ids else None, payload))
-            if stream.finished and not stream.has_pending:
+            if stream.answered and not stream.has_pending:
                 return True
             if not entries:
                 async with asyncio.timeout(WRITE_TIMEOUT):

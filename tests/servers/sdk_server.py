@@ -29,17 +29,29 @@ the ``MCPDeprecationWarning`` they emit at run time goes to this process's stder
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import io
+import json
+import sys
+from typing import Annotated, Any, cast
 
+import anyio
 from mcp.server import ServerRequestContext
 from mcp.server.mcpserver import (
     AcceptedElicitation,
     Context,
+    Elicit,
+    ListRoots,
     MCPServer,
+    Resolve,
+    Sample,
     UserMessage,
 )
+from mcp.server.stdio import stdio_server
 from mcp.types import (
+    CreateMessageResult,
     EmptyResult,
+    ListRootsResult,
     SamplingMessage,
     SetLevelRequestParams,
     SubscribeRequestParams,
@@ -205,6 +217,110 @@ _lowlevel.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams,
 _lowlevel.add_request_handler("logging/setLevel", SetLevelRequestParams, on_set_level)
 
 
+# ------------------------------------------------ input through resolvers (both eras)
+# A resolver's request is a standalone request to a handshake-era client and a request for input
+# (`input_required`, with the SDK's own sealed requestState) to a 2026-07-28 one.
+
+
+def _ask_name(question: str) -> Elicit[UserName]:
+    return Elicit(question, UserName)
+
+
+def _ask_model(prompt: str) -> Sample:
+    return Sample([SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=64)
+
+
+def _ask_roots() -> ListRoots:
+    return ListRoots()
+
+
+@mcp.tool()
+def resolved_user(question: str, name: Annotated[UserName, Resolve(_ask_name)]) -> str:
+    """Ask the user for a name through a resolver; returns it."""
+    return name.name
+
+
+@mcp.tool()
+def resolved_llm(prompt: str, sampled: Annotated[CreateMessageResult, Resolve(_ask_model)]) -> str:
+    """Ask the client's LLM through a resolver; returns its text."""
+    content = sampled.content
+    return content.text if isinstance(content, TextContent) else f"<{content.type} content>"
+
+
+@mcp.tool()
+def resolved_roots(roots: Annotated[ListRootsResult, Resolve(_ask_roots)]) -> str:
+    """Ask the client for its roots through a resolver; returns their URIs, comma-separated."""
+    return ",".join(str(root.uri) for root in roots.roots)
+
+
+# ------------------------------------------------------------------ one era only
+# `--era legacy` serves handshake-era clients only (as most published servers do): a request
+# carrying the 2026-07-28 envelope is an unknown method. `--era modern` serves 2026-07-28 only:
+# `initialize`, or any request without the envelope, is refused with the versions it serves.
+MODERN_KEY = "io.modelcontextprotocol/protocolVersion"
+
+
+class _OneEra:
+    """stdin, as the SDK reads it, with the other era's requests answered here instead."""
+
+    def __init__(self, era: str, stdin: anyio.AsyncFile[str], stdout: anyio.AsyncFile[str]) -> None:
+        self.era = era
+        self.stdin = stdin
+        self.stdout = stdout
+
+    def __aiter__(self) -> _OneEra:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            line = await self.stdin.readline()
+            if not line:
+                raise StopAsyncIteration
+            refusal = self._refusal(line)
+            if refusal is None:
+                return line
+            await self.stdout.write(json.dumps(refusal) + "\n")
+            await self.stdout.flush()
+
+    def _refusal(self, line: str) -> dict[str, Any] | None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or "method" not in message or "id" not in message:
+            return None
+        params = message.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        modern = isinstance(meta, dict) and MODERN_KEY in meta and message["method"] != "initialize"
+        if self.era == "legacy" and modern:
+            error = {"code": -32601, "message": "Method not found"}
+        elif self.era == "modern" and not modern:
+            requested = params.get("protocolVersion") if isinstance(params, dict) else None
+            error = {
+                "code": -32022,
+                "message": "This server serves only protocol version 2026-07-28",
+                "data": {"supported": ["2026-07-28"], "requested": requested},
+            }
+        else:
+            return None
+        return {"jsonrpc": "2.0", "id": message["id"], "error": error}
+
+
+async def _serve_one_era(era: str) -> None:
+    stdout = anyio.wrap_file(io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", line_buffering=True))
+    stdin = anyio.wrap_file(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8"))
+    filtered = cast("anyio.AsyncFile[str]", _OneEra(era, stdin, stdout))
+    async with stdio_server(stdin=filtered, stdout=stdout) as (read_stream, write_stream):
+        lowlevel = mcp._lowlevel_server
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
 if __name__ == "__main__":
     # Serves until stdin reaches EOF, then exits with status 0.
-    mcp.run("stdio")
+    parser = argparse.ArgumentParser(description="A stdio MCP server built with the official SDK, for tests.")
+    parser.add_argument("--era", choices=("dual", "legacy", "modern"), default="dual")
+    era = parser.parse_args().era
+    if era == "dual":
+        mcp.run("stdio")
+    else:
+        anyio.run(_serve_one_era, era)

@@ -30,8 +30,10 @@ from mcp.types import (
     ElicitRequestParams,
     ElicitResult,
     EmptyResult,
+    ListRootsResult,
     LoggingMessageNotificationParams,
     ResourceUpdatedNotification,
+    Root,
     SubscribeRequest,
     SubscribeRequestParams,
     TextContent,
@@ -308,3 +310,94 @@ ALL_SCENARIOS: tuple[Scenario, ...] = (
     scenario_resource_subscription,
 )
 """Every scenario, for parametrized test modules (one per transport)."""
+
+
+# --- 2026-07-28 clients -----------------------------------------------------------------------
+# The scenarios above that hold in both eras (tools, resources, prompts, progress), and these,
+# whose tools ask for input through resolvers: standalone requests to a handshake-era client,
+# requests for input (MRTR) to a 2026-07-28 one.
+
+
+@bounded
+async def scenario_modern_logging(make_client: ClientFactory) -> None:
+    """A call that set a log level receives the log messages at that level, and no other call does."""
+    received: list[LoggingMessageNotificationParams] = []
+    got_one = anyio.Event()
+
+    async def on_log(params: LoggingMessageNotificationParams) -> None:
+        received.append(params)
+        got_one.set()
+
+    async with make_client(logging_callback=on_log) as client:
+        quiet = await client.call_tool("log_then_answer", {"message": "unheard"})
+        assert text_of(quiet) == "logged: unheard"
+    async with make_client(logging_callback=on_log, log_level="info") as client:
+        result = await client.call_tool("log_then_answer", {"message": "audit trail"})
+        assert text_of(result) == "logged: audit trail"
+        with anyio.fail_after(NOTIFICATION_TIMEOUT):
+            await got_one.wait()
+    assert [(params.level, params.data) for params in received] == [("info", "audit trail")]
+
+
+@bounded
+async def scenario_input_elicitation(make_client: ClientFactory) -> None:
+    """A form elicitation the tool needs is answered by ``elicitation_callback``; a decline too."""
+    questions: list[str] = []
+    accept = _elicitation_answering(ElicitResult(action="accept", content={"name": "Ada"}), questions)
+    async with make_client(elicitation_callback=accept) as client:
+        result = await client.call_tool("resolved_user", {"question": "Who wrote the first program?"})
+        assert text_of(result) == "Ada"
+        # Asked again, answered again: every call asks afresh.
+        again = await client.call_tool("resolved_user", {"question": "And the second?"})
+        assert text_of(again) == "Ada"
+    assert questions == ["Who wrote the first program?", "And the second?"]
+
+
+@bounded
+async def scenario_input_sampling(make_client: ClientFactory) -> None:
+    """A sampling request the tool needs is answered by ``sampling_callback``."""
+    prompts: list[str] = []
+
+    async def sample(context: ClientRequestContext, params: CreateMessageRequestParams) -> CreateMessageResult:
+        content = params.messages[0].content
+        assert isinstance(content, TextContent), content
+        prompts.append(content.text)
+        return CreateMessageResult(
+            role="assistant", content=TextContent(type="text", text=SAMPLED_TEXT), model="test-model"
+        )
+
+    async with make_client(sampling_callback=sample) as client:
+        result = await client.call_tool("resolved_llm", {"prompt": "What is 6 x 7?"})
+        assert text_of(result) == SAMPLED_TEXT
+    assert prompts == ["What is 6 x 7?"]
+
+
+@bounded
+async def scenario_input_roots(make_client: ClientFactory) -> None:
+    """A roots request the tool needs is answered by ``list_roots_callback``."""
+    asked = 0
+
+    async def roots(context: ClientRequestContext) -> ListRootsResult:
+        nonlocal asked
+        asked += 1
+        return ListRootsResult(roots=[Root(uri=ROOT_URI, name="work")])
+
+    async with make_client(list_roots_callback=roots) as client:
+        result = await client.call_tool("resolved_roots", {})
+        assert text_of(result) == ROOT_URI
+    assert asked == 1
+
+
+ROOT_URI = "file:///srv/work"
+
+MODERN_SCENARIOS: tuple[Scenario, ...] = (
+    scenario_tools,
+    scenario_resources,
+    scenario_prompts,
+    scenario_progress,
+    scenario_modern_logging,
+    scenario_input_elicitation,
+    scenario_input_sampling,
+    scenario_input_roots,
+)
+"""What a 2026-07-28 client does, against a server of any era."""
