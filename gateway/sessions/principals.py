@@ -27,9 +27,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from gateway import _version, jsonrpc
 from gateway.auth import ANONYMOUS, Principal
@@ -42,8 +42,10 @@ from gateway.eras.envelope import (
     SERVER_INFO_KEY,
 )
 from gateway.errors import GatewayError
-from gateway.jsonrpc import JsonObject
+from gateway.jsonrpc import JsonObject, RequestId
+from gateway.sessions import listen
 from gateway.sessions.child import ChildGone, StdinStalled
+from gateway.sessions.listen import Listener, Listeners
 from gateway.sessions.mrtr import InputBridge, StateSigner
 from gateway.sessions.router import Router
 from gateway.sessions.store import Session, SessionStore
@@ -64,11 +66,21 @@ class EraBook:
     def __init__(self, setting: Literal["auto", "legacy", "modern"]) -> None:
         self.forced: Era | None = None if setting == "auto" else setting
         self.era: Era | None = self.forced
+        # Whether its children accept `initialize` (None: not known yet). A modern child may, or
+        # may not (a server of 2026-07-28 only): then legacy sessions are translated.
+        self.handshake: bool | None = None if self.era != "legacy" else True
 
     def learn(self, era: Era) -> None:
         if self.era is None:
             self.era = era
             log.info("the MCP server speaks the %s era", era)
+
+    def learn_modern_only(self) -> None:
+        """Its children refuse `initialize` and answer `server/discover`."""
+        self.learn("modern")
+        if self.handshake is None:
+            self.handshake = False
+            log.info("the MCP server serves 2026-07-28 only: handshake-era clients are translated")
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +94,16 @@ class Backend:
     server_info: JsonObject | None
     # A legacy child's requests to its clients, carried to them as requests for input.
     bridge: InputBridge | None = None
+    # What its principal's listeners ask of it: the resources a legacy child is subscribed to, the
+    # filter of the listen a modern child holds open for the gateway (and the task that holds it).
+    subscribed: frozenset[str] = frozenset()
+    listening: JsonObject | None = None
+    listen_task: asyncio.Task[None] | None = None
+
+    @property
+    def capabilities(self) -> JsonObject:
+        capabilities = self.discovery.get("capabilities")
+        return capabilities if isinstance(capabilities, dict) else {}
 
     @property
     def router(self) -> Router:
@@ -114,7 +136,7 @@ class PrincipalChildren:
         signer: StateSigner | None = None,
     ) -> None:
         self._store = store
-        self._book = book
+        self.book = book
         self._input_timeout = input_timeout
         self.signer = signer if signer is not None else StateSigner()
         self._per_principal = per_principal
@@ -122,6 +144,8 @@ class PrincipalChildren:
         self._request_timeout = request_timeout
         self._children: dict[str, list[Backend]] = {}
         self._starting: dict[str, asyncio.Future[Backend]] = {}
+        self.listeners = Listeners()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def key_of(principal: Principal, address: str) -> str:
@@ -194,32 +218,34 @@ class PrincipalChildren:
                 backend.bridge = InputBridge(
                     session.router, self.signer, child=session.id, principal=key, input_timeout=self._input_timeout
                 )
+            self._wire(key, backend)
             self._store.publish(session)
             self._children.setdefault(key, []).append(backend)
+            self._resync(key)  # what its principal's listeners already ask for
             return backend
         raise GatewayError("upstream_failed", STARTING_FAILED)
 
     async def _prepare(self, session: Session) -> Backend | None:
         """Probe (or not) and initialize (or not) a new child; None when it exited while probed."""
         router = session.router
-        if self._book.era != "legacy":
+        if self.book.era != "legacy":
             try:
-                discovery = await self._probe(router)
+                discovery = await self.probe(router)
             except ChildGone:
-                self._book.learn("legacy")
-                if self._book.forced == "modern":
+                self.book.learn("legacy")
+                if self.book.forced == "modern":
                     raise GatewayError("upstream_failed", "The MCP server exited when asked server/discover") from None
                 return None
             if discovery is not None:
-                self._book.learn("modern")
+                self.book.learn("modern")
                 router.protocol_version = MODERN_VERSION
                 router.ask_meta = _envelope()
                 meta = discovery.get("_meta")
                 info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
                 return Backend(session, "modern", discovery, time.monotonic(), info if isinstance(info, dict) else None)
-            if self._book.forced == "modern":
+            if self.book.forced == "modern":
                 raise GatewayError("upstream_failed", "The MCP server does not answer server/discover")
-            self._book.learn("legacy")
+            self.book.learn("legacy")
         result = await self._initialize(router)
         info = result.get("serverInfo")
         return Backend(
@@ -230,7 +256,7 @@ class PrincipalChildren:
             info if isinstance(info, dict) else None,
         )
 
-    async def _probe(self, router: Router) -> JsonObject | None:
+    async def probe(self, router: Router) -> JsonObject | None:
         """The child's `DiscoverResult` when it is modern; None when it is not (any error, an
         answer of another shape, or no answer in time). Raises `ChildGone` when it exited."""
         try:
@@ -266,6 +292,90 @@ class PrincipalChildren:
         version = result.get("protocolVersion")
         router.protocol_version = version if isinstance(version, str) else translate.LEGACY_VERSION
         return result
+
+    # --- listen streams ----------------------------------------------------------------------
+
+    def _wire(self, key: str, backend: Backend) -> None:
+        """What the child announces goes to its principal's listeners; its end ends theirs."""
+        router = backend.router
+        child = backend.session.id
+
+        def announced(message: jsonrpc.Message) -> None:
+            self.listeners.announce(key, message)
+
+        def closed() -> None:
+            self.listeners.child_ended(key, child)
+            if backend.listen_task is not None:
+                backend.listen_task.cancel()
+
+        router.on_unrelated = announced
+        router.on_closed = closed
+
+    def listen(self, backend: Backend, key: str, subscription: RequestId, requested: object) -> Listener:
+        """Open a listen stream kept alive by `backend`; its acknowledgement is queued on it."""
+        granted = listen.honored(requested, backend.capabilities)
+        listener = self.listeners.open(key, backend.session.id, subscription, granted)
+        self._resync(key)
+        return listener
+
+    def unlisten(self, listener: Listener) -> None:
+        self.listeners.close(listener)
+        self._resync(listener.key)
+
+    def _resync(self, key: str) -> None:
+        """Subscribe the principal's children to what its listeners now ask about."""
+        wanted = self.listeners.uris(key)
+        anyone = any(True for _ in self.listeners.of(key))
+        for backend in self.live(key):
+            if backend.era == "legacy":
+                for uri in sorted(wanted - backend.subscribed):
+                    self._ask_soon(backend, "resources/subscribe", {"uri": uri})
+                for uri in sorted(backend.subscribed - wanted):
+                    self._ask_soon(backend, "resources/unsubscribe", {"uri": uri})
+                backend.subscribed = wanted
+                continue
+            notifications: JsonObject | None = None
+            if anyone:
+                notifications = {flag: True for flag, _ in listen.LIST_CHANGES.values()}
+                if wanted:
+                    notifications["resourceSubscriptions"] = sorted(wanted)
+            if notifications == backend.listening:
+                continue
+            if backend.listen_task is not None:
+                backend.listen_task.cancel()  # the child is told (notifications/cancelled)
+                backend.listen_task = None
+            backend.listening = notifications
+            if notifications is not None:
+                backend.listen_task = self._spawn(self._hold_listen(backend, notifications))
+
+    async def _hold_listen(self, backend: Backend, notifications: JsonObject) -> None:
+        """Hold a modern child's listen stream open for its principal's listeners."""
+        try:
+            answer = await backend.router.ask("subscriptions/listen", {"notifications": notifications})
+        except ChildGone:
+            return
+        if "error" in answer:
+            log.warning("the MCP server refused subscriptions/listen: %s", answer["error"])
+        if backend.listening is notifications:  # it ended on its own: asked again on the next change
+            backend.listening = None
+
+    def _ask_soon(self, backend: Backend, method: str, params: JsonObject) -> None:
+        async def ask() -> None:
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    answer = await backend.router.ask(method, params)
+            except (ChildGone, StdinStalled, TimeoutError):
+                return
+            if "error" in answer:
+                log.warning("the MCP server refused %s: %s", method, answer["error"])
+
+        self._spawn(ask())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def find(self, principal: Principal, address: str, child: str) -> Backend | None:
         """The principal's live child whose (secret) session id is `child`."""

@@ -82,18 +82,60 @@ class Interceptor(Protocol):
         ...
 
 
+class Continuation(Protocol):
+    """Sees the child's response to one request before anything else does, and may take it over
+    (the response is then neither delivered nor forgotten: the request stays pending until the
+    continuation sends it again with `Router.retry`, or answers it with `Router.fail`)."""
+
+    def resolve(self, message: Message, gateway_id: int, exchange: Exchange) -> bool:
+        """True when it took the response over."""
+        ...
+
+
 @dataclass(slots=True)
 class Screening:
     """What a policy decided for the requests of one POST, by index in the POST."""
 
     refused: dict[int, tuple[int, str]] = field(default_factory=dict)  # answered here: (code, message)
+    answered: dict[int, JsonObject] = field(default_factory=dict)  # answered here: the result
     intercepted: dict[int, Interceptor] = field(default_factory=dict)  # see the child's response
+    continued: dict[int, Continuation] = field(default_factory=dict)  # may take the response over
+
+
+class _Both:
+    """Two interceptors of one response, in order."""
+
+    __slots__ = ("_first", "_second")
+
+    def __init__(self, first: Interceptor, second: Interceptor) -> None:
+        self._first, self._second = first, second
+
+    def intercept(self, message: Message) -> bool:
+        changed = self._first.intercept(message)
+        return self._second.intercept(message) or changed
+
+
+def merged(first: Screening | None, second: Screening | None) -> Screening | None:
+    """Two screenings of one POST as one: the first's decisions before the second's."""
+    if first is None or second is None:
+        return first if second is None else second
+    both = Screening(
+        refused={**second.refused, **first.refused},
+        answered={**second.answered, **first.answered},
+        intercepted=dict(second.intercepted),
+        continued={**second.continued, **first.continued},
+    )
+    for index, interceptor in first.intercepted.items():
+        later = both.intercepted.get(index)
+        both.intercepted[index] = interceptor if later is None else _Both(interceptor, later)
+    return both
 
 
 class Exchange(Stream):
     """The requests of one POST, as the stream that carries their answers."""
 
     __slots__ = (
+        "asking",
         "client_ids",
         "deadline",
         "gateway_ids",
@@ -123,6 +165,8 @@ class Exchange(Stream):
         # its response, if the child sends it meanwhile, is held for the retry (which has a new id).
         self.parked = False
         self.held: list[Message] = []
+        # Requests of the gateway's own to the client, unanswered: the deadline waits for them.
+        self.asking = 0
         self.waiting = 0
         self.gateway_ids: list[int] = []
         self.client_ids: list[RequestId | None] = []  # parallel to gateway_ids
@@ -161,6 +205,9 @@ class Router:
         self._by_client: dict[RequestId, int | list[int]] = {}
         self._intercepted: dict[int, Interceptor] = {}  # by gateway id, for screened requests only
         self._asked: dict[str, asyncio.Future[JsonObject]] = {}  # the gateway's own requests
+        self._continued: dict[int, Continuation] = {}  # by gateway id, for screened requests only
+        # The gateway's own requests to the client (by their ids), whose responses it POSTs.
+        self._client_asks: dict[RequestId, asyncio.Future[JsonObject]] = {}
         # Sees every request and notification of the child: one slot, the tool policy's (it sets it).
         self.interceptor: Interceptor | None = None
         # Takes the child's requests to the client instead of a stream, when the clients it serves
@@ -168,6 +215,11 @@ class Router:
         self.on_request: Callable[[Message], bool] | None = None
         # The `_meta` every request of the gateway's own carries (a modern child's envelope).
         self.ask_meta: JsonObject | None = None
+        # Takes what the child says that belongs to no request, instead of the standalone stream,
+        # when the clients it serves have none (those of 2026-07-28: their listen streams do).
+        self.on_unrelated: Callable[[Message], None] | None = None
+        # Told once, when routing ends (the child exited, or the session was closed).
+        self.on_closed: Callable[[], None] | None = None
         self._progress: dict[object, Exchange] = {}
         self._exchanges: dict[int, Exchange] = {}
         self._open = 0  # exchanges still waiting for a response
@@ -211,9 +263,10 @@ class Router:
         child = self.child
         if child is None or self.closed:
             raise ChildGone("the session has ended")
-        refused = intercepted = None
+        refused = intercepted = answered = continued = None
         if screening is not None:
             refused, intercepted = screening.refused, screening.intercepted
+            answered, continued = screening.answered or None, screening.continued or None
         requests = sum(1 for message in messages if message.kind is Kind.REQUEST)
         if requests and len(self._pending) + requests > self._max_in_flight:
             raise Overloaded(f"the session already has {len(self._pending)} requests in flight")
@@ -221,6 +274,7 @@ class Router:
         lines: list[bytes] = []
         sent: list[tuple[int, RequestId | None, int]] = []  # (gateway id, client id, index) to register
         answers: list[tuple[int, RequestId | None, int, str]] | None = None  # refusals, allocated only for them
+        results: list[tuple[int, RequestId | None, JsonObject]] | None = None  # answered here
         for index, message in enumerate(messages):
             body = message.body
             if message.kind is Kind.REQUEST:
@@ -241,6 +295,10 @@ class Router:
                     answers = answers or []
                     answers.append((gateway_id, message.id, *refused[index]))
                     continue
+                if answered is not None and index in answered:
+                    results = results or []
+                    results.append((gateway_id, message.id, answered[index]))
+                    continue
                 spliced = jsonrpc.replace_id(raw, message.id, gateway_id) if raw is not None else None
                 if spliced is None:
                     body["id"] = gateway_id
@@ -248,6 +306,10 @@ class Router:
                     body["id"] = message.id
                 lines.append(spliced)
                 sent.append((gateway_id, message.id, index))
+            elif message.kind is Kind.RESPONSE and self._client_asks and message.id in self._client_asks:
+                waiter = self._client_asks.pop(message.id)
+                if not waiter.done():
+                    waiter.set_result(body)
             elif message.kind is Kind.NOTIFICATION and message.method == "notifications/cancelled":
                 lines.extend(self._rewrite_cancellation(message))
             elif raw is not None and b"\n" not in raw and b"\r" not in raw:
@@ -260,6 +322,8 @@ class Router:
                 self._register(gateway_id, exchange, client_id)
                 if intercepted is not None and index in intercepted:
                     self._intercepted[gateway_id] = intercepted[index]
+                if continued is not None and index in continued:
+                    self._continued[gateway_id] = continued[index]
                 token = _progress_token(messages[index])
                 if token is not None:
                     self._progress[token] = exchange
@@ -282,6 +346,9 @@ class Router:
             exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
             for gateway_id, client_id, code, text in answers or ():
                 self._answer_error((exchange, client_id), gateway_id, code, text, "denied")
+            for gateway_id, client_id, result in results or ():
+                payload = jsonrpc.encode({"jsonrpc": "2.0", "id": client_id, "result": result})
+                self._deliver_response(exchange, gateway_id, payload, "ok")
         return exchange
 
     def _new_id(self) -> int:
@@ -309,6 +376,8 @@ class Router:
             return None
         if self._intercepted:
             self._intercepted.pop(gateway_id, None)
+        if self._continued:
+            self._continued.pop(gateway_id, None)
         client_id = entry[1]
         if client_id is not None:
             held = self._by_client.get(client_id)
@@ -439,6 +508,50 @@ class Router:
         with contextlib.suppress(ChildGone):  # its exit fails everything anyway
             child.send(jsonrpc.encode(answer))
 
+    async def ask_client(self, exchange: Exchange, method: str, params: JsonObject) -> JsonObject:
+        """Send the gateway's own request to the client of `exchange` (on its stream when it can
+        carry one, else the session's GET stream); the client's response (`result` or `error`)."""
+        if self.closed:
+            raise ChildGone("the session has ended")
+        request_id = ASK_ID_PREFIX + "in-" + secrets.token_urlsafe(12)
+        answer: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
+        self._client_asks[request_id] = answer
+        payload = jsonrpc.encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        stream = exchange if exchange.streamable and not exchange.finished else self.get_stream
+        stream.push(payload)
+        exchange.asking += 1
+        try:
+            return await answer
+        finally:
+            exchange.asking -= 1
+            self._client_asks.pop(request_id, None)
+
+    def retry(self, gateway_id: int, method: str, params: JsonObject) -> None:
+        """Send a request again, taken over by its continuation, under a new gateway id: its
+        answer goes to the same waiting client, under the client's own id."""
+        continuation = self._continued.get(gateway_id)
+        interceptor = self._intercepted.get(gateway_id)
+        entry = self._take(gateway_id)
+        child = self.child
+        if entry is None or child is None or self.closed:
+            return
+        exchange, client_id = entry
+        retried = self._new_id()
+        self._register(retried, exchange, client_id)
+        if continuation is not None:
+            self._continued[retried] = continuation
+        if interceptor is not None:
+            self._intercepted[retried] = interceptor
+        exchange.gateway_ids[exchange.gateway_ids.index(gateway_id)] = retried
+        exchange.deadline = asyncio.get_running_loop().time() + self._request_timeout
+        child.send(jsonrpc.encode({"jsonrpc": "2.0", "id": retried, "method": method, "params": params}))
+
+    def fail(self, gateway_id: int, code: int, message: str) -> None:
+        """Answer a pending request with an error instead of the child's answer."""
+        entry = self._take(gateway_id)
+        if entry is not None:
+            self._answer_error(entry, gateway_id, code, message, "error")
+
     def forget(self, exchange: Exchange) -> None:
         """The HTTP response of a finished `exchange` that no one may resume has ended."""
         if exchange.attached:
@@ -538,6 +651,9 @@ class Router:
                 if not related.modern or translate.log_wanted(related.log_level, message.params):
                     related.push(payload)
                 return
+        if self.on_unrelated is not None:
+            self.on_unrelated(message)
+            return
         self.get_stream.push(payload)
 
     def _route_response(self, message: Message, line: bytearray | bytes | None) -> None:
@@ -549,6 +665,11 @@ class Router:
             elif asked is None:
                 log.debug("response to no request in flight (id %r)", gateway_id, extra={"session": self.label})
             return
+        continuation = self._continued.get(gateway_id) if self._continued else None
+        if continuation is not None:
+            owner = self._pending.get(gateway_id)
+            if owner is not None and continuation.resolve(message, gateway_id, owner[0]):
+                return  # taken over: it stays pending until retried or failed
         held = self._pending.get(gateway_id)
         if held is not None and held[0].parked:
             held[0].held.append(message)  # for the retry, which answers it under its own id
@@ -622,7 +743,7 @@ class Router:
         if loop.time() < exchange.deadline:  # progress moved the deadline
             exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
             return
-        if exchange.parked:  # waiting for its client, which is bounded elsewhere (gateway.sessions.mrtr)
+        if exchange.parked or exchange.asking:  # waiting for its client, which is bounded elsewhere
             exchange.deadline = loop.time() + self._request_timeout
             exchange.timer = loop.call_at(exchange.deadline, self._check_deadline, exchange)
             return
@@ -662,12 +783,17 @@ class Router:
         self._by_client.clear()
         self._intercepted.clear()
         asked, self._asked = self._asked, {}
-        for answer in asked.values():
+        asked_client, self._client_asks = self._client_asks, {}
+        for answer in [*asked.values(), *asked_client.values()]:
             if not answer.done():
                 answer.set_exception(ChildGone(reason))
+        self._continued.clear()
         for gateway_id, entry in pending.items():
             self._answer_error(entry, gateway_id, jsonrpc.CONNECTION_CLOSED, f"Session ended: {reason}", "closed")
         self.get_stream.finish()
+        closed, self.on_closed = self.on_closed, None
+        if closed is not None:
+            closed()
 
     def close(self, reason: str) -> None:
         """End routing: everything in flight is answered with an error naming `reason`."""

@@ -35,6 +35,7 @@ import subprocess
 import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from gateway.auth import ANONYMOUS, Principal
 from gateway.auth.identity import IdentityIssuer
@@ -43,6 +44,9 @@ from gateway.observe.audit import Audit
 from gateway.sessions.child import Child, ChildSpec
 from gateway.sessions.router import Router
 from gateway.sessions.sandbox import Cell, NoFreeUser, Sandbox
+
+if TYPE_CHECKING:
+    from gateway.sessions.translated import Translated
 from gateway.sessions.watchdog import OrphanWatchdog
 
 log = logging.getLogger("gateway.sessions")
@@ -91,6 +95,7 @@ class Session:
         "principal",
         "router",
         "serves",
+        "translated",
     )
 
     def __init__(
@@ -107,6 +112,8 @@ class Session:
         # For the child of a principal's 2026-07-28 requests: the key they share it under. Such a
         # child has no session id anyone knows; it is found by that key, never by its id.
         self.serves = serves
+        # For a session whose child speaks 2026-07-28 only: the translation between the two.
+        self.translated: Translated | None = None
         self.client_ip = client_ip
         self.address = address  # the bucket counted against max_per_address
         self.principal = principal

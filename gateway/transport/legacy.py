@@ -29,13 +29,16 @@ from aiohttp import web
 
 from gateway import jsonrpc, keys
 from gateway.eras.envelope import is_modern
+from gateway.eras.facade import Facade
 from gateway.errors import GatewayError
 from gateway.http import ratelimit
 from gateway.http.headers import JSON, accepted, check_origin, check_post_headers, read_body
 from gateway.jsonrpc import Message
-from gateway.sessions.router import Exchange, Router
+from gateway.sessions.child import ChildGone
+from gateway.sessions.router import Exchange, Router, Screening, merged
 from gateway.sessions.store import Session
 from gateway.sessions.streams import Stream
+from gateway.sessions.translated import Translated
 from gateway.transport import exchanges, modern, sse
 
 log = logging.getLogger("gateway.transport")
@@ -101,6 +104,12 @@ async def _post(request: web.Request) -> web.StreamResponse:
     session = _session_for(request)
     if is_batch and session.protocol_version != BATCH_VERSION:
         raise GatewayError("batch_not_allowed", "JSON-RPC batches require protocol version 2025-03-26")
+    translated = session.translated
+    own: Screening | None = None
+    if translated is not None:  # a child of 2026-07-28 only: the facade's translation
+        messages, own = translated.screen(messages)
+        if not messages:
+            return web.Response(status=202)
     session.enter()
     exchange = None
     try:
@@ -108,8 +117,14 @@ async def _post(request: web.Request) -> web.StreamResponse:
         screening = (
             None if tool_filter is None else await tool_filter.screen(session.router, messages, request[keys.PRINCIPAL])
         )
+        screening = merged(screening, own)
         exchange = exchanges.submit(
-            session, messages, raw=None if is_batch else body, is_batch=is_batch, sse_ok=sse_ok, screening=screening
+            session,
+            messages,
+            raw=None if is_batch or translated is not None else body,
+            is_batch=is_batch,
+            sse_ok=sse_ok,
+            screening=screening,
         )
         await exchanges.drain(session)
         if exchange is None:
@@ -223,8 +238,24 @@ async def _initialize(
 ) -> web.StreamResponse:
     """Spawn a child for a new session and answer its `initialize` (the session exists only on success)."""
     app = request.app
-    store = app[keys.SESSIONS]
+    book = app[keys.PRINCIPAL_CHILDREN].book
     await ratelimit.session_creation(request)
+    if book.handshake is False:
+        return await _initialize_translated(request, message, body_size=body_size)
+    answered = await _handshake(request, message, json_ok, sse_ok, body_size=body_size)
+    if isinstance(answered, bytes):  # refused: perhaps a server of 2026-07-28 only, asked again that way
+        return await _initialize_translated(request, message, body_size=body_size, refusal=answered)
+    return answered
+
+
+async def _handshake(
+    request: web.Request, message: Message, json_ok: bool, sse_ok: bool, *, body_size: int
+) -> web.StreamResponse | bytes:
+    """Forward `initialize` to a new child; the answer, or the child's refusal (its JSON-RPC error)
+    when the command might be of 2026-07-28 only."""
+    app = request.app
+    store = app[keys.SESSIONS]
+    book = app[keys.PRINCIPAL_CHILDREN].book
     client_ip = request[keys.CLIENT_IP]
     session = await store.open(
         request[keys.PRINCIPAL], request.get(keys.BEARER), client_ip, ratelimit.address_key(client_ip)
@@ -245,7 +276,9 @@ async def _initialize(
         if error is not None:
             # The server refused (200, like any JSON-RPC error), or the gateway gave up on it (502).
             gave_up = session.router.closed or error.get("code") == jsonrpc.REQUEST_TIMEOUT
-            return web.Response(status=502 if gave_up else 200, body=answer, content_type=JSON)
+            if gave_up or book.era == "legacy":
+                return web.Response(status=502 if gave_up else 200, body=answer, content_type=JSON)
+            return answer
         store.publish(session)
         published = True
         headers = {SESSION_HEADER: session.id}
@@ -261,6 +294,55 @@ async def _initialize(
         if exchange is not None:
             session.router.release(exchange, streamed=False)
             exchanges.audit_requests(request, session, [message], exchange, body_size=body_size)
+        if not published:
+            await store.close(session, "initialize_failed")
+
+
+async def _initialize_translated(
+    request: web.Request, message: Message, *, body_size: int, refusal: bytes | None = None
+) -> web.StreamResponse:
+    """A session whose child speaks 2026-07-28 only: `initialize` is answered from the child's
+    `DiscoverResult` (asked as its first message), and the session translated from then on.
+    `refusal` is another child's answer to `initialize`, given when this one is not modern."""
+    app = request.app
+    store, pool = app[keys.SESSIONS], app[keys.PRINCIPAL_CHILDREN]
+    client_ip = request[keys.CLIENT_IP]
+    session = await store.open(
+        request[keys.PRINCIPAL], request.get(keys.BEARER), client_ip, ratelimit.address_key(client_ip)
+    )
+    published = False
+    started = asyncio.get_running_loop().time()
+    try:
+        try:
+            discovery = await pool.probe(session.router)
+        except ChildGone:
+            discovery = None
+        if discovery is None:
+            if refusal is not None:
+                return web.Response(body=refusal, content_type=JSON)  # the server's own answer
+            raise GatewayError("upstream_failed", "The MCP server answers neither initialize nor server/discover")
+        pool.book.learn_modern_only()
+        facade = Facade(discovery)
+        result = facade.initialize(message.params)
+        session.translated = Translated(session.router, facade, input_timeout=app[keys.SETTINGS].input_request_timeout)
+        session.router.protocol_version = str(result["protocolVersion"])
+        session.translated.relisten()
+        store.publish(session)
+        published = True
+        body = jsonrpc.encode({"jsonrpc": "2.0", "id": message.id, "result": result})
+        audit = app[keys.AUDIT]
+        audit.record(
+            "mcp.request",
+            session=session,
+            method="initialize",
+            outcome="ok",
+            duration_ms=round((asyncio.get_running_loop().time() - started) * 1000, 3),
+            bytes_in=body_size,
+            bytes_out=len(body),
+            era=session.era,
+        )
+        return web.Response(body=body, content_type=JSON, headers={SESSION_HEADER: session.id})
+    finally:
         if not published:
             await store.close(session, "initialize_failed")
 

@@ -60,14 +60,14 @@ async def serve(
         raise _refusal(checked)
     if message.kind is Kind.NOTIFICATION:
         return web.Response(status=202)  # nothing of 2026-07-28 over HTTP needs one passed on
-    if message.method == "subscriptions/listen":
-        raise GatewayError("method_not_found", "Method not found: subscriptions/listen is not served here")
     state = message.params.get("requestState")
     if message.method in envelope.NAMED_BY and is_gateway_state(state):
         return await _retry(request, message, body, checked, str(state), json_ok=json_ok, sse_ok=sse_ok)
     backend = await _backend(request)
     if message.method == "server/discover":
         return await _discover(backend, message)
+    if message.method == "subscriptions/listen":
+        return await _listen(request, backend, message, sse_ok=sse_ok)
     for attempt in range(CHILD_RETRIES + 1):
         try:
             return await _forward(request, backend, message, body, checked, json_ok=json_ok, sse_ok=sse_ok)
@@ -103,6 +103,27 @@ async def _discover(backend: Backend, message: Message) -> web.Response:
             backend.discovery, backend.discovered = discovered, time.monotonic()
     body = {"jsonrpc": "2.0", "id": message.id, "result": backend.discovery}
     return web.Response(body=jsonrpc.encode(body), content_type=JSON)
+
+
+async def _listen(request: web.Request, backend: Backend, message: Message, *, sse_ok: bool) -> web.StreamResponse:
+    """A listen stream: the acknowledgement, then what the principal's children announce, until
+    the client closes it (its cancellation) or the child keeping it alive ends."""
+    if not sse_ok:
+        raise GatewayError("not_acceptable", "subscriptions/listen answers with a stream: accept text/event-stream")
+    if message.id is None:  # pragma: no cover - a request always has an id
+        raise GatewayError("invalid_message", "Invalid Request")
+    pool = request.app[keys.PRINCIPAL_CHILDREN]
+    session = backend.session
+    key = session.serves or ""
+    listener = pool.listen(backend, key, message.id, message.params.get("notifications"))
+    session.enter()  # an open listen keeps its child alive
+    try:
+        response = await sse.open_response(request)
+        await sse.pump(listener.stream, response, request.app[keys.SETTINGS].sse_keepalive, event_ids=False)
+        return response
+    finally:
+        session.leave()
+        pool.unlisten(listener)
 
 
 class ModernResult:

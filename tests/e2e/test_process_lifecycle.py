@@ -275,3 +275,84 @@ async def test_sigterm_lets_the_in_flight_request_finish() -> None:
         assert result_text(messages[-1]) == "slept"
         assert await gateway.exited() == 0
         assert await eventually(lambda: not group_members(gateway.pgids))
+
+
+# --- 2026-07-28 clients ---------------------------------------------------------------------------
+
+
+class ModernMcp:
+    """2026-07-28 requests to a gateway over real HTTP, from one client address (`X-Forwarded-For`,
+    which the gateway trusts from loopback here): one anonymous principal per address."""
+
+    def __init__(self, http: ClientSession, url: str, address: str) -> None:
+        self.http = http
+        self.url = url
+        self.address = address
+        self._ids = 0
+
+    def message(self, method: str, params: JsonObj, capabilities: JsonObj | None = None) -> JsonObj:
+        self._ids += 1
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": capabilities or {},
+        }
+        return {"jsonrpc": "2.0", "id": self._ids, "method": method, "params": {**params, "_meta": meta}}
+
+    def post(self, message: JsonObj) -> contextlib.AbstractAsyncContextManager[ClientResponse]:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": ACCEPT_BOTH,
+            "MCP-Protocol-Version": "2026-07-28",
+            "Mcp-Method": message["method"],
+            "X-Forwarded-For": self.address,
+        }
+        if message["method"] == "tools/call":
+            headers["Mcp-Name"] = message["params"]["name"]
+        return self.http.post(self.url, data=json.dumps(message), headers=headers)
+
+    async def call(self, name: str, capabilities: JsonObj | None = None, **arguments: Any) -> JsonObj:
+        message = self.message("tools/call", {"name": name, "arguments": arguments}, capabilities)
+        async with self.post(message) as response:
+            assert response.status == 200, await response.text()
+            return (await messages_of(response))[-1]
+
+
+MODERN_OPTIONS: Final = ("--trusted-proxies", "127.0.0.1/32")
+
+
+async def test_sigterm_stops_the_children_of_every_principal() -> None:
+    """Principals' children busy every way a 2026-07-28 client can keep one: a listen stream open,
+    a call waiting for the client's input, a call in flight; and a legacy session beside them."""
+    async with running_gateway(options=MODERN_OPTIONS) as gateway, ClientSession() as http:
+        await gateway.open_session(http)
+        listening, asking, calling = (ModernMcp(http, gateway.url, f"192.0.2.{n}") for n in (1, 2, 3))
+        for client in (listening, asking, calling):
+            gateway.pgids.add(int(result_text(await client.call("pid"))))
+        assert len(gateway.pgids) == 4  # each principal its own child, and the session its own
+        listen = listening.message("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        asked = await asking.call("elicit", {"elicitation": {}}, message="who?")
+        assert asked["result"]["resultType"] == "input_required"  # and no retry comes
+        hang = calling.message("tools/call", {"name": "hang", "arguments": {}})
+        async with listening.post(listen) as stream, calling.post(hang):
+            assert stream.status == 200
+            await stream.content.readline()  # the acknowledgement has come: the stream is open
+            gateway.process.send_signal(signal.SIGTERM)
+            assert await gateway.exited() == 0
+        assert await eventually(lambda: not group_members(gateway.pgids)), group_members(gateway.pgids)
+        assert not gateway.servers()
+        assert await eventually(lambda: not alive(gateway.guard))
+
+
+async def test_an_idle_principals_child_leaves_nothing() -> None:
+    options = [*MODERN_OPTIONS, "--session-idle-ttl", "0.5"]
+    async with running_gateway("--grandchild", options=options) as gateway, ClientSession() as http:
+        client = ModernMcp(http, gateway.url, "192.0.2.9")
+        pid = int(result_text(await client.call("pid")))
+        gateway.pgids.add(pid)
+        assert len(group_members({pid})) == 2  # the server and its grandchild
+        assert await eventually(lambda: not gateway.servers()), gateway.servers()
+        assert await eventually(lambda: not group_members({pid})), group_members({pid})
+        # The principal's next request starts a child of its own again.
+        again = int(result_text(await client.call("pid")))
+        gateway.pgids.add(again)
+        assert again != pid

@@ -17,7 +17,7 @@ from pytest_aiohttp import AiohttpServer
 
 from gateway import create_app
 from gateway.config import Settings
-from tests.support.sdk_scenarios import MODERN_SCENARIOS, Scenario
+from tests.support.sdk_scenarios import LEGACY_CLIENT_SCENARIOS, MODERN_SCENARIOS, Scenario
 from tests.support.servers import SDK_SERVER
 
 ERAS = ("legacy", "dual", "modern")
@@ -46,3 +46,14 @@ async def test_auto_mode_stays_modern(gateway_url: str) -> None:
         assert client.protocol_version == "2026-07-28"
         assert client.server_info is not None
         assert client.server_info.name == "sdk-test-server"
+
+
+@pytest.mark.parametrize("era", ERAS, ids=lambda era: f"{era}-server")
+@pytest.mark.parametrize("scenario", LEGACY_CLIENT_SCENARIOS, ids=lambda s: s.__name__.removeprefix("scenario_"))
+async def test_legacy_client(scenario: Scenario, era: str, aiohttp_server: AiohttpServer) -> None:
+    """A handshake-era client of a server of any era; of one of 2026-07-28 only, through the
+    translation (initialize answered from server/discover, requests enveloped, requests for
+    input turned into requests to the client, subscriptions served by a listen on the child)."""
+    settings = Settings(command=[sys.executable, str(SDK_SERVER), "--era", era], port=0)
+    url = str((await aiohttp_server(create_app(settings))).make_url("/mcp"))
+    await scenario(lambda **kwargs: mcp.Client(url, mode="legacy", **kwargs))

@@ -29,7 +29,19 @@ Connect = Callable[[str | None], Any]
 READER = "sdk-reader-token-0123456789"  # no scope
 ADMIN = "sdk-admin-token-0123456789"  # both tool scopes
 WRITE, DESTRUCTIVE = "tools:write", "tools:destructive"
-SDK_TOOLS = {"add", "echo", "slow_progress", "log_then_answer", "ask_llm", "ask_user", "touch_resource"}
+SDK_TOOLS = {
+    "add",
+    "echo",
+    "slow_progress",
+    "log_then_answer",
+    "ask_llm",
+    "ask_user",
+    "touch_resource",
+    "announce",
+    "resolved_user",
+    "resolved_llm",
+    "resolved_roots",
+}
 ANNOTATED = {"peek", "save", "wipe"}
 
 

@@ -37,6 +37,7 @@ from typing import Annotated, Any, cast
 
 import anyio
 from mcp.server import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import (
     AcceptedElicitation,
     Context,
@@ -142,6 +143,20 @@ async def touch_resource(uri: str, ctx: Context) -> str:
     # Connection-scoped (not tied to this request), as the spec intends.
     await ctx.session.send_resource_updated(uri)
     return f"notified: {uri}"
+
+
+@mcp.tool()
+async def announce(uri: str, ctx: Context) -> str:
+    """Announce that the tool list changed and that resource `uri` was updated, to whoever listens:
+    a 2026-07-28 client's listen streams, or a handshake-era client (the update only if it
+    subscribed to `uri`)."""
+    await ctx.notify_tools_changed()
+    await ctx.notify_resource_updated(uri)
+    if ctx.request_context.session.client_params is not None:  # a handshake-era connection
+        await ctx.session.send_tool_list_changed()
+        if uri in subscriptions:
+            await ctx.session.send_resource_updated(uri)
+    return f"announced: {uri}"
 
 
 @mcp.tool(annotations=ToolAnnotations(read_only_hint=True))
@@ -306,21 +321,20 @@ class _OneEra:
         return {"jsonrpc": "2.0", "id": message["id"], "error": error}
 
 
-async def _serve_one_era(era: str) -> None:
+async def _serve(era: str) -> None:
     stdout = anyio.wrap_file(io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", line_buffering=True))
     stdin = anyio.wrap_file(io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8"))
-    filtered = cast("anyio.AsyncFile[str]", _OneEra(era, stdin, stdout))
-    async with stdio_server(stdin=filtered, stdout=stdout) as (read_stream, write_stream):
+    if era != "dual":
+        stdin = cast("anyio.AsyncFile[str]", _OneEra(era, stdin, stdout))
+    # The handshake says what `announce` sends: the tool list changes.
+    announced = NotificationOptions(tools_changed=True)
+    async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
         lowlevel = mcp._lowlevel_server
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options(announced))
 
 
 if __name__ == "__main__":
     # Serves until stdin reaches EOF, then exits with status 0.
     parser = argparse.ArgumentParser(description="A stdio MCP server built with the official SDK, for tests.")
     parser.add_argument("--era", choices=("dual", "legacy", "modern"), default="dual")
-    era = parser.parse_args().era
-    if era == "dual":
-        mcp.run("stdio")
-    else:
-        anyio.run(_serve_one_era, era)
+    anyio.run(_serve, parser.parse_args().era)

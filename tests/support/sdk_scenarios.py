@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import mcp
 from mcp.client.session import ClientRequestContext, ElicitationFnT, IncomingMessage
+from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 from mcp.types import (
     CallToolResult,
     CreateMessageRequestParams,
@@ -38,6 +39,7 @@ from mcp.types import (
     SubscribeRequestParams,
     TextContent,
     TextResourceContents,
+    ToolListChangedNotification,
     UnsubscribeRequest,
     UnsubscribeRequestParams,
 )
@@ -388,6 +390,30 @@ async def scenario_input_roots(make_client: ClientFactory) -> None:
     assert asked == 1
 
 
+@bounded
+async def scenario_listen(make_client: ClientFactory) -> None:
+    """A listen stream receives the tool-list change and the resource update that another client of
+    the same principal causes, and nothing it did not ask for."""
+    async with (
+        make_client() as listening,
+        listening.listen(tools_list_changed=True, resource_subscriptions=[GREETING_URI]) as sub,
+    ):
+        assert sub.honored is not None
+        assert sub.honored.tools_list_changed is True
+        assert sub.honored.resource_subscriptions == [GREETING_URI]
+        async with make_client() as other:
+            assert text_of(await other.call_tool("announce", {"uri": "test://items/1"})) == "announced: test://items/1"
+            assert text_of(await other.call_tool("announce", {"uri": GREETING_URI})) == f"announced: {GREETING_URI}"
+        events: list[object] = []
+        with anyio.fail_after(NOTIFICATION_TIMEOUT):
+            async for event in sub:
+                events.append(event)
+                if any(isinstance(seen, ResourceUpdated) for seen in events):
+                    break
+    assert [type(event) for event in events].count(ToolsListChanged) >= 1
+    assert [event.uri for event in events if isinstance(event, ResourceUpdated)] == [GREETING_URI]
+
+
 ROOT_URI = "file:///srv/work"
 
 MODERN_SCENARIOS: tuple[Scenario, ...] = (
@@ -399,5 +425,51 @@ MODERN_SCENARIOS: tuple[Scenario, ...] = (
     scenario_input_elicitation,
     scenario_input_sampling,
     scenario_input_roots,
+    scenario_listen,
 )
 """What a 2026-07-28 client does, against a server of any era."""
+
+
+# --- handshake-era clients of a server of 2026-07-28 only -----------------------------------
+
+
+@bounded
+async def scenario_legacy_subscription(make_client: ClientFactory) -> None:
+    """resources/subscribe, then the tool-list change and the update of the subscribed resource
+    that a tool announces reach ``message_handler`` (on the session's standalone stream)."""
+    changed, updated = anyio.Event(), anyio.Event()
+    updated_uris: list[str] = []
+
+    async def on_message(message: IncomingMessage) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            changed.set()
+        elif isinstance(message, ResourceUpdatedNotification):
+            updated_uris.append(str(message.params.uri))
+            updated.set()
+
+    async with make_client(message_handler=on_message) as client:
+        await client.session.send_request(
+            SubscribeRequest(params=SubscribeRequestParams(uri=GREETING_URI)), EmptyResult
+        )
+        await client.call_tool("announce", {"uri": "test://items/1"})  # not subscribed: never arrives
+        assert text_of(await client.call_tool("announce", {"uri": GREETING_URI})) == f"announced: {GREETING_URI}"
+        with anyio.fail_after(NOTIFICATION_TIMEOUT):
+            await changed.wait()
+            await updated.wait()
+    assert updated_uris == [GREETING_URI]
+
+
+LEGACY_CLIENT_SCENARIOS: tuple[Scenario, ...] = (
+    scenario_handshake,
+    scenario_tools,
+    scenario_resources,
+    scenario_prompts,
+    scenario_progress,
+    scenario_logging,
+    scenario_input_elicitation,
+    scenario_input_sampling,
+    scenario_input_roots,
+    scenario_legacy_subscription,
+)
+"""What a handshake-era client does that a server of any era serves (the tools that ask for
+input do it through resolvers, which a 2026-07-28 server can)."""

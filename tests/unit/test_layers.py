@@ -26,6 +26,7 @@ SHARED_LEAVES = frozenset(
         "gateway.eras",
         "gateway.eras.envelope",
         "gateway.eras.translate",
+        "gateway.eras.facade",
     }
 )
 # Leaves the server's rooms stand on; each imports only leaves.
