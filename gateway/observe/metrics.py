@@ -59,6 +59,8 @@ KNOWN_METHODS: Final = frozenset(
         "resources/unsubscribe",
         "prompts/list",
         "prompts/get",
+        "server/discover",
+        "subscriptions/listen",
         "completion/complete",
         "logging/setLevel",
     }
@@ -78,7 +80,7 @@ class RequestSeries(Collector):
     """
 
     def __init__(self) -> None:
-        self._counts: dict[tuple[str, str], int] = {}
+        self._counts: dict[tuple[str, str, str], int] = {}
         self._buckets: dict[str, list[int]] = {}  # by method: observations per bucket, +Inf last
         self._sums: dict[str, float] = {}
         self._bytes_in = 0
@@ -86,7 +88,7 @@ class RequestSeries(Collector):
 
     def observe(self, fields: Mapping[str, Any]) -> None:
         method = fields["method"] if fields["method"] in KNOWN_METHODS else "other"
-        key = (method, fields["outcome"])
+        key = (method, fields["outcome"], fields.get("era", "legacy"))
         self._counts[key] = self._counts.get(key, 0) + 1
         seconds = fields["duration_ms"] / 1000
         buckets = self._buckets.get(method)
@@ -99,7 +101,9 @@ class RequestSeries(Collector):
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
-            f"{NAMESPACE}_requests", "MCP requests, by method and outcome", labels=["method", "outcome"]
+            f"{NAMESPACE}_requests",
+            "MCP requests, by method, outcome and the era of the client that sent them",
+            labels=["method", "outcome", "era"],
         )
         for labels, count in sorted(self._counts.items()):
             requests.add_metric(labels, count)
@@ -135,7 +139,12 @@ class Metrics:
         self.requests_in_flight = Gauge(
             f"{NAMESPACE}_requests_in_flight", "Requests sent to children and not yet answered", registry=registry
         )
-        self.sessions_opened = Counter(f"{NAMESPACE}_sessions_opened", "Sessions opened", registry=registry)
+        self.sessions_opened = Counter(
+            f"{NAMESPACE}_sessions_opened",
+            "Sessions opened, by era (legacy: a client's session; modern: a principal's child for 2026-07-28 requests)",
+            ["era"],
+            registry=registry,
+        )
         self.sessions_closed = Counter(
             f"{NAMESPACE}_sessions_closed", "Sessions closed, by reason", ["reason"], registry=registry
         )
@@ -163,7 +172,7 @@ class Metrics:
             registry=registry,
         )
         self._handlers: dict[EventName, Callable[[Mapping[str, Any]], None]] = {
-            "session.open": lambda _: self.sessions_opened.inc(),
+            "session.open": lambda fields: self.sessions_opened.labels(fields.get("era", "legacy")).inc(),
             "session.close": lambda fields: self.sessions_closed.labels(fields["reason"]).inc(),
             "child.spawn": lambda fields: self.spawn_seconds.observe(fields["spawn_ms"] / 1000),
             "mcp.request": self.requests.observe,

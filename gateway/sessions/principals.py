@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -58,6 +59,8 @@ CLIENT_INFO: Final[JsonObject] = {"name": "mcp-gateway", "version": _version.__v
 # A child that exits during its probe is replaced this many times before the request fails.
 PROBE_RESPAWNS: Final = 1
 STARTING_FAILED: Final = "The MCP server could not be started"
+# requestStates of modern children remembered for their retries (the oldest forgotten first).
+MAX_NOTED_STATES: Final = 4096
 
 
 class EraBook:
@@ -139,12 +142,15 @@ class PrincipalChildren:
         self.book = book
         self._input_timeout = input_timeout
         self.signer = signer if signer is not None else StateSigner()
-        self._per_principal = per_principal
+        self.per_principal = per_principal
         self._probe_timeout = probe_timeout
         self._request_timeout = request_timeout
         self._children: dict[str, list[Backend]] = {}
         self._starting: dict[str, asyncio.Future[Backend]] = {}
         self.listeners = Listeners()
+        # The child that handed out each recent `requestState` of a modern child's own: its retry
+        # goes there (with one child per principal there is nowhere else, and nothing is kept).
+        self._issuers: OrderedDict[str, tuple[str, Backend]] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @staticmethod
@@ -176,7 +182,7 @@ class PrincipalChildren:
         while True:
             alive = self.live(key)
             best = min(alive, key=lambda backend: backend.router.pending, default=None)
-            if best is not None and (best.router.pending == 0 or len(alive) >= self._per_principal):
+            if best is not None and (best.router.pending == 0 or len(alive) >= self.per_principal):
                 return best
             starting = self._starting.get(key)
             if starting is None:
@@ -376,6 +382,22 @@ class PrincipalChildren:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def note_state(self, state: str, backend: Backend) -> None:
+        self._issuers[state] = (backend.session.serves or "", backend)
+        self._issuers.move_to_end(state)
+        while len(self._issuers) > MAX_NOTED_STATES:
+            self._issuers.popitem(last=False)
+
+    def issuer_of(self, principal: Principal, address: str, state: str) -> Backend | None:
+        """The principal's live child that handed out `state`, if one did."""
+        noted = self._issuers.get(state)
+        if noted is None:
+            return None
+        key, backend = noted
+        if key != self.key_of(principal, address) or backend.session.closing or backend.router.closed:
+            return None
+        return backend
 
     def find(self, principal: Principal, address: str, child: str) -> Backend | None:
         """The principal's live child whose (secret) session id is `child`."""

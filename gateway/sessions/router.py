@@ -115,6 +115,11 @@ class _Both:
         return self._second.intercept(message) or changed
 
 
+def merged_interceptors(first: Interceptor, second: Interceptor) -> Interceptor:
+    """Both interceptors of one response, `first` first."""
+    return _Both(first, second)
+
+
 def merged(first: Screening | None, second: Screening | None) -> Screening | None:
     """Two screenings of one POST as one: the first's decisions before the second's."""
     if first is None or second is None:

@@ -31,8 +31,8 @@ from gateway.http.headers import JSON
 from gateway.jsonrpc import Kind, Message
 from gateway.sessions.child import ChildGone
 from gateway.sessions.mrtr import Call, StateRefused, is_gateway_state
-from gateway.sessions.principals import Backend
-from gateway.sessions.router import Exchange, Interceptor, Screening
+from gateway.sessions.principals import Backend, PrincipalChildren
+from gateway.sessions.router import Exchange, Interceptor, Screening, merged_interceptors
 from gateway.transport import exchanges, sse
 
 log = logging.getLogger("gateway.transport")
@@ -63,11 +63,18 @@ async def serve(
     state = message.params.get("requestState")
     if message.method in envelope.NAMED_BY and is_gateway_state(state):
         return await _retry(request, message, body, checked, str(state), json_ok=json_ok, sse_ok=sse_ok)
-    backend = await _backend(request)
+    backend = await _backend(request, state)
     if message.method == "server/discover":
-        return await _discover(backend, message)
+        started = time.monotonic()
+        answer = await _discover(backend, message)
+        _audit(request, backend, message, started, size=len(body), sent=len(answer))
+        return web.Response(body=answer, content_type=JSON)
     if message.method == "subscriptions/listen":
-        return await _listen(request, backend, message, sse_ok=sse_ok)
+        started = time.monotonic()
+        try:
+            return await _listen(request, backend, message, sse_ok=sse_ok)
+        finally:
+            _audit(request, backend, message, started, size=len(body), sent=0)
     for attempt in range(CHILD_RETRIES + 1):
         try:
             return await _forward(request, backend, message, body, checked, json_ok=json_ok, sse_ok=sse_ok)
@@ -82,9 +89,16 @@ def _refusal(refusal: Refusal) -> GatewayError:
     return GatewayError(_REFUSALS.get(refusal.code, "invalid_message"), refusal.message, data=refusal.data)
 
 
-async def _backend(request: web.Request) -> Backend:
+async def _backend(request: web.Request, state: object = None) -> Backend:
+    """The child for a request: the one that handed out its `requestState` (a modern child's own),
+    while it lives; else its principal's least busy one."""
     client_ip = request[keys.CLIENT_IP]
-    return await request.app[keys.PRINCIPAL_CHILDREN].acquire(
+    pool = request.app[keys.PRINCIPAL_CHILDREN]
+    if isinstance(state, str):
+        issuer = pool.issuer_of(request[keys.PRINCIPAL], ratelimit.address_key(client_ip), state)
+        if issuer is not None:
+            return issuer
+    return await pool.acquire(
         request[keys.PRINCIPAL],
         request.get(keys.BEARER),
         client_ip,
@@ -93,7 +107,7 @@ async def _backend(request: web.Request) -> Backend:
     )
 
 
-async def _discover(backend: Backend, message: Message) -> web.Response:
+async def _discover(backend: Backend, message: Message) -> bytes:
     """`server/discover`, from what the child said about itself while that still holds; a modern
     child whose answer has expired is asked again."""
     if not backend.fresh:
@@ -101,8 +115,7 @@ async def _discover(backend: Backend, message: Message) -> web.Response:
         discovered = translate.modern_discovery(answer)
         if discovered is not None:
             backend.discovery, backend.discovered = discovered, time.monotonic()
-    body = {"jsonrpc": "2.0", "id": message.id, "result": backend.discovery}
-    return web.Response(body=jsonrpc.encode(body), content_type=JSON)
+    return jsonrpc.encode({"jsonrpc": "2.0", "id": message.id, "result": backend.discovery})
 
 
 async def _listen(request: web.Request, backend: Backend, message: Message, *, sse_ok: bool) -> web.StreamResponse:
@@ -124,6 +137,42 @@ async def _listen(request: web.Request, backend: Backend, message: Message, *, s
     finally:
         session.leave()
         pool.unlisten(listener)
+
+
+def _audit(
+    request: web.Request, backend: Backend, message: Message, started: float, *, size: int, sent: int
+) -> None:
+    """One `mcp.request` event for a request the gateway answered without a child's exchange."""
+    audit = request.app[keys.AUDIT]
+    if audit.active:
+        audit.record(
+            "mcp.request",
+            session=backend.session,
+            method=message.method,
+            outcome="ok",
+            duration_ms=round((time.monotonic() - started) * 1000, 3),
+            bytes_in=size,
+            bytes_out=sent,
+            era="modern",
+        )
+
+
+class StateNote:
+    """Notes which child handed out the `requestState` of an `input_required` result."""
+
+    __slots__ = ("_backend", "_pool")
+
+    def __init__(self, pool: PrincipalChildren, backend: Backend) -> None:
+        self._pool = pool
+        self._backend = backend
+
+    def intercept(self, message: Message) -> bool:
+        result = message.body.get("result")
+        if isinstance(result, dict) and result.get("resultType") == translate.INPUT_REQUIRED:
+            state = result.get("requestState")
+            if isinstance(state, str):
+                self._pool.note_state(state, self._backend)
+        return False
 
 
 class ModernResult:
@@ -167,6 +216,12 @@ async def _forward(
         screening = screening or Screening()
         policy = screening.intercepted.get(0)
         screening.intercepted[0] = ModernResult(message.method or "", backend.server_info, policy)
+    elif message.method in envelope.NAMED_BY and app[keys.PRINCIPAL_CHILDREN].per_principal > 1:
+        # Where its retry must go: to the child that asks, which alone can read its requestState.
+        screening = screening or Screening()
+        noted = StateNote(app[keys.PRINCIPAL_CHILDREN], backend)
+        policy = screening.intercepted.get(0)
+        screening.intercepted[0] = noted if policy is None else merged_interceptors(policy, noted)
     session.enter()
     exchange: Exchange | None = None
     call: Call | None = None

@@ -38,6 +38,7 @@ SDK_TOOLS = {
     "ask_user",
     "touch_resource",
     "announce",
+    "wait",
     "resolved_user",
     "resolved_llm",
     "resolved_roots",

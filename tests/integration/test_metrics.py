@@ -71,13 +71,13 @@ async def test_counters_after_a_scripted_session(gateway: Gateway) -> None:
     after = await scrape(mcp)
     assert value(after, "mcp_gateway_sessions") == 0
     assert value(after, "mcp_gateway_children") == 0
-    assert value(after, "mcp_gateway_sessions_opened_total") == 1
+    assert value(after, "mcp_gateway_sessions_opened_total", era="legacy") == 1
     assert value(after, "mcp_gateway_sessions_closed_total", reason="client") == 1
     assert value(after, "mcp_gateway_spawn_seconds_count") == 1
-    assert value(after, "mcp_gateway_requests_total", method="tools/call", outcome="ok") == 3
-    assert value(after, "mcp_gateway_requests_total", method="tools/list", outcome="ok") == 1
-    assert value(after, "mcp_gateway_requests_total", method="initialize", outcome="ok") == 1
-    assert value(after, "mcp_gateway_requests_total", method="other", outcome="error") == 1
+    assert value(after, "mcp_gateway_requests_total", method="tools/call", outcome="ok", era="legacy") == 3
+    assert value(after, "mcp_gateway_requests_total", method="tools/list", outcome="ok", era="legacy") == 1
+    assert value(after, "mcp_gateway_requests_total", method="initialize", outcome="ok", era="legacy") == 1
+    assert value(after, "mcp_gateway_requests_total", method="other", outcome="error", era="legacy") == 1
     assert value(after, "mcp_gateway_request_duration_seconds_count", method="tools/call") == 3
     assert value(after, "mcp_gateway_request_duration_seconds_bucket", method="tools/call", le="+Inf") == 3
     assert value(after, "mcp_gateway_child_violations_total", kind="not_json") == 2
@@ -98,7 +98,7 @@ async def test_a_crashed_child_is_counted_by_reason(gateway: Gateway) -> None:
         assert time.monotonic() < deadline, "the crash was never counted"
         await asyncio.sleep(0.02)
         samples = await scrape(mcp)
-    assert value(samples, "mcp_gateway_requests_total", method="tools/call", outcome="closed") == 1
+    assert value(samples, "mcp_gateway_requests_total", method="tools/call", outcome="closed", era="legacy") == 1
     assert value(samples, "mcp_gateway_children") == 0
 
 

@@ -338,3 +338,44 @@ async def test_the_probe_is_skipped_when_the_era_is_configured(aiohttp_client: A
     client = await _modern(aiohttp_client, child_era="legacy")
     received = json.loads((await client.call_tool("received"))["result"]["content"][0]["text"])
     assert received[0] == ["initialize", None]
+
+
+async def test_metrics_and_audit_carry_the_era(aiohttp_client: AiohttpClient, tmp_path: Any) -> None:
+    audit = tmp_path / "audit.jsonl"
+    client = await _modern(aiohttp_client, audit_log=str(audit))
+    await client.request("server/discover")
+    await client.call_tool("echo", {"text": "x"})
+    async with client.http.get("/metrics") as response:
+        text = await response.text()
+    assert 'mcp_gateway_requests_total{era="modern",method="tools/call",outcome="ok"} 1.0' in text
+    assert 'mcp_gateway_requests_total{era="modern",method="server/discover",outcome="ok"} 1.0' in text
+    assert 'mcp_gateway_sessions_opened_total{era="modern"} 1.0' in text
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    requests = [event for event in events if event["event"] == "mcp.request"]
+    assert [(event["method"], event["era"]) for event in requests] == [
+        ("server/discover", "modern"),
+        ("tools/call", "modern"),
+    ]
+    opened = [event for event in events if event["event"] == "session.open"]
+    assert [event["era"] for event in opened] == ["modern"]
+
+
+async def test_the_tool_policy_applies_to_modern_requests(aiohttp_client: AiohttpClient) -> None:
+    client = await _modern(aiohttp_client, tool_deny=["crash", "delete_*"])
+    names = {tool["name"] for tool in (await client.request("tools/list"))["result"]["tools"]}
+    assert "echo" in names
+    assert not {"crash", "delete_note"} & names
+    status, messages, _ = await client.post(client.message("tools/call", {"name": "crash", "arguments": {}}))
+    assert messages[-1]["error"]["message"] == "Tool not allowed: crash"
+    assert status == 400  # -32602, as the status mapping of 2026-07-28 says
+    assert client.http.app[keys.SESSIONS].children == 1  # and the child lives on
+
+
+async def test_rate_limits_apply_to_modern_requests(aiohttp_client: AiohttpClient) -> None:
+    client = await _modern(aiohttp_client, ratelimit_requests_ip="2/minute")
+    for _ in range(2):
+        await client.request("tools/list")
+    status, messages, response = await client.post(client.message("tools/list"))
+    assert status == 429
+    assert "Retry-After" in response.headers
+    assert messages[0]["error"]["code"] == -32600

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from pytest_aiohttp import AiohttpClient
 from gateway import create_app, keys
 from gateway.auth.static import digest_of
 from tests.support.mcp import Modern
+from tests.support.servers import SDK_SERVER
 from tests.support.settings import make_settings, public_host
 from tests.support.types import JsonObj
 from tests.support.waits import eventually
@@ -173,3 +175,24 @@ async def test_a_request_that_could_belong_to_two_calls_is_refused(aiohttp_clien
     assert _text(second) == "error: The gateway cannot tell which request this belongs to"
     final = (await client.post(_retry(client, first, asked["requestState"], {"input-1": ASKS["elicit"][2]})))[1][-1]
     assert json.loads(_text(final))["action"] == "accept"
+
+
+async def test_a_modern_childs_own_state_goes_back_to_it(aiohttp_client: AiohttpClient) -> None:
+    """A 2026-07-28 child seals its requestState with a key of its own process: with two children
+    per principal, the retry goes to the child that asked, even while it is the busier one."""
+    command = [sys.executable, str(SDK_SERVER), "--era", "modern"]
+    client = await _client(aiohttp_client, command=command, children_per_principal=2, sse_keepalive=0.2)
+    first = client.message(
+        "tools/call", {"name": "resolved_user", "arguments": {"question": "who?"}}, capabilities=EVERYTHING
+    )
+    asked = await _asked(client, first)
+    assert not asked["requestState"].startswith("mcpgw1.")  # the child's own, passed through
+    ((key, request),) = asked["inputRequests"].items()
+    assert request["method"] == "elicitation/create"
+    busy = client.message("tools/call", {"name": "wait", "arguments": {"seconds": 5}})
+    async with client.http.post(client.path, json=busy, headers=client.headers(busy)) as waiting:
+        await waiting.content.readline()  # a keep-alive: the child that asked is busy now
+        retry = _retry(client, first, asked["requestState"], {key: {"action": "accept", "content": {"name": "Ada"}}})
+        status, messages, _ = await client.post(retry)
+    assert status == 200, messages
+    assert _text(messages[-1]) == "Ada"

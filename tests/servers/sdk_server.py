@@ -146,6 +146,13 @@ async def touch_resource(uri: str, ctx: Context) -> str:
 
 
 @mcp.tool()
+async def wait(seconds: float) -> str:
+    """Sleep `seconds` (at most 30), then return "waited"."""
+    await anyio.sleep(min(seconds, 30.0))
+    return "waited"
+
+
+@mcp.tool()
 async def announce(uri: str, ctx: Context) -> str:
     """Announce that the tool list changed and that resource `uri` was updated, to whoever listens:
     a 2026-07-28 client's listen streams, or a handshake-era client (the update only if it

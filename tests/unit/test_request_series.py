@@ -9,15 +9,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observe.metrics import NAMESPACE, REQUEST_BUCKETS, RequestSeries
 
-# (method, outcome, milliseconds, bytes in, bytes out); bounds themselves are among the latencies.
+# (method, outcome, era, milliseconds, bytes in, bytes out); bounds themselves are among the latencies.
 REQUESTS = [
-    ("tools/call", "ok", 0.5, 120, 300),
-    ("tools/call", "ok", 1.0, 130, 310),
-    ("tools/call", "error", 2.5, 90, 80),
-    ("tools/list", "ok", 0.2, 60, 4000),
-    ("initialize", "ok", 40.0, 200, 250),
-    ("x-vendor/thing", "error", 30_000.0, 70, 90),  # not a spec method: counted as "other"
-    ("ping", "closed", 45_000.0, 50, 0),  # beyond the last bound: +Inf only
+    ("tools/call", "ok", "legacy", 0.5, 120, 300),
+    ("tools/call", "ok", "legacy", 1.0, 130, 310),
+    ("tools/call", "ok", "modern", 1.0, 130, 310),
+    ("tools/call", "error", "legacy", 2.5, 90, 80),
+    ("tools/list", "ok", "modern", 0.2, 60, 4000),
+    ("initialize", "ok", "legacy", 40.0, 200, 250),
+    ("x-vendor/thing", "error", "modern", 30_000.0, 70, 90),  # not a spec method: counted as "other"
+    ("ping", "closed", "legacy", 45_000.0, 50, 0),  # beyond the last bound: +Inf only
 ]
 
 
@@ -45,18 +46,28 @@ def test_the_series_match_prometheus_client_s_own_types() -> None:
         registry=reference,
     )
     counts = Counter(
-        f"{NAMESPACE}_requests", "MCP requests, by method and outcome", ["method", "outcome"], registry=reference
+        f"{NAMESPACE}_requests",
+        "MCP requests, by method, outcome and the era of the client that sent them",
+        ["method", "outcome", "era"],
+        registry=reference,
     )
     received = Counter(f"{NAMESPACE}_received_bytes", "Bytes of MCP requests received from clients", registry=reference)
     sent = Counter(f"{NAMESPACE}_sent_bytes", "Bytes of MCP responses sent to clients", registry=reference)
 
-    for method, outcome, ms, bytes_in, bytes_out in REQUESTS:
+    for method, outcome, era, ms, bytes_in, bytes_out in REQUESTS:
         series.observe(
-            {"method": method, "outcome": outcome, "duration_ms": ms, "bytes_in": bytes_in, "bytes_out": bytes_out}
+            {
+                "method": method,
+                "outcome": outcome,
+                "era": era,
+                "duration_ms": ms,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+            }
         )
         shown = method if method != "x-vendor/thing" else "other"
         latency.labels(shown).observe(ms / 1000)
-        counts.labels(shown, outcome).inc()
+        counts.labels(shown, outcome, era).inc()
         received.inc(bytes_in)
         sent.inc(bytes_out)
 
