@@ -318,6 +318,7 @@ async def _initialize_translated(
         except ChildGone:
             discovery = None
         if discovery is None:
+            pool.book.learn("legacy")  # its first message was the probe, and it is not modern
             if refusal is not None:
                 return web.Response(body=refusal, content_type=JSON)  # the server's own answer
             raise GatewayError("upstream_failed", "The MCP server answers neither initialize nor server/discover")

@@ -16,6 +16,7 @@ the request at the child. Session ids and `Last-Event-ID` are ignored: nothing h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Final
@@ -29,10 +30,11 @@ from gateway.errors import ErrorCode, GatewayError
 from gateway.http import ratelimit
 from gateway.http.headers import JSON
 from gateway.jsonrpc import Kind, Message
-from gateway.sessions.child import ChildGone
+from gateway.sessions import failures
+from gateway.sessions.child import ChildGone, StdinStalled
 from gateway.sessions.mrtr import Call, StateRefused, is_gateway_state
 from gateway.sessions.principals import Backend, PrincipalChildren
-from gateway.sessions.router import Exchange, Interceptor, Screening, merged_interceptors
+from gateway.sessions.router import Exchange, Interceptor, Overloaded, Screening, merged_interceptors
 from gateway.transport import exchanges, sse
 
 log = logging.getLogger("gateway.transport")
@@ -66,7 +68,7 @@ async def serve(
     backend = await _backend(request, state)
     if message.method == "server/discover":
         started = time.monotonic()
-        answer = await _discover(backend, message)
+        answer = await _discover(backend, message, request.app[keys.SETTINGS].request_timeout)
         _audit(request, backend, message, started, size=len(body), sent=len(answer))
         return web.Response(body=answer, content_type=JSON)
     if message.method == "subscriptions/listen":
@@ -107,11 +109,19 @@ async def _backend(request: web.Request, state: object = None) -> Backend:
     )
 
 
-async def _discover(backend: Backend, message: Message) -> bytes:
+async def _discover(backend: Backend, message: Message, wait: float) -> bytes:
     """`server/discover`, from what the child said about itself while that still holds; a modern
     child whose answer has expired is asked again."""
     if not backend.fresh:
-        answer = await backend.router.ask("server/discover", translate.discover_request({}))
+        try:
+            async with asyncio.timeout(wait):
+                answer = await backend.router.ask("server/discover", translate.discover_request({}))
+        except TimeoutError:
+            raise GatewayError("upstream_stalled", "The MCP server did not answer server/discover in time") from None
+        except StdinStalled:
+            raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
+        except ChildGone:
+            raise GatewayError("upstream_failed", "The MCP server exited") from None
         discovered = translate.modern_discovery(answer)
         if discovered is not None:
             backend.discovery, backend.discovered = discovered, time.monotonic()
@@ -139,9 +149,7 @@ async def _listen(request: web.Request, backend: Backend, message: Message, *, s
         pool.unlisten(listener)
 
 
-def _audit(
-    request: web.Request, backend: Backend, message: Message, started: float, *, size: int, sent: int
-) -> None:
+def _audit(request: web.Request, backend: Backend, message: Message, started: float, *, size: int, sent: int) -> None:
     """One `mcp.request` event for a request the gateway answered without a child's exchange."""
     audit = request.app[keys.AUDIT]
     if audit.active:
@@ -226,9 +234,11 @@ async def _forward(
     exchange: Exchange | None = None
     call: Call | None = None
     try:
-        exchange = exchanges.submit(
-            session, [forwarded], raw=None if legacy else body, is_batch=False, sse_ok=sse_ok, screening=screening
-        )
+        try:
+            exchange = router.submit([forwarded], raw=None if legacy else body, streamable=sse_ok, screening=screening)
+        except Overloaded as failure:
+            raise failures.refusal(failure) from None
+        # A child that has exited (ChildGone) is no refusal: the caller tries a fresh one.
         if exchange is None:  # pragma: no cover - a request always opens an exchange
             raise GatewayError("internal_error", "Internal error")
         exchange.modern = True

@@ -379,3 +379,15 @@ async def test_rate_limits_apply_to_modern_requests(aiohttp_client: AiohttpClien
     assert status == 429
     assert "Retry-After" in response.headers
     assert messages[0]["error"]["code"] == -32600
+
+
+async def test_a_child_that_exits_is_replaced_by_the_next_request(aiohttp_client: AiohttpClient) -> None:
+    client = await _modern(aiohttp_client)
+    store = client.http.app[keys.SESSIONS]
+    first = (await client.call_tool("pid"))["result"]["content"][0]["text"]
+    status, messages, _ = await client.post(client.message("tools/call", {"name": "crash", "arguments": {}}))
+    assert status == 200  # an error of the call, not of the HTTP request
+    assert "exited with code 3" in messages[-1]["error"]["message"]
+    assert await eventually(lambda: store.children == 0)
+    second = (await client.call_tool("pid"))["result"]["content"][0]["text"]
+    assert second != first
