@@ -8,7 +8,8 @@ ping. After all of it, the gateway's log holds no traceback and no error record.
 
 The client surface: bodies (any JSON, JSON-RPC-shaped envelopes with repeated keys, odd numbers
 and strings, deep nesting, batches, raw bytes), headers (Content-Type, Accept, protocol version,
-Content-Encoding, Origin) and `Last-Event-ID`. The child surface: stdout lines of the same kinds,
+Content-Encoding, Origin) and `Last-Event-ID`; 2026-07-28 requests on no session (their `_meta`
+envelope, routing headers and request states of every shape). The child surface: stdout lines of the same kinds,
 written by the echo server's `raw` tool in one chunk ahead of its real answer.
 """
 
@@ -268,6 +269,60 @@ def test_any_last_event_id_gets_a_clear_answer(served: Served, last_event_id: st
     headers = {**served.headers, "Accept": "text/event-stream", "Last-Event-ID": value}
     status, _ = http(served.url, None, headers, method="GET")
     assert status < 500
+    served.assert_healthy()
+
+
+# --- 2026-07-28 requests (no session) ---------------------------------------------------------------
+
+MODERN_METHODS = ["tools/list", "tools/call", "server/discover", "resources/read", "prompts/get", "ping", "x/y"]
+meta_text = st.fixed_dictionaries(
+    {
+        "io.modelcontextprotocol/protocolVersion": st.sampled_from(['"2026-07-28"', '"2026-07-28"', '"2025-11-25"'])
+        | scalar_text
+    },
+    optional={
+        "io.modelcontextprotocol/clientCapabilities": st.just("{}") | value_text,
+        "io.modelcontextprotocol/clientInfo": value_text,
+        "io.modelcontextprotocol/logLevel": st.sampled_from(['"debug"', '"error"', '"loud"']) | scalar_text,
+        "progressToken": scalar_text,
+    },
+).map(lambda members: _object(list(members.items())))
+modern_params = st.fixed_dictionaries(
+    {"_meta": meta_text},
+    optional={
+        "name": st.sampled_from(TOOLS).map(json.dumps),
+        "uri": st.sampled_from(['"test://x"', '"\u00e9"']) | scalar_text,
+        "arguments": st.just('{"text":"t"}') | value_text,
+        "requestState": st.sampled_from(['"mcpgw1.e30.AAAA"', '"mcpgw1."', '"opaque"']) | scalar_text,
+        "inputResponses": value_text,
+    },
+).map(lambda members: _object(list(members.items())))
+modern_body = st.fixed_dictionaries(
+    {"jsonrpc": st.just('"2.0"'), "method": st.sampled_from(MODERN_METHODS).map(json.dumps), "params": modern_params},
+    optional={"id": st.integers(-(2**63), 2**63).map(str) | scalar_text},
+).map(lambda members: _object(list(members.items())))
+routing = st.fixed_dictionaries(
+    {},
+    optional={
+        "MCP-Protocol-Version": st.sampled_from(["2026-07-28", "2026-07-28", "2025-11-25", "bogus"]),
+        "Mcp-Method": st.sampled_from([*MODERN_METHODS, ""]),
+        "Mcp-Name": st.sampled_from(["echo", "=?base64?ZWNobw==?=", "=?base64?ZWNobx==?=", "=?base64?!?=", ""]),
+        "Mcp-Session-Id": st.sampled_from(["nope", ""]),
+        "Last-Event-ID": st.sampled_from(["1.1", "x"]),
+    },
+)
+
+
+@FUZZ
+@given(body=modern_body, extra=routing)
+def test_any_modern_request_gets_a_clear_answer_and_leaves_nothing_behind(
+    served: Served, body: str, extra: dict[str, str]
+) -> None:
+    """Envelopes, routing headers and request states of every shape, on no session: a clear answer,
+    never a session id, nothing pending after it."""
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT_BOTH, **extra}
+    status, answer = http(served.url, body.encode("utf-8", "surrogatepass"), headers)
+    _assert_clear_answer(status, answer)
     served.assert_healthy()
 
 
