@@ -1,5 +1,11 @@
 """`python -m tests.bench`: run every measurement on the gateway and on the floor, print the report.
 
+The gateway is measured in both protocol eras on the same endpoint: legacy sessions in every
+phase, and in the echo and throughput phases 2026-07-28 clients too, alternating with legacy and
+the floor in the same rounds. A modern client has no session; without authentication its
+principal is its address, so each connects from a loopback address of its own and gets a child
+of its own, started by one warm-up request before anything is measured.
+
 Order matters: memory is measured early, on a gateway that has served only the setup samples,
 because RSS never shrinks back after the large results of phase 4; the large results come last
 of the comparison. The isolation phase comes after it, with a gateway per mode once the
@@ -17,7 +23,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from importlib.metadata import version
 from typing import Final
@@ -29,6 +35,7 @@ from tests.bench.gateway import (
     REPO_ROOT,
     GatewayProcess,
     GatewaySession,
+    ModernSession,
     gateway_argv,
     running_gateway,
     running_unprivileged_gateway,
@@ -56,11 +63,16 @@ THROUGHPUT_ROUNDS: Final = 3
 BIG_SIZES: Final = (2 * MiB, 8 * MiB, 32 * MiB)
 BIG_RUNS: Final = 5
 IDLE_SESSIONS: Final = 100
+# Source addresses of the 2026-07-28 clients, one anonymous principal (and so one child) each:
+# one for phase 2, one per caller of phase 3, none of them the legacy sessions' 127.0.0.1.
+MODERN_ECHO_ADDRESS: Final = "127.0.0.2"
+MODERN_CALLER_ADDRESSES: Final = tuple(f"127.0.0.{3 + n}" for n in range(max(CONCURRENCY_LEVELS)))
 # Sessions opened at once: enough to keep both CPUs busy spawning, not a thundering herd.
 SPAWN_PARALLEL: Final = 8
 # Pause between the last idle session opening and reading VmRSS, so that nothing is mid-flight.
 MEMORY_SETTLE: Final = 1.0
-# The slowest phase needs about 25 s on the 2-core machine; one that takes this long has hung.
+# The slowest phase (3: three sides, each level, each round) needs about 75 s on the 2-core
+# machine; one that takes this long has hung.
 PHASE_TIMEOUT: Final = 120.0
 EXIT_TERMINATED: Final = 128 + signal.SIGTERM
 # Phase 7. A child of another user must be able to run the server: the virtualenv's interpreter
@@ -81,40 +93,60 @@ ISOLATION_MODES: Final[tuple[sandbox.IsolationMode, ...]] = ("uid", "namespaces"
 async def measure_setup(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
     """Samples alternate between the sides, so a slow spell on the machine hits both alike."""
     on_gateway, on_floor = await workloads.alternating_lifetimes((open_gateway, open_floor), SETUP_SAMPLES)
-    results.gateway.setup = [sample.setup for sample in on_gateway]
+    results.legacy.setup = [sample.setup for sample in on_gateway]
     results.floor.setup = [sample.setup for sample in on_floor]
 
 
 async def measure_idle_memory(results: Results, gateway: GatewayProcess, open_gateway: Opener) -> None:
     results.idle_sessions = IDLE_SESSIONS
     results.rss_before_kib = gateway.rss_kib()
-    async with workloads.open_sessions(open_gateway, IDLE_SESSIONS, parallel=SPAWN_PARALLEL):
+    async with workloads.open_sessions([open_gateway] * IDLE_SESSIONS, parallel=SPAWN_PARALLEL):
         await asyncio.sleep(MEMORY_SETTLE)
         results.rss_idle_kib = gateway.rss_kib()
 
 
-async def measure_echo(results: Results, gateway: GatewayProcess, open_gateway: Opener, open_floor: Opener) -> None:
-    """Sequential echo calls on one session per side, alternating in rounds; the gateway's CPU
-    time is read around each of its rounds."""
-    async with aclosing(await open_gateway()) as gateway_session, aclosing(await open_floor()) as floor_session:
-        on_gateway, on_floor = EchoSide(gateway_session, gateway.cpu_ticks), EchoSide(floor_session)
-        await workloads.alternating_echo(
-            (on_gateway, on_floor), ECHO_CALLS, warmup=ECHO_WARMUP_CALLS, rounds=ECHO_ROUNDS
+async def measure_echo(
+    results: Results, gateway: GatewayProcess, open_legacy: Opener, open_modern: Opener, open_floor: Opener
+) -> None:
+    """Sequential echo calls on one session per side (legacy, modern, floor), alternating in
+    rounds; the gateway's CPU time is read around each of its rounds."""
+    async with (
+        aclosing(await open_legacy()) as legacy_session,
+        aclosing(await open_modern()) as modern_session,
+        aclosing(await open_floor()) as floor_session,
+    ):
+        sides = (
+            (results.legacy, EchoSide(legacy_session, gateway.cpu_ticks)),
+            (results.modern, EchoSide(modern_session, gateway.cpu_ticks)),
+            (results.floor, EchoSide(floor_session)),
         )
-    results.gateway.echo, results.floor.echo = on_gateway.latencies, on_floor.latencies
-    results.cpu_seconds = on_gateway.ticks / os.sysconf("SC_CLK_TCK")
-    results.cpu_calls = len(on_gateway.latencies)
+        await workloads.alternating_echo(
+            [echo for _, echo in sides], ECHO_CALLS, warmup=ECHO_WARMUP_CALLS, rounds=ECHO_ROUNDS
+        )
+    for side, echo in sides:
+        side.echo = echo.latencies
+        if echo.cpu_ticks is not None:
+            side.cpu_seconds = echo.ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def measure_throughput(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
+async def measure_throughput(
+    results: Results, open_legacy: Opener, open_modern: Sequence[Opener], open_floor: Opener
+) -> None:
+    """At each concurrency level, one sequential caller per legacy session, per modern principal
+    (`open_modern`: one opener each) and per echo process, the sides alternating in rounds."""
     most = max(CONCURRENCY_LEVELS)
     async with (
-        workloads.open_sessions(open_gateway, most, parallel=SPAWN_PARALLEL) as gateway_sessions,
-        workloads.open_sessions(open_floor, most, parallel=SPAWN_PARALLEL) as floor_sessions,
+        workloads.open_sessions([open_legacy] * most, parallel=SPAWN_PARALLEL) as legacy_sessions,
+        workloads.open_sessions(open_modern[:most], parallel=SPAWN_PARALLEL) as modern_sessions,
+        workloads.open_sessions([open_floor] * most, parallel=SPAWN_PARALLEL) as floor_sessions,
     ):
-        sides = ((results.gateway, gateway_sessions), (results.floor, floor_sessions))
+        sides = (
+            (results.legacy, legacy_sessions),
+            (results.modern, modern_sessions),
+            (results.floor, floor_sessions),
+        )
         for level in CONCURRENCY_LEVELS:
-            rounds: tuple[list[workloads.Throughput], ...] = ([], [])
+            rounds: list[list[workloads.Throughput]] = [[] for _ in sides]
             for _ in range(THROUGHPUT_ROUNDS):
                 for measured, (_, sessions) in zip(rounds, sides, strict=True):
                     window = await workloads.throughput(
@@ -128,7 +160,7 @@ async def measure_throughput(results: Results, open_gateway: Opener, open_floor:
 async def measure_big_results(results: Results, open_gateway: Opener, open_floor: Opener) -> None:
     async with aclosing(await open_gateway()) as gateway_session, aclosing(await open_floor()) as floor_session:
         for size in BIG_SIZES:
-            results.gateway.big[size] = await workloads.big_result_times(gateway_session, size, BIG_RUNS)
+            results.legacy.big[size] = await workloads.big_result_times(gateway_session, size, BIG_RUNS)
             results.floor.big[size] = await workloads.big_result_times(floor_session, size, BIG_RUNS)
 
 
@@ -214,11 +246,15 @@ async def run() -> Results:
     async with running_gateway(argv) as gateway:
         open_gateway = functools.partial(GatewaySession.open, gateway.url)
         open_floor = functools.partial(PipeSession.open, ECHO_ARGV)
+        open_modern = functools.partial(ModernSession.open, gateway.url, MODERN_ECHO_ADDRESS)
+        open_callers = [
+            functools.partial(ModernSession.open, gateway.url, address) for address in MODERN_CALLER_ADDRESSES
+        ]
         phases: list[Callable[[], Awaitable[None]]] = [
             functools.partial(measure_setup, results, open_gateway, open_floor),
             functools.partial(measure_idle_memory, results, gateway, open_gateway),
-            functools.partial(measure_echo, results, gateway, open_gateway, open_floor),
-            functools.partial(measure_throughput, results, open_gateway, open_floor),
+            functools.partial(measure_echo, results, gateway, open_gateway, open_modern, open_floor),
+            functools.partial(measure_throughput, results, open_gateway, open_callers, open_floor),
             functools.partial(measure_big_results, results, open_gateway, open_floor),
         ]
         for phase in phases:
@@ -232,11 +268,12 @@ async def run() -> Results:
 def header(nproc: int) -> list[str]:
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     return [
-        "mcp-gateway benchmark: gateway vs the raw stdio pipe (floor), same echo server, same client JSON work",
+        "mcp-gateway benchmark: the gateway (legacy sessions, 2026-07-28 clients) vs the raw stdio pipe (floor), "
+        "same echo server, same client JSON work",
         f"nproc: {nproc}; the load generator, the gateway and every echo process compete for these CPUs",
         f"load average before the run: {load} (anything else running skews every number below)",
         f"python {platform.python_version()}, aiohttp {version('aiohttp')}; HTTP client: the lean HTTP/1.1 "
-        "keep-alive client of tests/bench/http.py, one connection per session",
+        "keep-alive client of tests/bench/http.py, one connection per session (legacy) or client (modern)",
         f"gateway: --max-message-bytes {MAX_MESSAGE_BYTES} --max-sessions {MAX_SESSIONS} --child-isolation none, "
         "around tests/servers/echo_server.py",
     ]
@@ -244,18 +281,30 @@ def header(nproc: int) -> list[str]:
 
 def method_notes() -> list[str]:
     levels = "/".join(str(level) for level in CONCURRENCY_LEVELS)
+    callers = f"{MODERN_CALLER_ADDRESSES[0]}-{MODERN_CALLER_ADDRESSES[-1]}"
     return [
+        "gateway legacy: a 2025-11-25 session (Mcp-Session-Id) per connection. gateway modern: a 2026-07-28 "
+        "client of the same endpoint and the same echo server, with no session: each POST carries params._meta "
+        "(protocolVersion, clientCapabilities {}, clientInfo) and the routing headers MCP-Protocol-Version, "
+        "Mcp-Method and for tools/call Mcp-Name (one header block per method and tool, rendered once); no "
+        "Mcp-Session-Id, nothing to DELETE at the end. Without authentication a principal is the client's "
+        "address, so every modern client connects from a loopback address of its own (2: "
+        f"{MODERN_ECHO_ADDRESS}; 3: {callers}) and is served by a child of its own, started (era probe, then "
+        "initialize, the echo server being legacy) by one warm-up tools/list before anything is measured; "
+        "every result is checked to be resultType complete.",
         f"1. {SETUP_SAMPLES} samples per side, alternating. gateway: TCP connect, POST initialize, POST "
         "notifications/initialized (202); floor: spawn, initialize and initialized over the pipe.",
-        f"2. one session per side, {ECHO_CALLS} sequential tools/call echo after {ECHO_WARMUP_CALLS} warm-up "
-        f"calls, alternating between the sides in {ECHO_ROUNDS} rounds.",
-        f"3. {levels} sessions, one sequential caller each; {THROUGHPUT_ROUNDS} rounds alternating between the "
-        f"sides, each {THROUGHPUT_DURATION:g} s measured after {THROUGHPUT_WARMUP:g} s warm-up; floor: as many "
-        "echo processes driven from one asyncio loop.",
+        f"2. one session (legacy), client (modern) or echo process (floor) per side, {ECHO_CALLS} sequential "
+        f"tools/call echo after {ECHO_WARMUP_CALLS} warm-up calls, alternating between the three sides in "
+        f"{ECHO_ROUNDS} rounds.",
+        f"3. {levels} callers per side, each sequential on a session (legacy), a principal (modern) or an echo "
+        f"process (floor) of its own; {THROUGHPUT_ROUNDS} rounds alternating between the three sides, each "
+        f"{THROUGHPUT_DURATION:g} s measured after {THROUGHPUT_WARMUP:g} s warm-up; floor: the echo processes "
+        "driven from one asyncio loop.",
         f"4. tools/call big, POST to parsed result; median of {BIG_RUNS} runs.",
         f"5. VmRSS of the gateway process alone (children excluded), {IDLE_SESSIONS} sessions initialized "
         "and idle, each still holding its keep-alive connection.",
-        "6. utime+stime of the gateway process alone across the measured calls of 2, divided by their number.",
+        "6. utime+stime of the gateway process alone across each era's measured calls of 2, divided by their number.",
         f"7. one gateway per --child-isolation mode the host allows ({', '.join(ISOLATION_MODES)}) around "
         f"{ISOLATION_PYTHON} tests/servers/echo_server.py (--child-uid-range {ISOLATION_UID_RANGE} for the uid "
         f"modes; namespaces alone as user {NOBODY} when this runs as root, its log read through a pipe); setup "

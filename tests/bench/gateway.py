@@ -1,4 +1,5 @@
-"""The gateway under test: its process, what /proc says about it, and MCP sessions through it.
+"""The gateway under test: its process, what /proc says about it, and MCP clients of it in both
+eras (a legacy session, a 2026-07-28 client without one).
 
 Invariant: `running_gateway` stops the process however the run ends (SIGTERM, then SIGKILL
 after the grace period); the gateway stops its children on SIGTERM, and on SIGKILL their
@@ -21,6 +22,18 @@ from pathlib import Path
 from typing import IO, Final
 from urllib.parse import urlsplit
 
+from gateway.eras.envelope import (
+    CLIENT_CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    METHOD_HEADER,
+    MODERN_VERSION,
+    NAME_HEADER,
+    NAMED_BY,
+    PROTOCOL_VERSION_KEY,
+    SERVER_INFO_KEY,
+    VERSION_HEADER,
+    encode_header_value,
+)
 from gateway.sessions.sandbox import IsolationMode
 from tests.bench import rpc
 from tests.bench.http import HttpConnection, Response, header_block, sse_data
@@ -37,6 +50,16 @@ KILL_CONFIRM_TIMEOUT: Final = 5.0
 LOG_POLL_INTERVAL: Final = 0.02
 LOG_HEAD_BYTES: Final = 64 * 1024  # the URL line is among the first few log lines
 MCP_HEADERS: Final = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+# The 2026-07-28 envelope of every modern request, as the official SDK clients stamp it: the
+# version, the client's capabilities (none: the echo server asks its clients for nothing) and
+# its identity.
+MODERN_META: Final[JsonObj] = {
+    PROTOCOL_VERSION_KEY: MODERN_VERSION,
+    CLIENT_CAPABILITIES_KEY: {},
+    CLIENT_INFO_KEY: rpc.CLIENT_INFO,
+}
+MODERN_WARMUP: Final = "tools/list"  # the request that starts a modern principal's child
+COMPLETE: Final = "complete"  # the resultType of a final answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,22 +205,20 @@ class GatewaySession:
     @classmethod
     async def open(cls, url: str) -> GatewaySession:
         """Connect, POST initialize, and send notifications/initialized."""
-        parts = urlsplit(url)
-        if parts.hostname is None or parts.port is None:
-            raise rpc.BenchError(f"the gateway URL {url!r} names no host and port")
-        connection = await HttpConnection.open(parts.hostname, parts.port)
+        host, port, path = _endpoint(url)
+        connection = await HttpConnection.open(host, port)
         try:
             mcp_headers = header_block(MCP_HEADERS)
             initialize = rpc.encode_request(0, "initialize", rpc.INITIALIZE_PARAMS)
-            response = await connection.request("POST", parts.path, mcp_headers, initialize)
+            response = await connection.request("POST", path, mcp_headers, initialize)
             result = _result(response, 0)
             session_id = response.headers.get("mcp-session-id")
             if session_id is None:
                 raise rpc.BenchError("the initialize response carries no Mcp-Session-Id")
             session_headers = {"Mcp-Session-Id": session_id, "MCP-Protocol-Version": str(result["protocolVersion"])}
-            session = cls(connection, parts.path, mcp_headers + header_block(session_headers))
+            session = cls(connection, path, mcp_headers + header_block(session_headers))
             initialized = rpc.encode_notification("notifications/initialized")
-            response = await connection.request("POST", parts.path, session._headers, initialized)
+            response = await connection.request("POST", path, session._headers, initialized)
             if response.status != 202:
                 raise rpc.BenchError(f"notifications/initialized got HTTP {response.status}")
         except BaseException:
@@ -217,6 +238,72 @@ class GatewaySession:
             await self._connection.request("DELETE", self._path, self._headers)
         finally:
             await self._connection.aclose()
+
+
+class ModernSession:
+    """A 2026-07-28 client of the gateway on a keep-alive connection from a loopback address of its
+    own. There is no session: every request carries the envelope in `params._meta` and the routing
+    headers, and an unauthenticated principal is its client's address, so the address is what
+    picks the child that serves it."""
+
+    def __init__(self, connection: HttpConnection, path: str) -> None:
+        self._connection = connection
+        self._path = path
+        self._mcp_headers = header_block(MCP_HEADERS)
+        self._routing: dict[tuple[str, str | None], bytes] = {}  # the header block of each method and name
+        self._last_id = 0
+
+    @classmethod
+    async def open(cls, url: str, address: str) -> ModernSession:
+        """Connect from `address` and send one `tools/list`: the first request of a principal
+        starts its child (the era probe and, for a legacy server, initialize)."""
+        host, port, path = _endpoint(url)
+        connection = await HttpConnection.open(host, port, source=address)
+        session = cls(connection, path)
+        try:
+            result = await session.request(MODERN_WARMUP, {})
+            meta = result.get("_meta")
+            if not isinstance(meta, dict) or not isinstance(meta.get(SERVER_INFO_KEY), dict):
+                raise rpc.BenchError(f"the {MODERN_WARMUP} result carries no {SERVER_INFO_KEY}: {str(result)[:200]}")
+        except BaseException:
+            await connection.aclose()
+            raise
+        return session
+
+    async def request(self, method: str, params: JsonObj) -> JsonObj:
+        self._last_id += 1
+        named_by = NAMED_BY.get(method)
+        named = params.get(named_by) if named_by is not None else None
+        name = None if named is None else str(named)
+        headers = self._routing.get((method, name))
+        if headers is None:
+            headers = self._routing[method, name] = self._routing_headers(method, name)
+        meta = params.get("_meta")
+        envelope = MODERN_META if meta is None else {**meta, **MODERN_META}
+        body = rpc.encode_request(self._last_id, method, {**params, "_meta": envelope})
+        response = await self._connection.request("POST", self._path, headers, body)
+        result = _result(response, self._last_id)
+        if result.get("resultType") != COMPLETE:
+            raise rpc.BenchError(f"request {self._last_id}: not a complete 2026-07-28 result: {str(result)[:200]}")
+        return result
+
+    async def aclose(self) -> None:
+        """Close the connection; the principal's child stays until the gateway reaps or stops it."""
+        await self._connection.aclose()
+
+    def _routing_headers(self, method: str, name: str | None) -> bytes:
+        routing = {VERSION_HEADER: MODERN_VERSION, METHOD_HEADER: method}
+        if name is not None:
+            routing[NAME_HEADER] = encode_header_value(name)
+        return self._mcp_headers + header_block(routing)
+
+
+def _endpoint(url: str) -> tuple[str, int, str]:
+    """The host, port and path of the gateway's MCP URL."""
+    parts = urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        raise rpc.BenchError(f"the gateway URL {url!r} names no host and port")
+    return parts.hostname, parts.port, parts.path
 
 
 def _result(response: Response, request_id: int) -> JsonObj:

@@ -71,8 +71,10 @@ class HttpConnection:
         self._reusable = True
 
     @classmethod
-    async def open(cls, host: str, port: int) -> HttpConnection:
-        reader, writer = await asyncio.open_connection(host, port, limit=READ_BUFFER)
+    async def open(cls, host: str, port: int, *, source: str | None = None) -> HttpConnection:
+        """Connect to `host`:`port`, from the local address `source` when one is named (any port)."""
+        local_addr = (source, 0) if source is not None else None
+        reader, writer = await asyncio.open_connection(host, port, limit=READ_BUFFER, local_addr=local_addr)
         return cls(reader, writer, f"{host}:{port}")
 
     async def request(self, method: str, target: str, headers: bytes = b"", body: bytes = b"") -> Response:

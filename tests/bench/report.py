@@ -1,8 +1,10 @@
 """The results of one run and their rendering as plain aligned text, ready to paste.
 
-Ratios are always gateway / floor (in the isolation table each mode / none): above 1 for times
-means the gateway (the isolated mode) is slower, below 1 for throughput means it serves fewer
-calls per second. Percentiles are nearest-rank.
+The gateway is measured in both eras: its legacy sessions (every phase) and its 2026-07-28
+clients, which have no session (echo and throughput). Ratios are each era / floor (in the
+isolation table each mode / none; among the targets modern / legacy): above 1 for times means the
+gateway (the isolated mode, the modern era) is slower, below 1 for throughput means it serves
+fewer calls per second. Percentiles are nearest-rank.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ THROUGHPUT_TARGET_SESSIONS: Final = 32
 BIG_RESULT_MAX_RATIO: Final = 2.0
 BIG_RESULT_TARGET_SIZE: Final = 32 * MiB
 IDLE_SESSION_MAX_KIB: Final = 64.0
+# A 2026-07-28 client is served by the same children over the same endpoint as a legacy session:
+# the envelope's checks and the translation for a legacy child may cost a little, not more.
+MODERN_ECHO_P50_MAX_RATIO: Final = 1.10
+MODERN_THROUGHPUT_MIN_RATIO: Final = 0.90
 
 
 @dataclass(slots=True)
@@ -32,8 +38,14 @@ class Side:
 
     setup: list[int] = field(default_factory=list)
     echo: list[int] = field(default_factory=list)
-    throughput: dict[int, Throughput] = field(default_factory=dict)  # by concurrent sessions
+    throughput: dict[int, Throughput] = field(default_factory=dict)  # by concurrent callers
     big: dict[int, list[int]] = field(default_factory=dict)  # by result size in bytes
+    # The gateway process across this side's measured echo calls (the floor's: not measured).
+    cpu_seconds: float | None = None
+
+    @property
+    def cpu_ns_per_call(self) -> float | None:
+        return None if self.cpu_seconds is None else self.cpu_seconds * 1e9 / len(self.echo)
 
 
 @dataclass(slots=True)
@@ -61,22 +73,17 @@ class IsolationResults:
 
 @dataclass(slots=True)
 class Results:
-    gateway: Side = field(default_factory=Side)
+    legacy: Side = field(default_factory=Side)  # the gateway's handshake-era sessions
+    modern: Side = field(default_factory=Side)  # the gateway's 2026-07-28 clients (phases 2 and 3)
     floor: Side = field(default_factory=Side)
     idle_sessions: int = 0
     rss_before_kib: int = 0
     rss_idle_kib: int = 0
-    cpu_seconds: float = 0.0  # gateway process, across the measured concurrency-1 echo calls
-    cpu_calls: int = 0
     isolation: IsolationResults = field(default_factory=IsolationResults)
 
     @property
     def kib_per_idle_session(self) -> float:
         return (self.rss_idle_kib - self.rss_before_kib) / self.idle_sessions
-
-    @property
-    def cpu_us_per_call(self) -> float:
-        return self.cpu_seconds * 1e6 / self.cpu_calls
 
 
 def percentile(samples: Sequence[int], fraction: float) -> int:
@@ -96,8 +103,22 @@ def _rate(per_second: float) -> str:
     return f"{per_second:,.0f} /s"
 
 
-def _compare(label: str, gateway: float, floor: float, unit: Callable[[float], str]) -> list[str]:
-    return [label, unit(gateway), unit(floor), f"{gateway / floor:.2f}x"]
+def _kib(kib: float) -> str:
+    return f"{kib:,.0f} KiB"
+
+
+def _compare(
+    label: str, unit: Callable[[float], str], legacy: float, modern: float | None = None, floor: float | None = None
+) -> list[str]:
+    """A row of the comparison table; "-" where a side was not measured."""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else unit(value)
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None or floor is None else f"{value / floor:.2f}x"
+
+    return [label, cell(legacy), cell(modern), cell(floor), ratio(legacy), ratio(modern)]
 
 
 def _align(rows: Sequence[Sequence[str]]) -> list[str]:
@@ -113,32 +134,33 @@ def _align(rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def comparison_table(results: Results) -> list[str]:
-    gw, fl = results.gateway, results.floor
-    rows: list[list[str]] = [["metric", "gateway", "floor", "gateway/floor"]]
+    legacy, modern, floor = results.legacy, results.modern, results.floor
+    rows: list[list[str]] = [["metric", "gateway legacy", "gateway modern", "floor", "legacy/floor", "modern/floor"]]
     for name, q in (("p50", 0.50), ("p95", 0.95)):
-        rows.append(_compare(f"1. session setup {name}", percentile(gw.setup, q), percentile(fl.setup, q), _ms))
+        setup = percentile(legacy.setup, q), None, percentile(floor.setup, q)
+        rows.append(_compare(f"1. session setup {name}", _ms, *setup))
     for name, q in (("p50", 0.50), ("p99", 0.99)):
-        rows.append(_compare(f"2. echo, concurrency 1, {name}", percentile(gw.echo, q), percentile(fl.echo, q), _us))
-    for sessions, on_gateway in gw.throughput.items():
-        on_floor = fl.throughput[sessions]
-        rows.append(
-            _compare(
-                f"3. {sessions:>2} sessions: calls/s", on_gateway.calls_per_second, on_floor.calls_per_second, _rate
-            )
-        )
-        p99 = percentile(on_gateway.latencies, 0.99), percentile(on_floor.latencies, 0.99)
-        rows.append(_compare(f"   {sessions:>2} sessions: p99 latency", *p99, _us))
-    for size, samples in gw.big.items():
-        medians = statistics.median(samples), statistics.median(fl.big[size])
-        rows.append(_compare(f"4. {size // MiB:>2} MiB tool result, median", *medians, _ms))
+        echo = percentile(legacy.echo, q), percentile(modern.echo, q), percentile(floor.echo, q)
+        rows.append(_compare(f"2. echo, concurrency 1, {name}", _us, *echo))
+    for callers, on_legacy in legacy.throughput.items():
+        on_modern, on_floor = modern.throughput[callers], floor.throughput[callers]
+        rates = on_legacy.calls_per_second, on_modern.calls_per_second, on_floor.calls_per_second
+        rows.append(_compare(f"3. concurrency {callers:>2}: calls/s", _rate, *rates))
+        p99 = (percentile(side.latencies, 0.99) for side in (on_legacy, on_modern, on_floor))
+        rows.append(_compare(f"   concurrency {callers:>2}: p99 latency", _us, *p99))
+    for size, samples in legacy.big.items():
+        medians = statistics.median(samples), None, statistics.median(floor.big[size])
+        rows.append(_compare(f"4. {size // MiB:>2} MiB tool result, median", _ms, *medians))
     growth = results.rss_idle_kib - results.rss_before_kib
     rows += [
-        ["5. gateway RSS before sessions", f"{results.rss_before_kib:,} KiB", "-", "-"],
-        [f"   gateway RSS, {results.idle_sessions} idle sessions", f"{results.rss_idle_kib:,} KiB", "-", "-"],
-        ["   growth, total", f"{growth:,} KiB", "-", "-"],
-        ["   growth per idle session", f"{results.kib_per_idle_session:,.1f} KiB", "-", "-"],
-        ["6. gateway CPU per echo call, user+sys", f"{results.cpu_us_per_call:,.0f} µs", "-", "-"],
+        _compare("5. gateway RSS before sessions", _kib, results.rss_before_kib),
+        _compare(f"   gateway RSS, {results.idle_sessions} idle sessions", _kib, results.rss_idle_kib),
+        _compare("   growth, total", _kib, growth),
+        _compare("   growth per idle session", lambda kib: f"{kib:,.1f} KiB", results.kib_per_idle_session),
     ]
+    if legacy.cpu_ns_per_call is not None:
+        cpu = legacy.cpu_ns_per_call, modern.cpu_ns_per_call
+        rows.append(_compare("6. gateway CPU per echo call, user+sys", _us, *cpu))
     return _align(rows)
 
 
@@ -171,14 +193,24 @@ def isolation_table(results: Results) -> list[str]:
     return lines
 
 
+def modern_ratios(results: Results) -> tuple[float, float]:
+    """modern / legacy: echo p50 at concurrency 1, and calls per second at the target concurrency."""
+    legacy, modern = results.legacy, results.modern
+    echo = percentile(modern.echo, 0.5) / percentile(legacy.echo, 0.5)
+    callers = THROUGHPUT_TARGET_SESSIONS
+    rate = modern.throughput[callers].calls_per_second / legacy.throughput[callers].calls_per_second
+    return echo, rate
+
+
 def targets_table(results: Results) -> list[str]:
-    gw, fl = results.gateway, results.floor
+    gw, fl = results.legacy, results.floor
     echo = percentile(gw.echo, 0.5) / percentile(fl.echo, 0.5)
     sessions = THROUGHPUT_TARGET_SESSIONS
     rate = gw.throughput[sessions].calls_per_second / fl.throughput[sessions].calls_per_second
     size = BIG_RESULT_TARGET_SIZE
     big = statistics.median(gw.big[size]) / statistics.median(fl.big[size])
     memory = results.kib_per_idle_session
+    modern_echo, modern_rate = modern_ratios(results)
     checks = [
         ("echo p50, gateway/floor", f"{echo:.2f}x", f"<= {ECHO_P50_MAX_RATIO:.1f}x", echo <= ECHO_P50_MAX_RATIO),
         (
@@ -198,6 +230,18 @@ def targets_table(results: Results) -> list[str]:
             f"{memory:.1f} KiB",
             f"<= {IDLE_SESSION_MAX_KIB:.0f} KiB",
             memory <= IDLE_SESSION_MAX_KIB,
+        ),
+        (
+            "modern echo p50 / legacy echo p50",
+            f"{modern_echo:.2f}x",
+            f"<= {MODERN_ECHO_P50_MAX_RATIO:.2f}x",
+            modern_echo <= MODERN_ECHO_P50_MAX_RATIO,
+        ),
+        (
+            f"modern {sessions}-principal calls/s / legacy {sessions}-session calls/s",
+            f"{modern_rate:.2f}x",
+            f">= {MODERN_THROUGHPUT_MIN_RATIO:.2f}x",
+            modern_rate >= MODERN_THROUGHPUT_MIN_RATIO,
         ),
     ]
     rows = [["target", "result", "limit", "met"]]

@@ -1,7 +1,8 @@
-"""What both sides of the comparison share: the session interface and the client's JSON work.
+"""What every side of the comparison shares: the session interface and the client's JSON work.
 
-Invariant: the gateway session and the pipe session encode requests and check answers with the
-same functions here, so the client-side cost is identical and cancels out of the ratio.
+Invariant: the gateway sessions and the pipe session encode requests and check answers with the
+same functions here, so the client-side cost is the same (a modern request adds its envelope)
+and cancels out of the ratio.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ from typing import Any, Final, Protocol
 JsonObj = dict[str, Any]
 
 PROTOCOL_VERSION: Final = "2025-11-25"
-INITIALIZE_PARAMS: Final[JsonObj] = {
-    "protocolVersion": PROTOCOL_VERSION,
-    "capabilities": {},
-    "clientInfo": {"name": "mcp-gateway-bench", "version": "1"},
-}
+CLIENT_INFO: Final[JsonObj] = {"name": "mcp-gateway-bench", "version": "1"}
+INITIALIZE_PARAMS: Final[JsonObj] = {"protocolVersion": PROTOCOL_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}
 
 
 class BenchError(Exception):

@@ -1,4 +1,5 @@
-"""The measurements, each written once against `rpc.Session` and run on both sides.
+"""The measurements, each written once against `rpc.Session` and run on every side: the
+gateway's legacy sessions, its 2026-07-28 clients, and the floor.
 
 Every function returns raw samples in nanoseconds (`time.perf_counter_ns`), CPU time in the
 clock ticks /proc counts; summarising them is the report's job. None of them bounds its own
@@ -53,22 +54,23 @@ async def alternating_lifetimes(openers: Sequence[Opener], samples: int) -> list
 
 
 @asynccontextmanager
-async def open_sessions(open_session: Opener, count: int, *, parallel: int) -> AsyncIterator[list[Session]]:
-    """`count` sessions, opened `parallel` at a time; every one that opened is closed at the end."""
-    sessions: list[Session] = []
+async def open_sessions(openers: Sequence[Opener], *, parallel: int) -> AsyncIterator[list[Session]]:
+    """One session per opener, in their order, opened `parallel` at a time; every one that
+    opened is closed at the end, however the block ends."""
+    opened: dict[int, Session] = {}
     slots = asyncio.Semaphore(parallel)
 
-    async def open_one() -> None:
+    async def open_one(index: int, open_session: Opener) -> None:
         async with slots:
-            sessions.append(await open_session())
+            opened[index] = await open_session()
 
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(count):
-                group.create_task(open_one())
-        yield sessions
+            for index, open_session in enumerate(openers):
+                group.create_task(open_one(index, open_session))
+        yield [opened[index] for index in range(len(openers))]
     finally:
-        await asyncio.gather(*(session.aclose() for session in sessions), return_exceptions=True)
+        await asyncio.gather(*(session.aclose() for session in opened.values()), return_exceptions=True)
 
 
 async def echo(session: Session) -> None:
