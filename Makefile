@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The official TypeScript SDK client the end-to-end tests drive (tests/e2e/test_ts_sdk_modern.py).
+TS_CLIENT := tests/clients/ts
+TS_STAMP  := $(TS_CLIENT)/node_modules/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint typecheck pytest bench clean
+.PHONY: help run test lint typecheck pytest tsclient bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +20,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# npm ci installs exactly the lock file (and empties node_modules first, stamp included). Without
+# npm the TS client tests skip, except under CI, where they fail: .ci/run installs Node.js.
+$(TS_STAMP): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(TS_CLIENT) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+		echo "npm not found: the TypeScript SDK client tests will not run"; \
+	fi
 
 # As root, the virtualenv's interpreter may sit where no other user may run it (under /root): no
 # isolation between children is possible then, and a gateway left to choose refuses root
@@ -33,7 +45,9 @@ lint: $(STAMP) ## ruff lint and format check
 typecheck: $(STAMP) ## mypy --strict
 	$(BIN)/mypy
 
-pytest: $(STAMP) ## The test suite only
+tsclient: $(TS_STAMP) ## Install the TypeScript SDK client the end-to-end tests drive (npm ci)
+
+pytest: $(STAMP) $(TS_STAMP) ## The test suite only
 	$(BIN)/pytest
 
 test: lint typecheck pytest ## Lint, type-check and run the test suite
@@ -41,5 +55,5 @@ test: lint typecheck pytest ## Lint, type-check and run the test suite
 bench: $(STAMP) ## Benchmark the gateway against the raw stdio pipe
 	$(BIN)/python -m tests.bench
 
-clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .coverage *.egg-info
+clean: ## Remove the virtualenv, the TS client's node_modules and caches
+	rm -rf $(VENV) $(TS_CLIENT)/node_modules .mypy_cache .ruff_cache .coverage *.egg-info
