@@ -7,6 +7,15 @@ written to stdout as one line. The bridge keeps the `Mcp-Session-Id` and the neg
 `MCP-Protocol-Version`, re-initializes transparently when the server forgets the session (404),
 and ends the session with DELETE when stdin ends or on SIGTERM/SIGINT.
 
+A server of 2026-07-28 only refuses `initialize` (a JSON-RPC error, alone or in a 4xx); the
+bridge then asks it `server/discover`, and when that names 2026-07-28 it translates as the
+gateway does for such children, with the same facade (`gateway.eras.facade`, driven by
+`gateway.client.modern`): `initialize` answered from the discovery, every request enveloped and
+routed by its headers, `ping`/`logging/setLevel`/`resources/(un)subscribe` answered here,
+requests for input (`input_required`) turned into requests to the client and retried with its
+answers, cancellation by closing the request's stream, list changes and resource updates from a
+`subscriptions/listen` held on the server. Any other answer to the probe relays the refusal.
+
 Invariants:
 - stdout carries JSON-RPC lines only, each written whole by one call under one lock; logs go to
   stderr. Every client request gets exactly one answer: the server's, or a JSON-RPC error that
@@ -40,6 +49,7 @@ import signal
 import sys
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -47,7 +57,9 @@ import aiohttp
 from aiohttp import ClientResponse, ClientSession, ClientTimeout
 
 from gateway import jsonrpc, logline
+from gateway.client.modern import ModernRemote, discover
 from gateway.client.sse import OVERSIZE_HEAD_BYTES, SseDecoder
+from gateway.eras.facade import Facade
 from gateway.framing import LineFramer
 from gateway.jsonrpc import JsonObject, Kind, Message, RequestId
 from gateway.logline import fingerprint
@@ -272,6 +284,14 @@ class Failure(Exception):
         self.error: JsonObject = error if error is not None else {"code": code, "message": message}
 
 
+class Refused(Failure):
+    """The server answered HTTP `status` with a JSON-RPC error in the body (`error` is it)."""
+
+    def __init__(self, message: str, error: JsonObject, status: int) -> None:
+        super().__init__(message, error=error)
+        self.status = status
+
+
 class SessionGone(Exception):
     """404 for a request that carried a session id: the server no longer knows the session."""
 
@@ -330,6 +350,7 @@ class Bridge:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._listener: asyncio.Task[None] | None = None
         self._server_requests: OrderedDict[tuple[type, RequestId], None] = OrderedDict()
+        self._modern: ModernRemote | None = None  # a server of 2026-07-28 only, through the facade
 
     # -- the main loop ---------------------------------------------------------------------------
 
@@ -382,6 +403,11 @@ class Bridge:
     async def _reject_oversize(self, head: bytes) -> None:
         msg_id = jsonrpc.leading_id(head)
         reason = f"message larger than --max-message-bytes ({self._limit} bytes)"
+        if self._modern is not None and self._modern.settle(
+            msg_id, jsonrpc.error_response(msg_id, jsonrpc.INTERNAL_ERROR, reason)
+        ):
+            log.warning("the client's response to %r is too large; its request fails", msg_id)
+            return
         if msg_id is not None and (type(msg_id), msg_id) in self._server_requests:
             del self._server_requests[type(msg_id), msg_id]
             # The client's answer to a server request: tell the server it will not come.
@@ -421,6 +447,9 @@ class Bridge:
                 await self._start_request(message, raw)
         elif message.kind is Kind.NOTIFICATION:
             await self._send_notification(message, raw)
+        elif self._modern is not None:
+            if not self._modern.settle(message.id, message.body):
+                log.debug("dropped the client's response to %r: nothing waits for it", message.id)
         else:
             if message.id is not None:
                 self._server_requests.pop((type(message.id), message.id), None)
@@ -445,6 +474,9 @@ class Bridge:
 
     async def _request(self, message: Message, raw: bytes) -> None:
         try:
+            if self._modern is not None:
+                await self._out.write_message(await self._modern.request(message))
+                return
             try:
                 await self._exchange(message, raw)
             except SessionGone as gone:
@@ -467,17 +499,86 @@ class Bridge:
         """Sent and answered before stdin is read further: nothing may overtake it. A session
         the client started before is ended first: the server need not keep it until it expires."""
         await self._end_session()
+        self._leave_modern()
         self._initialize = dict(message.body)
         self.session_id = None
         self._version = None
         try:
-            answer = await self._exchange(message, raw)
+            answer = await self._exchange(message, raw, relay_answer=False)
+        except Refused as refused:  # a 4xx with a JSON-RPC error: perhaps a server of 2026-07-28 only
+            if not (400 <= refused.status < 500 and await self._enter_modern(message)):
+                await self._out.write_message({"jsonrpc": "2.0", "id": message.id, "error": refused.error})
+            return
         except Failure as failure:
             await self._out.write_message({"jsonrpc": "2.0", "id": message.id, "error": failure.error})
             return
-        if answer is not None and "result" in answer:  # an error answer was relayed: no session
+        if answer is None:  # pragma: no cover - _exchange returns the response to a request or raises
+            return
+        if "error" in answer and await self._enter_modern(message):
+            return
+        await self._out.write_message(answer)
+        if "result" in answer:  # an error answer: no session
             self._adopt(answer)
             await self._announce_session()
+
+    async def _enter_modern(self, message: Message) -> bool:
+        """Whether the server, which refused `initialize`, speaks 2026-07-28: then the client's
+        `initialize` is answered from its `server/discover` and the session is translated."""
+        info = message.params.get("clientInfo")
+        log.info("the MCP server refused initialize; asking server/discover")
+        try:
+            discovery = await discover(self._post_modern, self._limit, info if isinstance(info, dict) else None)
+        except Failure as failure:
+            log.info("server/discover failed: %s", failure)
+            return False
+        if discovery is None:
+            log.info("the MCP server does not speak 2026-07-28 either")
+            return False
+        facade = Facade(discovery)
+        result = facade.initialize(message.params)
+        self.session_id = None  # 2026-07-28 has none (nor a DELETE to end one)
+        self._modern = ModernRemote(
+            facade,
+            self._out,
+            http=self._http,
+            url=self._config.url,
+            headers=self._headers(with_session=False),
+            post=self._post_modern,
+            failure=self._http_failure,
+            limit=self._limit,
+        )
+        log.info(
+            "the MCP server speaks 2026-07-28 only: translating (protocol %s for the client)",
+            result["protocolVersion"],
+            extra={"url": self._config.url},
+        )
+        await self._out.write_message({"jsonrpc": "2.0", "id": message.id, "result": result})
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+        if self._tasks is not None:
+            self._listener = self._tasks.create_task(self._hold_listen(self._modern))
+        return True
+
+    def _leave_modern(self) -> None:
+        """A new `initialize`: the translated session ends with its listen."""
+        if self._modern is None:
+            return
+        self._modern = None
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+
+    async def _hold_listen(self, modern: ModernRemote) -> None:
+        try:
+            await modern.listen()
+        except* StdoutClosed:
+            log.info("stdout closed")
+
+    def _post_modern(
+        self, raw: bytes, method: str, headers: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[ClientResponse]:
+        return self._post(raw, method=method, sends_session=False, headers=headers)
 
     def _adopt(self, answer: JsonObject | None) -> None:
         result = answer.get("result") if answer is not None else None
@@ -521,8 +622,14 @@ class Bridge:
     # -- notifications and responses -------------------------------------------------------------
 
     async def _send_notification(self, message: Message, raw: bytes) -> None:
+        if self._modern is not None and message.method != "notifications/cancelled":
+            # 2026-07-28 has no notifications from the client over HTTP (the handshake is answered
+            # here, roots are asked for in results); a cancellation closes the request's stream.
+            log.debug("%s: nothing to send to a server of 2026-07-28", message.method)
+            return
         if message.method == "notifications/cancelled":
-            await self._post_quietly(raw)
+            if self._modern is None:
+                await self._post_quietly(raw)
             cancelled = message.params.get("requestId")
             task = self._in_flight.get(cancelled) if isinstance(cancelled, str | int) else None
             if task is not None:
@@ -574,15 +681,18 @@ class Bridge:
         return headers
 
     @contextlib.asynccontextmanager
-    async def _post(self, raw: bytes, *, method: str | None, sends_session: bool) -> AsyncIterator[ClientResponse]:
-        """One POST; connection failures are retried when that is safe, else become `Failure`."""
+    async def _post(
+        self, raw: bytes, *, method: str | None, sends_session: bool, headers: Mapping[str, str] | None = None
+    ) -> AsyncIterator[ClientResponse]:
+        """One POST (with `headers` added to the bridge's own); connection failures are retried
+        when that is safe, else become `Failure`."""
         delay = CONNECT_RETRY_DELAY
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             try:
                 response = await self._http.post(
                     self._config.url,
                     data=io.BytesIO(raw) if len(raw) > STREAMED_BODY_BYTES else raw,
-                    headers=self._headers(with_session=sends_session),
+                    headers={**self._headers(with_session=sends_session), **(headers or {})},
                     allow_redirects=False,
                 )
             except aiohttp.ClientConnectorError as error:  # never reached the server: safe to repeat
@@ -668,7 +778,7 @@ class Bridge:
                 if isinstance(value, dict) and isinstance(value.get("error"), dict):
                     with contextlib.suppress(jsonrpc.InvalidMessage):
                         jsonrpc.classify({**value, "id": None})
-                        return Failure(str(value["error"].get("message")), error=value["error"])
+                        return Refused(str(value["error"].get("message")), value["error"], status)
         return Failure(f"the MCP server answered HTTP {status} {response.reason or ''}".rstrip())
 
     async def _read_bounded(self, response: ClientResponse) -> bytes | None:
