@@ -16,7 +16,8 @@ Invariants:
   asked for: a URI is subscribed on a child when the first listener asks for it (on a child
   started later, when it starts), and unsubscribed when the last one that asked has gone.
 - A listener whose client stops reading is ended (`Stream` congestion), never buffered without
-  bound; one whose child ends gets the listen request's result, the graceful end.
+  bound; one whose child ends gets the listen request's result, the graceful end. A principal
+  holds at most `MAX_PER_PRINCIPAL` listen streams, each watching at most `MAX_RESOURCES`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from gateway.sessions.streams import Stream
 log = logging.getLogger("gateway.listen")
 
 ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
+# The resources one listen may watch (those beyond are not acknowledged: the client knows), and
+# the listen streams one principal may hold open at once.
+MAX_RESOURCES: Final = 64
+MAX_PER_PRINCIPAL: Final = 16
 RESOURCE_UPDATED: Final = "notifications/resources/updated"
 # Each list-changed notification, the filter key that asks for it and the capability that offers it.
 LIST_CHANGES: Final = {
@@ -54,7 +59,7 @@ def honored(requested: object, capabilities: JsonObject) -> JsonObject:
     uris = asked.get("resourceSubscriptions")
     resources = capabilities.get("resources")
     if isinstance(uris, list) and isinstance(resources, dict) and resources.get("subscribe") is True:
-        kept = [uri for uri in dict.fromkeys(uris) if isinstance(uri, str)]
+        kept = [uri for uri in dict.fromkeys(uris) if isinstance(uri, str)][:MAX_RESOURCES]
         if kept:
             granted["resourceSubscriptions"] = kept
     return granted
@@ -106,6 +111,9 @@ class Listeners:
 
     def __init__(self) -> None:
         self._by_key: dict[str, set[Listener]] = {}
+
+    def count(self, key: str) -> int:
+        return len(self._by_key.get(key, ()))
 
     def open(self, key: str, child: str, subscription: RequestId, granted: JsonObject) -> Listener:
         flags = frozenset(flag for flag, value in granted.items() if value is True)

@@ -10,10 +10,11 @@ for, and the retry takes over the call, still running on the child (which may as
 
 Invariants:
 - A `requestState` is the gateway's own (`StateSigner`): HMAC-SHA256 over what it binds — the
-  principal (a digest of its key), the child, the call (its gateway id), a nonce and an expiry.
-  One that was altered, has expired, was used already (each round has a fresh nonce; a state
-  is accepted once), or was issued to another principal is refused with the reason, and
-  changes nothing.
+  principal (a digest of its key), the child, the call (its gateway id), a nonce and an expiry —
+  accepted only in the exact spelling it was issued in. One that was altered, was used already
+  (each round has a fresh nonce: a state is accepted once), belongs to a call that has ended or
+  to another tool, prompt or resource, is refused with the reason and changes nothing; another
+  principal's is refused as one naming no call at all (nothing of others' calls is told).
 - A child's request is asked of the client only when the client declared the capability it
   needs, and only when it belongs to exactly one call (the only such call in flight on that
   child; a stdio server does not say which call a request serves): otherwise the child is
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -38,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from gateway import jsonrpc
+from gateway.eras.envelope import CLIENT_CAPABILITIES_KEY, NAMED_BY
+from gateway.eras.translate import INPUT_REQUIRED
 from gateway.jsonrpc import JsonObject, Message, RequestId
 from gateway.sessions.router import Exchange, Router
 
@@ -50,7 +54,6 @@ NEEDS: Final[Mapping[str, str]] = {
     "sampling/createMessage": "sampling",
     "roots/list": "roots",
 }
-INPUT_REQUIRED: Final = "input_required"
 # How a call that waits for its client is cancelled when the client never comes back.
 GAVE_UP: Final = "The client did not answer the server's request in time"
 
@@ -70,17 +73,20 @@ class StateSigner:
         return STATE_PREFIX + payload + "." + _b64(self._mac(payload))
 
     def open(self, state: str) -> JsonObject:
-        """The claims of a state this gateway signed; `StateRefused` for anything else."""
+        """The claims of a state this gateway signed, exactly as it wrote it; `StateRefused` for
+        anything else (another spelling of the same bytes included)."""
         if not state.startswith(STATE_PREFIX):
             raise StateRefused("Invalid requestState: not issued by this gateway")
         payload, _, mac = state[len(STATE_PREFIX) :].partition(".")
+        if not (payload.isascii() and mac.isascii()):
+            raise StateRefused("Invalid requestState: its signature does not verify")
         try:
-            given = base64.urlsafe_b64decode(mac + "=" * (-len(mac) % 4))
-        except (ValueError, TypeError):
+            given = _unb64(mac)
+        except ValueError:
             raise StateRefused("Invalid requestState: its signature does not verify") from None
         if not hmac.compare_digest(given, self._mac(payload)):
             raise StateRefused("Invalid requestState: its signature does not verify")
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = json.loads(_unb64(payload))
         if not isinstance(claims, dict):  # pragma: no cover - only this gateway signs
             raise StateRefused("Invalid requestState")
         return claims
@@ -101,12 +107,25 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def _unb64(text: str) -> bytes:
+    """The bytes `_b64` wrote as `text`; ValueError for any other text (non-canonical included)."""
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64url") from None
+    if _b64(data) != text:
+        raise ValueError("not the canonical spelling")
+    return data
+
+
 @dataclass(slots=True, eq=False)
 class Call:
     """A modern client's call on a legacy child that may ask its client for input."""
 
     exchange: Exchange
     capabilities: JsonObject
+    method: str
+    name: object  # what it calls, gets or reads: a retry must name the same
     asked: dict[str, RequestId] = field(default_factory=dict)  # key → the child's request id
     queued: list[tuple[str, Message]] = field(default_factory=list)  # not yet sent to the client
     nonce: str | None = None  # of the requestState the client holds, until it is used
@@ -126,16 +145,17 @@ class InputBridge:
     ) -> None:
         self._router = router
         self._signer = signer
-        self._child = child  # the child's own (secret) session id: states name the child with it
+        self._child = child  # the child's session id (never a key to anything from outside): states name it
         self._principal = principal_digest(principal)
         self._input_timeout = input_timeout
         self._calls: dict[int, Call] = {}
         self._keys = 0
         router.on_request = self.child_request
 
-    def track(self, exchange: Exchange, capabilities: JsonObject) -> Call:
-        """A call whose child may ask for input (tools/call, prompts/get, resources/read)."""
-        call = Call(exchange, capabilities)
+    def track(self, exchange: Exchange, capabilities: JsonObject, method: str, name: object) -> Call:
+        """A call whose child may ask for input (tools/call, prompts/get, resources/read), of the
+        tool, prompt or resource `name`."""
+        call = Call(exchange, capabilities, method, name)
         self._calls[call.gateway_id] = call
         return call
 
@@ -219,11 +239,12 @@ class InputBridge:
         call.timer = None
         log.info("no retry came for an input request: the call is cancelled", extra={"session": self._router.label})
         self._router.abandon(call.exchange, GAVE_UP)
+        self._router.forget(call.exchange)
         self.done(call)
 
     # --- the client answers ----------------------------------------------------------------
 
-    def resume(self, claims: JsonObject, principal: str, client_id: RequestId, params: JsonObject) -> Call:
+    def resume(self, claims: JsonObject, principal: str, client_id: RequestId, method: str, params: JsonObject) -> Call:
         """Hand a verified retry's answers to the child; the call, now the retry's to answer."""
         if claims.get("p") != principal_digest(principal):
             raise StateRefused("Invalid requestState: it was not issued to this client")
@@ -234,6 +255,8 @@ class InputBridge:
             raise StateRefused("Invalid requestState: the request it belongs to has ended")
         if call.nonce is None or not hmac.compare_digest(call.nonce, str(claims.get("n"))):
             raise StateRefused("Invalid requestState: it was used already")
+        if method != call.method or params.get(NAMED_BY[method]) != call.name:
+            raise StateRefused("Invalid requestState: it belongs to another request")
         call.nonce = None
         if call.timer is not None:
             call.timer.cancel()
@@ -250,7 +273,7 @@ class InputBridge:
                 )
         call.asked.clear()
         meta = params.get("_meta")
-        capabilities = meta.get("io.modelcontextprotocol/clientCapabilities") if isinstance(meta, dict) else None
+        capabilities = meta.get(CLIENT_CAPABILITIES_KEY) if isinstance(meta, dict) else None
         if isinstance(capabilities, dict):
             call.capabilities = capabilities
         self._router.resume(call.exchange, client_id)
@@ -258,7 +281,3 @@ class InputBridge:
             call.flushing = True
             asyncio.get_running_loop().call_soon(self._flush, call)
         return call
-
-    @property
-    def child(self) -> str:
-        return self._child

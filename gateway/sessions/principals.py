@@ -1,11 +1,12 @@
 """The children of 2026-07-28 requests: shared by each principal's requests, never by two principals.
 
 A modern request has no session: the gateway finds it a child by who sent it. Each principal
-(for anonymous clients: the principal and the client's address bucket, so two anonymous users
-never share a process) has up to `children_per_principal` children, started on first use,
-each a `Session` of the store that no one knows the id of. They count against the session caps,
-give way and are reaped after the idle TTL like every session (a request in flight keeps one
-alive), and stop like every child. A principal's requests go to its least busy child; a new one
+(for anonymous clients: the principal and the client's address bucket, an IPv6 /64, so anonymous
+clients of two addresses never share a process; those of one address do) has up to
+`children_per_principal` children, started on first use, each a `Session` of the store that no
+one knows the id of. They count against the session caps, give way and are reaped after the
+idle TTL like every session (a request in flight or an open listen stream keeps one alive), and
+stop like every child. A principal's requests go to its least busy child; a new one
 starts only while every child it has is busy and it may have another.
 
 Invariants:
@@ -19,6 +20,8 @@ Invariants:
 - A legacy child serving modern clients is initialized once, by the gateway, as a client that
   declares only the capabilities the gateway can bridge.
 - Two requests starting a principal's first child at once start one child, not two.
+- A child that ended is forgotten here at once (with the requestStates it handed out): a
+  principal that never comes back costs nothing.
 """
 
 from __future__ import annotations
@@ -313,12 +316,29 @@ class PrincipalChildren:
             self.listeners.child_ended(key, child)
             if backend.listen_task is not None:
                 backend.listen_task.cancel()
+            self._forget(key, backend)
 
         router.on_unrelated = announced
         router.on_closed = closed
 
+    def _forget(self, key: str, backend: Backend) -> None:
+        """An ended child is nobody's any more: nothing here keeps it (or its process's state)."""
+        children = self._children.get(key)
+        if children is not None and backend in children:
+            children.remove(backend)
+            if not children:
+                del self._children[key]
+        for state in [state for state, (_, noted) in self._issuers.items() if noted is backend]:
+            del self._issuers[state]
+
     def listen(self, backend: Backend, key: str, subscription: RequestId, requested: object) -> Listener:
         """Open a listen stream kept alive by `backend`; its acknowledgement is queued on it."""
+        if self.listeners.count(key) >= listen.MAX_PER_PRINCIPAL:
+            raise GatewayError(
+                "too_many_in_flight",
+                f"Too many listen streams open for this principal ({listen.MAX_PER_PRINCIPAL}); close one first",
+                retry_after=1,
+            )
         granted = listen.honored(requested, backend.capabilities)
         listener = self.listeners.open(key, backend.session.id, subscription, granted)
         self._resync(key)
@@ -405,9 +425,6 @@ class PrincipalChildren:
             if backend.session.id == child:
                 return backend
         return None
-
-    def children(self) -> int:
-        return sum(len(children) for children in self._children.values())
 
 
 def bridged_capabilities() -> JsonObject:

@@ -4,7 +4,8 @@ Owns the id mapping, the destination of every child message, and per-request dea
 
 Invariants:
 - Every request written to the child carries a gateway id: a random 53-bit integer, unique among
-  the session's pending requests, that no client ever sees; the client's own id is restored on the
+  the session's pending requests, that no client ever sees in a message (a signed requestState
+  names one, which is no use to anyone else); the client's own id is restored on the
   response. Two POSTs may therefore use the same id at the same time, the child never sees an id
   it did not get from us, and no one can predict the id of the next request. The gateway's own
   requests (`ask`) use random string ids, a namespace of their own: no answer to a client's request
@@ -14,10 +15,18 @@ Invariants:
   O(1) in the number pending. A session holds at most `max_in_flight` requests.
 - Each child line is handled on its own: whatever is wrong with it costs that line alone (a
   violation), and a request whose answer was unusable is answered with an error, never forgotten.
-- Each child message goes to exactly one stream: a response to the exchange that sent its
+- Each child message goes to exactly one place: a response to the exchange that sent its
   request; progress to the exchange that owns its `progressToken`; a server→client request or a
   log message to the only exchange in flight when there is exactly one that can stream, else to
   the standalone GET stream (which holds a bounded backlog until a GET drains it). Never broadcast.
+  For the clients of 2026-07-28, which cannot be sent requests and have no GET stream, the
+  session's hooks take over: `on_request` takes the child's requests (to become requests for
+  input), `on_unrelated` what belongs to no request (for listen streams, where the listeners'
+  filters decide), and a log message goes to a modern exchange only at the level it set.
+- A call answered with a request for input (`end_round`) stays pending, parked: a response that
+  comes meanwhile is held, and the retry that takes it over (`resume`) is answered with it under
+  its own id. A `Continuation` may take a response over the same way and send the request again
+  (`retry`), or answer it with an error (`fail`).
 - A request whose deadline passes (no answer and no progress for `request_timeout` seconds) is
   answered with an error and cancelled at the child; a child that exits fails everything in flight.
 - The gateway's own requests to the child (`ask`): their responses go to the waiting caller and
@@ -151,6 +160,7 @@ class Exchange(Stream):
         "modern",
         "outcomes",
         "parked",
+        "rounds",
         "started",
         "streamable",
         "timer",
@@ -170,6 +180,7 @@ class Exchange(Stream):
         # its response, if the child sends it meanwhile, is held for the retry (which has a new id).
         self.parked = False
         self.held: list[Message] = []
+        self.rounds = 0  # how many of its HTTP requests were answered with a request for input
         # Requests of the gateway's own to the client, unanswered: the deadline waits for them.
         self.asking = 0
         self.waiting = 0
@@ -480,6 +491,7 @@ class Router:
         exchange.outcomes[gateway_id] = ("input_required", len(payload), asyncio.get_running_loop().time())
         exchange.parked = True
         exchange.round_over = True
+        exchange.rounds += 1
         exchange.push(payload, response=True)
 
     def resume(self, exchange: Exchange, client_id: RequestId) -> None:

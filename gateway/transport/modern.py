@@ -72,9 +72,11 @@ async def serve(
         _audit(request, backend, message, started, size=len(body), sent=len(answer))
         return web.Response(body=answer, content_type=JSON)
     if message.method == "subscriptions/listen":
+        if not sse_ok:
+            raise GatewayError("not_acceptable", "subscriptions/listen answers with a stream: accept text/event-stream")
         started = time.monotonic()
         try:
-            return await _listen(request, backend, message, sse_ok=sse_ok)
+            return await _listen(request, backend, message)
         finally:
             _audit(request, backend, message, started, size=len(body), sent=0)
     for attempt in range(CHILD_RETRIES + 1):
@@ -128,11 +130,9 @@ async def _discover(backend: Backend, message: Message, wait: float) -> bytes:
     return jsonrpc.encode({"jsonrpc": "2.0", "id": message.id, "result": backend.discovery})
 
 
-async def _listen(request: web.Request, backend: Backend, message: Message, *, sse_ok: bool) -> web.StreamResponse:
+async def _listen(request: web.Request, backend: Backend, message: Message) -> web.StreamResponse:
     """A listen stream: the acknowledgement, then what the principal's children announce, until
     the client closes it (its cancellation) or the child keeping it alive ends."""
-    if not sse_ok:
-        raise GatewayError("not_acceptable", "subscriptions/listen answers with a stream: accept text/event-stream")
     if message.id is None:  # pragma: no cover - a request always has an id
         raise GatewayError("invalid_message", "Invalid Request")
     pool = request.app[keys.PRINCIPAL_CHILDREN]
@@ -243,8 +243,11 @@ async def _forward(
             raise GatewayError("internal_error", "Internal error")
         exchange.modern = True
         exchange.log_level = checked.log_level
-        if backend.bridge is not None and message.method in envelope.NAMED_BY:
-            call = backend.bridge.track(exchange, checked.capabilities)
+        method = message.method or ""
+        if backend.bridge is not None and method in envelope.NAMED_BY:
+            call = backend.bridge.track(
+                exchange, checked.capabilities, method, message.params.get(envelope.NAMED_BY[method])
+            )
         await exchanges.drain(session)
         return await _answer(request, exchange, backend, json_ok=json_ok, sse_ok=sse_ok)
     finally:
@@ -277,7 +280,9 @@ async def _retry(
             raise StateRefused("Invalid requestState: the request it belongs to has ended")
         if message.id is None:  # pragma: no cover - a request always has an id
             raise StateRefused("Invalid requestState")
-        call = backend.bridge.resume(claims, pool.key_of(principal, address), message.id, message.params)
+        call = backend.bridge.resume(
+            claims, pool.key_of(principal, address), message.id, message.method or "", message.params
+        )
     except StateRefused as refused:
         raise GatewayError("invalid_request_state", str(refused)) from None
     exchange = call.exchange
@@ -296,9 +301,14 @@ async def _retry(
 async def _answer(
     request: web.Request, exchange: Exchange, backend: Backend, *, json_ok: bool, sse_ok: bool
 ) -> web.StreamResponse:
-    """JSON while only the response comes, else a stream; an abandoned answer is a cancellation."""
+    """JSON while only the response comes, else a stream; an abandoned answer is a cancellation.
+
+    The round this request answers ends with the response, or with a request for input (then
+    the call waits for its retry, which another `_answer` serves: this one leaves it alone, even
+    when that retry has begun before this one's last write returned)."""
     router = backend.router
     keepalive = request.app[keys.SETTINGS].sse_keepalive
+    round_started = exchange.rounds
     try:
         if json_ok:
             while exchange.only_responses and not exchange.answered:
@@ -306,18 +316,14 @@ async def _answer(
                 await exchange.wait(keepalive, after=seen)
                 if sse_ok and exchange.next_seq - 1 == seen and not exchange.answered:
                     break  # quiet for a whole keep-alive period: stream, so keep-alives can flow
-            if exchange.answered and exchange.only_responses:
-                payload = exchange.take()[-1][1]
+            if exchange.answered and exchange.only_responses and (entries := exchange.take()):
+                payload = entries[-1][1]
                 return web.Response(status=_status_of(payload), body=payload, content_type=JSON)
         response = await sse.open_response(request)
         await sse.pump(exchange, response, keepalive, event_ids=False)
         return response
     finally:
-        if exchange.parked:  # answered with a request for input: the call waits for its retry
-            exchange.round_over = False
-            if exchange.attached:
-                exchange.detach()
-        else:
+        if exchange.rounds == round_started and not exchange.parked:
             router.abandon(exchange, CANCELLED)
             router.forget(exchange)
 

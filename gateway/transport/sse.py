@@ -76,6 +76,8 @@ async def pump(
                     await response.write(frame(stream.event_id(seq) if event_ids else None, payload))
             if stream.answered and not stream.has_pending:
                 return True
+            if stream.consumer != token:
+                break  # a newer consumer took over while this one wrote: its wait is its own
             if not entries:
                 async with asyncio.timeout(WRITE_TIMEOUT):
                     await response.write(KEEPALIVE)

@@ -6,6 +6,7 @@ subscribed on the child while someone listens; the stream's end when its child e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -124,3 +125,17 @@ async def test_listen_needs_a_client_that_accepts_streams(aiohttp_client: Aiohtt
     message = client.message("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
     status, _, _ = await client.post(message, {"Accept": "application/json"})
     assert status == 406
+
+
+async def test_listens_are_bounded_per_principal_and_in_what_they_watch(aiohttp_client: AiohttpClient) -> None:
+    client = await _client(aiohttp_client)
+    many = [f"test://r/{n}" for n in range(100)]
+    async with _listening(client, {"resourceSubscriptions": many}) as (_, honored):
+        assert honored["resourceSubscriptions"] == many[:64]  # the rest is not acknowledged
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(16):
+            await stack.enter_async_context(_listening(client, {"toolsListChanged": True}))
+        message = client.message("subscriptions/listen", {"notifications": {"toolsListChanged": True}})
+        status, messages, _ = await client.post(message)
+        assert status == 429
+        assert "listen streams" in messages[0]["error"]["message"]
