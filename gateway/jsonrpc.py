@@ -29,6 +29,7 @@ INTERNAL_ERROR: Final = -32603
 # Implementation-defined codes, the same numbers the MCP SDKs use for these conditions.
 CONNECTION_CLOSED: Final = -32000
 REQUEST_TIMEOUT: Final = -32001
+REQUEST_CANCELLED: Final = -32800  # a request its peer cancelled (LSP's code); only ever seen inside the gateway
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 

@@ -54,6 +54,8 @@ NEEDS: Final[Mapping[str, str]] = {
     "sampling/createMessage": "sampling",
     "roots/list": "roots",
 }
+# Requests for input one call may have waiting to be asked at once (more are answered with an error).
+MAX_QUEUED: Final = 16
 # How a call that waits for its client is cancelled when the client never comes back.
 GAVE_UP: Final = "The client did not answer the server's request in time"
 
@@ -206,6 +208,9 @@ class InputBridge:
             self._router.reply(
                 child_id, error=(jsonrpc.METHOD_NOT_FOUND, f"The client did not declare the {needed} capability")
             )
+            return True
+        if len(call.queued) >= MAX_QUEUED:
+            self._router.reply(child_id, error=(jsonrpc.INTERNAL_ERROR, "Too many requests for input at once"))
             return True
         self._keys += 1
         call.queued.append((f"input-{self._keys}", message))

@@ -651,6 +651,16 @@ class Router:
         if message.kind is Kind.RESPONSE:
             self._route_response(message, line)
             return
+        if message.method == "notifications/cancelled" and self._asked:
+            # The child ends a request of the gateway's own this way (a listen it no longer holds).
+            target = message.params.get("requestId")
+            asked = self._asked.pop(target, None) if isinstance(target, str) else None
+            if asked is not None:
+                if not asked.done():
+                    asked.set_result(
+                        jsonrpc.error_response(target, jsonrpc.REQUEST_CANCELLED, "Cancelled by the server")
+                    )
+                return
         if self.interceptor is not None and self.interceptor.intercept(message):
             line = None  # changed: encoded anew
         payload = _forwardable(line) or jsonrpc.encode(message.body)
@@ -689,8 +699,9 @@ class Router:
                 return  # taken over: it stays pending until retried or failed
         held = self._pending.get(gateway_id)
         if held is not None and held[0].parked:
-            held[0].held.append(message)  # for the retry, which answers it under its own id
-            return
+            if not held[0].held:  # for the retry, which answers it under its own id
+                held[0].held.append(message)
+            return  # (a second answer to one request is nobody's)
         interceptor = self._intercepted.get(gateway_id) if self._intercepted else None
         entry = self._take(gateway_id)
         if entry is None:

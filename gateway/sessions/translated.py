@@ -39,6 +39,8 @@ ASKED_TOO_LONG: Final = "The client did not answer the server's request in time"
 # The rounds of one request the server may ask the client for input before it is refused: a
 # server that keeps asking would otherwise hold the client's request forever.
 MAX_ROUNDS: Final = 10
+# Seconds before a listen the child ended on its own is asked for again.
+RELISTEN_DELAY: Final = 1.0
 
 
 class Shaper:
@@ -180,8 +182,16 @@ class Translated:
             answer = await self.router.ask("subscriptions/listen", {"notifications": wanted})
         except ChildGone:
             return
-        if "error" in answer:
-            log.warning("the MCP server refused subscriptions/listen: %s", answer["error"])
+        error = answer.get("error")
+        if isinstance(error, dict) and error.get("code") != jsonrpc.REQUEST_CANCELLED:
+            log.warning("the MCP server refused subscriptions/listen: %s", str(answer["error"])[:300])
+            return  # asked again when a subscription changes
+        if self._listening is wanted and not self.router.closed:
+            # The child ended it (a graceful end): asked again after a pause.
+            await asyncio.sleep(RELISTEN_DELAY)
+            if self._listening is wanted:
+                self._listening = self._listen = None
+                self.relisten()
 
     def _announced(self, message: Message) -> None:
         shaped = self.facade.notification(message.method or "", message.params)
