@@ -165,14 +165,7 @@ class Facade:
             state = result.get("requestState")
             return InputNeeded(requests, state if isinstance(state, str) else None)
         shaped = {name: value for name, value in result.items() if name not in RESULT_ONLY_MODERN}
-        meta = shaped.get("_meta")
-        if isinstance(meta, dict) and SERVER_INFO_KEY in meta:
-            kept = {name: value for name, value in meta.items() if name != SERVER_INFO_KEY}
-            if kept:
-                shaped["_meta"] = kept
-            else:
-                del shaped["_meta"]
-        return shaped
+        return without_meta(shaped, SERVER_INFO_KEY)
 
     def notification(self, method: str, params: JsonObject) -> JsonObject | None:
         """A notification of the server's listen stream as the session's own (None: not for the client)."""
@@ -180,12 +173,17 @@ class Facade:
             return None
         if method == "notifications/resources/updated" and params.get("uri") not in self.subscriptions:
             return None
-        shaped = dict(params)
-        meta = shaped.get("_meta")
-        if isinstance(meta, dict) and SUBSCRIPTION_ID_KEY in meta:
-            kept = {name: value for name, value in meta.items() if name != SUBSCRIPTION_ID_KEY}
-            if kept:
-                shaped["_meta"] = kept
-            else:
-                del shaped["_meta"]
-        return {"jsonrpc": "2.0", "method": method, "params": shaped}
+        return {"jsonrpc": "2.0", "method": method, "params": without_meta(params, SUBSCRIPTION_ID_KEY)}
+
+
+def without_meta(value: JsonObject, key: str) -> JsonObject:
+    """`value` with `key` gone from its `_meta` (and `_meta` gone when nothing else is in it);
+    `value` itself when there is nothing to remove."""
+    meta = value.get("_meta")
+    if not isinstance(meta, dict) or key not in meta:
+        return value
+    shaped = {name: item for name, item in value.items() if name != "_meta"}
+    kept = {name: item for name, item in meta.items() if name != key}
+    if kept:
+        shaped["_meta"] = kept
+    return shaped

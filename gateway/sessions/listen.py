@@ -25,20 +25,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from gateway import jsonrpc
 from gateway.eras.envelope import SUBSCRIPTION_ID_KEY
+from gateway.eras.facade import ACKNOWLEDGED, without_meta
 from gateway.jsonrpc import JsonObject, Message, RequestId
+from gateway.sessions.child import ChildGone
 from gateway.sessions.streams import Stream
+
+if TYPE_CHECKING:
+    from gateway.sessions.router import Router
 
 log = logging.getLogger("gateway.listen")
 
-ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
 # The resources one listen may watch (those beyond are not acknowledged: the client knows), and
 # the listen streams one principal may hold open at once.
 MAX_RESOURCES: Final = 64
 MAX_PER_PRINCIPAL: Final = 16
+# Characters of a child's error quoted in a log line.
+QUOTED_ERROR: Final = 300
+# Seconds before a listen a child ended on its own is asked for again.
+RELISTEN_DELAY: Final = 1.0
 RESOURCE_UPDATED: Final = "notifications/resources/updated"
 # Each list-changed notification, the filter key that asks for it and the capability that offers it.
 LIST_CHANGES: Final = {
@@ -106,6 +114,27 @@ class Listener:
         self.stream.push(jsonrpc.encode({"jsonrpc": "2.0", "id": self.subscription, "result": result}), final=True)
 
 
+def quoted(error: object) -> str:
+    """A child's error as a log line quotes it: its text, cut short."""
+    text = str(error)
+    return text if len(text) <= QUOTED_ERROR else text[:QUOTED_ERROR] + "…"
+
+
+async def hold(router: Router, notifications: JsonObject) -> bool:
+    """Hold the gateway's own listen on a modern child until it ends; True when the child ended
+    it (a result, or its cancellation), so it is to be asked for again; False when refused, or
+    the child is gone."""
+    try:
+        answer = await router.ask("subscriptions/listen", {"notifications": notifications})
+    except ChildGone:
+        return False
+    error = answer.get("error")
+    if isinstance(error, dict) and error.get("code") != jsonrpc.REQUEST_CANCELLED:
+        log.warning("the MCP server refused subscriptions/listen: %s", quoted(error))
+        return False
+    return not router.closed
+
+
 class Listeners:
     """Every principal's open listen streams."""
 
@@ -142,12 +171,7 @@ class Listeners:
         method = message.method or ""
         if method == ACKNOWLEDGED:
             return  # a modern child's acknowledgement of the gateway's own listen
-        params = {name: value for name, value in message.params.items() if name != "_meta"}
-        meta = message.params.get("_meta")
-        if isinstance(meta, dict):
-            kept = {name: value for name, value in meta.items() if name != SUBSCRIPTION_ID_KEY}
-            if kept:
-                params["_meta"] = kept
+        params = without_meta(message.params, SUBSCRIPTION_ID_KEY)
         for listener in self.of(key):
             if listener.wants(method, params):
                 listener.send(method, params)

@@ -64,10 +64,6 @@ PROBE_RESPAWNS: Final = 1
 STARTING_FAILED: Final = "The MCP server could not be started"
 # requestStates of modern children remembered for their retries (the oldest forgotten first).
 MAX_NOTED_STATES: Final = 4096
-# Seconds before a listen a child ended on its own is asked for again.
-RELISTEN_DELAY: Final = 1.0
-# Characters of a child's error quoted in a log line.
-QUOTED_ERROR: Final = 300
 
 
 class EraBook:
@@ -300,7 +296,7 @@ class PrincipalChildren:
             raise GatewayError("upstream_failed", "The MCP server exited before it was initialized") from None
         result = answer.get("result")
         if not isinstance(result, dict):
-            log.warning("the MCP server refused initialize: %s", _bounded(answer.get("error")))
+            log.warning("the MCP server refused initialize: %s", listen.quoted(answer.get("error")))
             raise GatewayError("upstream_failed", "The MCP server refused to initialize")
         version = result.get("protocolVersion")
         router.protocol_version = version if isinstance(version, str) else translate.LEGACY_VERSION
@@ -379,18 +375,10 @@ class PrincipalChildren:
                 backend.listen_task = self._spawn(self._hold_listen(backend, notifications))
 
     async def _hold_listen(self, backend: Backend, notifications: JsonObject) -> None:
-        """Hold a modern child's listen stream open for its principal's listeners."""
-        try:
-            answer = await backend.router.ask("subscriptions/listen", {"notifications": notifications})
-        except ChildGone:
-            return
-        error = answer.get("error")
-        if isinstance(error, dict) and error.get("code") != jsonrpc.REQUEST_CANCELLED:
-            log.warning("the MCP server refused subscriptions/listen: %s", _bounded(answer["error"]))
-            return  # asked again when what the listeners want changes
-        if backend.listening is notifications and not backend.router.closed:
-            # The child ended it (a graceful end): asked again after a pause, while anyone listens.
-            await asyncio.sleep(RELISTEN_DELAY)
+        """Hold a modern child's listen stream open for its principal's listeners (asked for
+        again, after a pause, when the child ends it)."""
+        if await listen.hold(backend.router, notifications) and backend.listening is notifications:
+            await asyncio.sleep(listen.RELISTEN_DELAY)
             if backend.listening is notifications:
                 backend.listening = None
                 backend.listen_task = None
@@ -404,7 +392,7 @@ class PrincipalChildren:
             except (ChildGone, StdinStalled, TimeoutError):
                 return
             if "error" in answer:
-                log.warning("the MCP server refused %s: %s", method, _bounded(answer["error"]))
+                log.warning("the MCP server refused %s: %s", method, listen.quoted(answer["error"]))
 
         self._spawn(ask())
 
@@ -436,12 +424,6 @@ class PrincipalChildren:
             if backend.session.id == child:
                 return backend
         return None
-
-
-def _bounded(error: object) -> str:
-    """A child's error as a log line quotes it: its text, cut short."""
-    text = str(error)
-    return text if len(text) <= QUOTED_ERROR else text[:QUOTED_ERROR] + "…"
 
 
 def bridged_capabilities() -> JsonObject:

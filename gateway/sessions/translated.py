@@ -30,6 +30,7 @@ from typing import Final
 from gateway import jsonrpc
 from gateway.eras.facade import Facade, InputNeeded
 from gateway.jsonrpc import JsonObject, Kind, Message
+from gateway.sessions import listen
 from gateway.sessions.child import ChildGone
 from gateway.sessions.router import Exchange, Router, Screening
 
@@ -39,8 +40,6 @@ ASKED_TOO_LONG: Final = "The client did not answer the server's request in time"
 # The rounds of one request the server may ask the client for input before it is refused: a
 # server that keeps asking would otherwise hold the client's request forever.
 MAX_ROUNDS: Final = 10
-# Seconds before a listen the child ended on its own is asked for again.
-RELISTEN_DELAY: Final = 1.0
 
 
 class Shaper:
@@ -178,17 +177,8 @@ class Translated:
             self._listen = asyncio.get_running_loop().create_task(self._hold(wanted))
 
     async def _hold(self, wanted: JsonObject) -> None:
-        try:
-            answer = await self.router.ask("subscriptions/listen", {"notifications": wanted})
-        except ChildGone:
-            return
-        error = answer.get("error")
-        if isinstance(error, dict) and error.get("code") != jsonrpc.REQUEST_CANCELLED:
-            log.warning("the MCP server refused subscriptions/listen: %s", str(answer["error"])[:300])
-            return  # asked again when a subscription changes
-        if self._listening is wanted and not self.router.closed:
-            # The child ended it (a graceful end): asked again after a pause.
-            await asyncio.sleep(RELISTEN_DELAY)
+        if await listen.hold(self.router, wanted) and self._listening is wanted:
+            await asyncio.sleep(listen.RELISTEN_DELAY)  # the child ended it: asked for again
             if self._listening is wanted:
                 self._listening = self._listen = None
                 self.relisten()
