@@ -16,7 +16,8 @@ Invariants:
   answered with an error (the child holds nothing: a 2026-07-28 server keeps no state between
   rounds but the `requestState` it handed out).
 - The listen held on the child always asks for what the facade's filter says: it is opened
-  again whenever a subscription changes, and ends with the session.
+  again whenever a subscription changes (the POST that changed it answered once the child has
+  acknowledged the new one, or `ACK_WAIT` passed), and ends with the session.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from gateway import jsonrpc
-from gateway.eras.facade import Facade, InputNeeded
+from gateway.eras.facade import ACKNOWLEDGED, Facade, InputNeeded
 from gateway.jsonrpc import JsonObject, Kind, Message
 from gateway.sessions import listen
 from gateway.sessions.child import ChildGone
@@ -40,6 +41,8 @@ ASKED_TOO_LONG: Final = "The client did not answer the server's request in time"
 # The rounds of one request the server may ask the client for input before it is refused: a
 # server that keeps asking would otherwise hold the client's request forever.
 MAX_ROUNDS: Final = 10
+# Seconds a POST that changed the client's subscriptions waits for the child to acknowledge them.
+ACK_WAIT: Final = 5.0
 
 
 class Shaper:
@@ -98,6 +101,8 @@ class Translated:
         self._tasks: set[asyncio.Task[None]] = set()
         self._listen: asyncio.Task[None] | None = None
         self._listening: JsonObject | None = None
+        self._acknowledged = asyncio.Event()  # the child acknowledged the listen it holds now
+        self._acknowledged.set()
         router.on_unrelated = self._announced
         router.on_closed = self._closed
         router.ask_meta = facade.request_params({})["_meta"]
@@ -173,8 +178,18 @@ class Translated:
             self._listen.cancel()  # the child is told (notifications/cancelled)
             self._listen = None
         self._listening = wanted
-        if wanted is not None:
+        self._acknowledged = asyncio.Event()
+        if wanted is None:
+            self._acknowledged.set()
+        else:
             self._listen = asyncio.get_running_loop().create_task(self._hold(wanted))
+
+    async def settled(self) -> None:
+        """Wait (at most `ACK_WAIT`) until the child acknowledged the listen that asks for the
+        client's subscriptions now: an update the client's next request causes is not lost."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ACK_WAIT):
+                await self._acknowledged.wait()
 
     async def _hold(self, wanted: JsonObject) -> None:
         if await listen.hold(self.router, wanted) and self._listening is wanted:
@@ -184,6 +199,9 @@ class Translated:
                 self.relisten()
 
     def _announced(self, message: Message) -> None:
+        if message.method == ACKNOWLEDGED:
+            self._acknowledged.set()
+            return
         shaped = self.facade.notification(message.method or "", message.params)
         if shaped is not None:
             self.router.get_stream.push(jsonrpc.encode(shaped))

@@ -108,6 +108,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
     own: Screening | None = None
     if translated is not None:  # a child of 2026-07-28 only: the facade's translation
         messages, own = translated.screen(messages)
+        await translated.settled()  # a subscription it changed is the child's before it is answered
         if not messages:
             return web.Response(status=202)
     session.enter()
