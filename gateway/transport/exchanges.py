@@ -1,6 +1,7 @@
 """What both eras' POST handlers do alike with a session's router: hand it a POST's messages
-(its failures turned into refusals), wait until the child has taken them, and audit each
-request once its answer is sent or abandoned (with the era of the client that sent it).
+(its failures turned into refusals), wait until the child has taken them, wait for answers a
+JSON body can carry, and audit each request once its answer is sent or abandoned (with the era
+of the client that sent it).
 """
 
 from __future__ import annotations
@@ -17,8 +18,23 @@ from gateway.sessions import failures
 from gateway.sessions.child import ChildGone, StdinStalled
 from gateway.sessions.router import Exchange, Overloaded, Screening
 from gateway.sessions.store import Session
+from gateway.sessions.streams import Entry
 
 log = logging.getLogger("gateway.transport")
+
+
+async def responses_alone(exchange: Exchange, keepalive: float, *, sse_ok: bool) -> list[Entry]:
+    """The answers of `exchange` when only responses came (a JSON body can carry them), once its
+    current round is answered; empty when something else came first, or when it was quiet for a
+    whole keep-alive period and the client takes streams (then it streams, so keep-alives flow)."""
+    while exchange.only_responses and not exchange.answered:
+        seen = exchange.next_seq - 1
+        await exchange.wait(keepalive, after=seen)
+        if sse_ok and exchange.next_seq - 1 == seen and not exchange.answered:
+            return []
+    if exchange.answered and exchange.only_responses:
+        return exchange.take()
+    return []
 
 
 def audit_requests(

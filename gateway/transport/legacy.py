@@ -217,13 +217,9 @@ async def _answer(
         if json_ok:
             # The router sends a JSON-only client nothing but responses; it waits for the answer
             # or the request's deadline, whichever comes first.
-            while exchange.only_responses and not exchange.finished:
-                seen = exchange.next_seq - 1
-                await exchange.wait(keepalive, after=seen)
-                if sse_ok and exchange.next_seq - 1 == seen and not exchange.finished:
-                    break  # quiet for a whole keep-alive period: stream, so keep-alives can flow
-            if exchange.finished and exchange.only_responses:
-                payloads = [payload for _, payload, _ in exchange.take()]
+            entries = await exchanges.responses_alone(exchange, keepalive, sse_ok=sse_ok)
+            if entries:
+                payloads = [payload for _, payload, _ in entries]
                 body = b"[" + b",".join(payloads) + b"]" if exchange.is_batch else payloads[0]
                 return web.Response(body=body, content_type=JSON, headers=headers)
         streamed = True

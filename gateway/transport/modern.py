@@ -310,15 +310,9 @@ async def _answer(
     keepalive = request.app[keys.SETTINGS].sse_keepalive
     round_started = exchange.rounds
     try:
-        if json_ok:
-            while exchange.only_responses and not exchange.answered:
-                seen = exchange.next_seq - 1
-                await exchange.wait(keepalive, after=seen)
-                if sse_ok and exchange.next_seq - 1 == seen and not exchange.answered:
-                    break  # quiet for a whole keep-alive period: stream, so keep-alives can flow
-            if exchange.answered and exchange.only_responses and (entries := exchange.take()):
-                payload = entries[-1][1]
-                return web.Response(status=_status_of(payload), body=payload, content_type=JSON)
+        if json_ok and (entries := await exchanges.responses_alone(exchange, keepalive, sse_ok=sse_ok)):
+            payload = entries[-1][1]
+            return web.Response(status=_status_of(payload), body=payload, content_type=JSON)
         response = await sse.open_response(request)
         await sse.pump(exchange, response, keepalive, event_ids=False)
         return response
