@@ -281,17 +281,12 @@ class PrincipalChildren:
     async def _initialize(self, router: Router) -> JsonObject:
         """Initialize a legacy child on behalf of its modern clients; its `InitializeResult`."""
         params = translate.initialize_request(CLIENT_INFO, bridged_capabilities())
+        answer = await ask_child(router, "initialize", params, self._request_timeout)
+        child = router.child
         try:
-            async with asyncio.timeout(self._request_timeout):
-                answer = await router.ask("initialize", params)
-            child = router.child
             if child is None:
                 raise ChildGone("the session has ended")
             child.send(jsonrpc.encode(jsonrpc.notification("notifications/initialized", {})))
-        except TimeoutError:
-            raise GatewayError("upstream_stalled", "The MCP server did not answer initialize in time") from None
-        except StdinStalled:
-            raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
         except ChildGone:
             raise GatewayError("upstream_failed", "The MCP server exited before it was initialized") from None
         result = answer.get("result")
@@ -424,6 +419,20 @@ class PrincipalChildren:
             if backend.session.id == child:
                 return backend
         return None
+
+
+async def ask_child(router: Router, method: str, params: JsonObject, wait: float) -> JsonObject:
+    """The child's answer to a request of the gateway's own, within `wait` seconds; each way it
+    can fail as the refusal of the client's request that needed it."""
+    try:
+        async with asyncio.timeout(wait):
+            return await router.ask(method, params)
+    except TimeoutError:
+        raise GatewayError("upstream_stalled", f"The MCP server did not answer {method} in time") from None
+    except StdinStalled:
+        raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
+    except ChildGone:
+        raise GatewayError("upstream_failed", "The MCP server exited") from None
 
 
 def bridged_capabilities() -> JsonObject:

@@ -16,7 +16,6 @@ the request at the child. Session ids and `Last-Event-ID` are ignored: nothing h
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Final
@@ -31,9 +30,9 @@ from gateway.http import ratelimit
 from gateway.http.headers import JSON
 from gateway.jsonrpc import Kind, Message
 from gateway.sessions import failures
-from gateway.sessions.child import ChildGone, StdinStalled
+from gateway.sessions.child import ChildGone
 from gateway.sessions.mrtr import Call, StateRefused, is_gateway_state
-from gateway.sessions.principals import Backend, PrincipalChildren
+from gateway.sessions.principals import Backend, PrincipalChildren, ask_child
 from gateway.sessions.router import Exchange, Interceptor, Overloaded, Screening, merged_interceptors
 from gateway.transport import exchanges, sse
 
@@ -115,15 +114,7 @@ async def _discover(backend: Backend, message: Message, wait: float) -> bytes:
     """`server/discover`, from what the child said about itself while that still holds; a modern
     child whose answer has expired is asked again."""
     if not backend.fresh:
-        try:
-            async with asyncio.timeout(wait):
-                answer = await backend.router.ask("server/discover", translate.discover_request({}))
-        except TimeoutError:
-            raise GatewayError("upstream_stalled", "The MCP server did not answer server/discover in time") from None
-        except StdinStalled:
-            raise GatewayError("upstream_stalled", "The MCP server is not reading its input") from None
-        except ChildGone:
-            raise GatewayError("upstream_failed", "The MCP server exited") from None
+        answer = await ask_child(backend.router, "server/discover", translate.discover_request({}), wait)
         discovered = translate.modern_discovery(answer)
         if discovered is not None:
             backend.discovery, backend.discovered = discovered, time.monotonic()

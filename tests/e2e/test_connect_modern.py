@@ -17,10 +17,7 @@ import asyncio
 import base64
 import dataclasses
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Final
 
 import mcp
@@ -32,7 +29,7 @@ from pytest_aiohttp import AiohttpServer
 
 from tests.support.connect_process import TOKEN, TOKEN_VAR, ConnectProcess, bridge_argv, running_connect
 from tests.support.sdk_scenarios import LEGACY_CLIENT_SCENARIOS, Scenario
-from tests.support.servers import SERVERS
+from tests.support.servers import SERVERS, served_http
 from tests.support.types import JsonObj
 from tests.support.waits import WAIT, eventually
 
@@ -45,37 +42,16 @@ SUBSCRIPTION_KEY: Final = "io.modelcontextprotocol/subscriptionId"
 SERVER_INFO_KEY: Final = "io.modelcontextprotocol/serverInfo"
 
 
-def _served(script: Path) -> Iterator[str]:
-    """A test HTTP server (a subprocess printing its URL first) for as long as the caller iterates."""
-    process = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=WAIT)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def modern_url() -> Iterator[str]:
     """The SDK test server, refusing the handshake era (tests/servers/sdk_http_modern_server.py)."""
-    yield from _served(SERVERS / "sdk_http_modern_server.py")
+    yield from served_http(SERVERS / "sdk_http_modern_server.py")
 
 
 @pytest.fixture(scope="module")
 def dual_url() -> Iterator[str]:
     """The SDK test server on the SDK's own transport, serving both eras."""
-    yield from _served(SERVERS / "sdk_http_server.py")
+    yield from served_http(SERVERS / "sdk_http_server.py")
 
 
 def bridged_client(url: str) -> Any:

@@ -9,7 +9,6 @@ shutdown) are checked line by line in test_connect.py.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -21,8 +20,7 @@ from pytest_aiohttp import AiohttpServer
 
 from tests.support.connect_process import TOKEN, TOKEN_VAR, bridge_argv, gateway_settings, serve_gateway
 from tests.support.sdk_scenarios import ALL_SCENARIOS, Scenario
-from tests.support.servers import SDK_SERVER, SERVERS
-from tests.support.waits import WAIT
+from tests.support.servers import SDK_SERVER, SERVERS, served_http
 
 pytestmark = pytest.mark.slow
 
@@ -49,23 +47,7 @@ async def gateway_url(aiohttp_server: AiohttpServer) -> str:
 @pytest.fixture(scope="module")
 def sdk_http_url() -> Iterator[str]:
     """The SDK test server on the SDK's own Streamable HTTP transport (a subprocess)."""
-    process = subprocess.Popen(
-        [sys.executable, str(SDK_HTTP_SERVER)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    try:
-        assert process.stdout is not None
-        url = process.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=WAIT)
-        if process.stdout is not None:
-            process.stdout.close()
+    yield from served_http(SDK_HTTP_SERVER)
 
 
 @pytest.mark.parametrize("scenario", ALL_SCENARIOS, ids=lambda s: s.__name__.removeprefix("scenario_"))
